@@ -1,0 +1,40 @@
+# One obvious way to run things: make run, make test, make bench, make lint.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: run test bench lint venv clean
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml scripts/install-system-deps
+	./scripts/install-system-deps
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	if command -v swig >/dev/null && [ -f /usr/include/PCSC/winscard.h ]; then \
+	  $(PY) -m pip install -q -e '.[test,pcsc]'; \
+	else \
+	  $(PY) -m pip install -q -e '.[test]'; \
+	fi
+	touch $(VENV_STAMP)
+
+## Start the whole system on SQLite with a demo city loaded.
+run: venv
+	.venv/bin/yikatong demo
+
+## Run every test (real pcscd, PostgreSQL and Redis where present).
+test: venv
+	./scripts/ensure-services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Benchmarks: figures and ratios against baselines measured in the same run.
+bench: venv
+	./scripts/ensure-services
+	$(PY) -m benchmarks
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis yikatong.db

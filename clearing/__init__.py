@@ -1,0 +1,1 @@
+"""Clearing centre: wire contract, key store, validation, ledger, ingest service and API, card registry."""

@@ -1,0 +1,143 @@
+"""msgspec structs for every message of ``spec/terminal-api.md``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+BATCH_RECORDS_MAX = 10_000
+
+Hex12 = Annotated[str, Meta(pattern="^[0-9a-f]{12}$")]
+Hex16 = Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
+Hex20 = Annotated[str, Meta(pattern="^[0-9a-f]{20}$")]
+Hex8 = Annotated[str, Meta(pattern="^[0-9a-f]{8}$")]
+HexAny = Annotated[str, Meta(pattern="^([0-9a-f]{2}){0,32}$")]
+U32 = Annotated[int, Meta(ge=0, le=0xFFFFFFFF)]
+U16 = Annotated[int, Meta(ge=0, le=0xFFFF)]
+U8 = Annotated[int, Meta(ge=0, le=0xFF)]
+# ISO 8601 with an explicit offset, e.g. 2026-11-24T08:15:00+08:00
+IsoTime = Annotated[
+    str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")
+]
+ShortText = Annotated[str, Meta(max_length=64)]
+
+
+class _Strict(Struct, forbid_unknown_fields=True, omit_defaults=False):
+    pass
+
+
+class FareInfo(_Strict, frozen=True):
+    product_id: ShortText
+    rider_category_id: ShortText
+    leg_group_id: ShortText | None
+    full_fare_fen: U32
+    discount_fen: U32
+    transfer_of: U32 | None = None
+
+
+class TapRecord(_Strict, frozen=True):
+    terminal_id: Hex12
+    terminal_seq: U32
+    psam_serial: HexAny
+    issuer_id: Hex16
+    card_asn: Hex20
+    card_type: ShortText
+    tx_type: Literal[6, 9]
+    amount_fen: U32
+    balance_before_fen: U32
+    offline_counter: U16
+    tx_time: IsoTime
+    key_version: U8
+    alg_id: U8
+    tac: Hex8
+    route_id: ShortText | None = None
+    stop_id: ShortText | None = None
+    vehicle_id: ShortText | None = None
+    fare: FareInfo | None = None
+    status: Literal["normal", "recovered", "blocked"] = "normal"
+
+
+class Batch(_Strict, frozen=True):
+    batch_seq: U32
+    created_at: IsoTime
+    records: Annotated[list[TapRecord], Meta(max_length=BATCH_RECORDS_MAX)]
+
+
+class Verdict(_Strict, frozen=True):
+    terminal_seq: U32
+    verdict: Literal["accepted", "rejected", "suspect", "forwarded"]
+    code: str
+    message: str
+
+
+class BatchAnswer(_Strict, frozen=True):
+    batch_seq: U32
+    received_at: IsoTime
+    verdicts: list[Verdict]
+
+
+class DenylistEntry(_Strict, frozen=True):
+    issuer_id: Hex16
+    card_asn: Hex20
+    reason: ShortText
+    effective_at: IsoTime
+
+
+class DenylistDelta(_Strict, frozen=True):
+    version: Annotated[int, Meta(ge=0)]
+    full: bool
+    added: list[DenylistEntry]
+    removed: list[DenylistEntry]
+
+
+class LoadAuthorizeRequest(_Strict, frozen=True):
+    terminal_id: Hex12
+    issuer_id: Hex16
+    card_asn: Hex20
+    amount_fen: U32
+    balance_before_fen: U32
+    online_counter: U16
+    card_random: Hex8
+    mac1: Hex8
+    key_version: U8
+    alg_id: U8
+
+
+class LoadAuthorizeResponse(_Strict, frozen=True):
+    mac2: Hex8
+    tx_time: IsoTime
+
+
+class LoadCompleteRequest(_Strict, frozen=True):
+    tac: Hex8
+
+
+class LoadCompleteResponse(_Strict, frozen=True):
+    status: Literal["posted"]
+
+
+class ErrorItem(_Strict, frozen=True):
+    path: str
+    code: str
+    message: str
+
+
+class ErrorBody(_Strict, frozen=True):
+    code: str
+    message: str
+    errors: list[ErrorItem] = []
+
+
+_batch_decoder = msgspec.json.Decoder(Batch)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_batch(body: bytes) -> Batch:
+    """Decode an upload body; raises ``msgspec.ValidationError`` or ``msgspec.DecodeError``."""
+    return _batch_decoder.decode(body)
+
+
+def encode(message: Struct) -> bytes:
+    return _encoder.encode(message)

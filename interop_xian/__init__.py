@@ -1,0 +1,1 @@
+"""Bilateral clearing with Xi'an: signed batch exchange, netting, disputes (not built yet)."""

@@ -1,0 +1,1 @@
+"""Citizen web site and JSON API (not built yet)."""

@@ -1,0 +1,1 @@
+"""Social security, medical insurance and permit modules (not built yet)."""

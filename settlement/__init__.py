@@ -1,0 +1,1 @@
+"""Business-day windows, merchant and operator payouts, reconciliation (not built yet)."""

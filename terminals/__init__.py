@@ -1,0 +1,1 @@
+"""Validators and POS: readers, tap sessions, fares, offline journal and uploader."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: real PostgreSQL and Redis, and the rule for parts that cannot be had.
+
+Where a real part is missing, its tests skip with a one-line reason; under ``CI=true``
+a missing part is a failure, not a skip (issue 2, "Repository").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+TEST_DATABASE_URL = os.environ.get("YIKATONG_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("YIKATONG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def require(available: bool, reason: str) -> None:
+    """Skip (or fail under CI) when a real part is not available."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"required part missing under CI=true: {reason}")
+    pytest.skip(reason)
+
+
+def sqlalchemy_pg_url(url: str = TEST_DATABASE_URL) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """SQLAlchemy URL of the real PostgreSQL test database."""
+    import psycopg
+
+    try:
+        with psycopg.connect(TEST_DATABASE_URL, connect_timeout=3) as conn:
+            conn.execute("select 1")
+    except psycopg.OperationalError as exc:
+        require(False, f"PostgreSQL not reachable at {TEST_DATABASE_URL}: {exc}".splitlines()[0])
+    yield sqlalchemy_pg_url()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require(False, f"Redis not reachable at {TEST_REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    yield TEST_REDIS_URL

@@ -1,0 +1,1 @@
+"""Composition root: settings, CLI, ASGI app assembly, demo city and simulator."""

@@ -1,0 +1,31 @@
+"""All runtime settings in one class (prefix ``YIKATONG_``), as ARCHITECTURE.md lists them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YIKATONG_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./yikatong.db"
+    redis_url: str | None = None
+    keystore: Path = Path("./var/keystore.json")
+    # Key-encryption key (hex, 32 bytes). Unset: a KEK file next to the key store is
+    # created on first use (development only; production injects it from a secret store).
+    kek: SecretStr | None = None
+    city: Literal["xianyang", "xian"] = "xianyang"
+    payments_url: str = "http://127.0.0.1:8420"
+    payments_key: SecretStr = SecretStr("sk_test_yikatong")
+    peer_url: str | None = None
+    peer_public_key: str | None = None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
