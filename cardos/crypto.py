@@ -185,6 +185,7 @@ def tac_key(dtk: bytes, alg: int = ALG_3DES) -> bytes:
 
 # --- MAC and TAC inputs (section 6, "MAC inputs") --------------------------------
 
+
 def _u32(value: int) -> bytes:
     if not 0 <= value <= 0xFFFFFFFF:
         raise CryptoInputError(f"amount {value} out of the unsigned 32-bit range")

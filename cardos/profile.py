@@ -5,7 +5,7 @@ Everything a real deployment would replace with the issuer's own values lives he
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 AID_PURSE: Final = bytes.fromhex("A000000632010105")  # T-Union e-purse
@@ -32,7 +32,7 @@ ISSUERS: Final = {"xianyang": ISSUER_XIANYANG, "xian": ISSUER_XIAN}
 CITY_CODES: Final = {"xianyang": bytes.fromhex("7120"), "xian": bytes.fromhex("7100")}
 
 
-class CardType(str, Enum):
+class CardType(StrEnum):
     """Card types; the byte is file 0x15 offset 28 and file 0x17 offset 10."""
 
     ORDINARY = "ordinary"

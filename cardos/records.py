@@ -20,6 +20,7 @@ class RecordFormatError(ValueError):
 
 # --- BCD dates and times -----------------------------------------------------------
 
+
 def bcd(digits: str) -> bytes:
     if len(digits) % 2 or not digits.isdigit():
         raise RecordFormatError(f"not an even run of decimal digits: {digits!r}")
@@ -75,6 +76,7 @@ def _need(name: str, data: bytes, length: int) -> None:
 
 # --- SFI 0x15: public application information (30 bytes) ---------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class PublicInfo:
     issuer_id: bytes  # 8
@@ -117,6 +119,7 @@ class PublicInfo:
 
 # --- SFI 0x17: management information (60 bytes) -------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class ManagementInfo:
     country_code: bytes  # 4
@@ -145,6 +148,7 @@ class ManagementInfo:
 
 
 # --- SFI 0x18: transaction log record (23 bytes) --------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:

@@ -18,17 +18,15 @@ U32 = Annotated[int, Meta(ge=0, le=0xFFFFFFFF)]
 U16 = Annotated[int, Meta(ge=0, le=0xFFFF)]
 U8 = Annotated[int, Meta(ge=0, le=0xFF)]
 # ISO 8601 with an explicit offset, e.g. 2026-11-24T08:15:00+08:00
-IsoTime = Annotated[
-    str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")
-]
+IsoTime = Annotated[str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")]
 ShortText = Annotated[str, Meta(max_length=64)]
 
 
-class _Strict(Struct, forbid_unknown_fields=True, omit_defaults=False):
+class _Strict(Struct, forbid_unknown_fields=True, omit_defaults=False, frozen=True):
     pass
 
 
-class FareInfo(_Strict, frozen=True):
+class FareInfo(_Strict):
     product_id: ShortText
     rider_category_id: ShortText
     leg_group_id: ShortText | None
@@ -37,7 +35,7 @@ class FareInfo(_Strict, frozen=True):
     transfer_of: U32 | None = None
 
 
-class TapRecord(_Strict, frozen=True):
+class TapRecord(_Strict):
     terminal_id: Hex12
     terminal_seq: U32
     psam_serial: HexAny
@@ -59,40 +57,40 @@ class TapRecord(_Strict, frozen=True):
     status: Literal["normal", "recovered", "blocked"] = "normal"
 
 
-class Batch(_Strict, frozen=True):
+class Batch(_Strict):
     batch_seq: U32
     created_at: IsoTime
     records: Annotated[list[TapRecord], Meta(max_length=BATCH_RECORDS_MAX)]
 
 
-class Verdict(_Strict, frozen=True):
+class Verdict(_Strict):
     terminal_seq: U32
     verdict: Literal["accepted", "rejected", "suspect", "forwarded"]
     code: str
     message: str
 
 
-class BatchAnswer(_Strict, frozen=True):
+class BatchAnswer(_Strict):
     batch_seq: U32
     received_at: IsoTime
     verdicts: list[Verdict]
 
 
-class DenylistEntry(_Strict, frozen=True):
+class DenylistEntry(_Strict):
     issuer_id: Hex16
     card_asn: Hex20
     reason: ShortText
     effective_at: IsoTime
 
 
-class DenylistDelta(_Strict, frozen=True):
+class DenylistDelta(_Strict):
     version: Annotated[int, Meta(ge=0)]
     full: bool
     added: list[DenylistEntry]
     removed: list[DenylistEntry]
 
 
-class LoadAuthorizeRequest(_Strict, frozen=True):
+class LoadAuthorizeRequest(_Strict):
     terminal_id: Hex12
     issuer_id: Hex16
     card_asn: Hex20
@@ -105,26 +103,26 @@ class LoadAuthorizeRequest(_Strict, frozen=True):
     alg_id: U8
 
 
-class LoadAuthorizeResponse(_Strict, frozen=True):
+class LoadAuthorizeResponse(_Strict):
     mac2: Hex8
     tx_time: IsoTime
 
 
-class LoadCompleteRequest(_Strict, frozen=True):
+class LoadCompleteRequest(_Strict):
     tac: Hex8
 
 
-class LoadCompleteResponse(_Strict, frozen=True):
+class LoadCompleteResponse(_Strict):
     status: Literal["posted"]
 
 
-class ErrorItem(_Strict, frozen=True):
+class ErrorItem(_Strict):
     path: str
     code: str
     message: str
 
 
-class ErrorBody(_Strict, frozen=True):
+class ErrorBody(_Strict):
     code: str
     message: str
     errors: list[ErrorItem] = []

@@ -24,10 +24,14 @@ def test_load_session_key_and_macs_match_published_vectors() -> None:
     sk = crypto.load_session_key(KEY, h(load["card_random"]), load["online_counter"])
     assert sk.hex() == load["session_key"]
     m1 = load["mac1"]
-    data1 = crypto.load_mac1_data(int(m1["balance_before"], 16), int(m1["amount"], 16), m1["tx_type"], h(m1["terminal_id"]))
+    data1 = crypto.load_mac1_data(
+        int(m1["balance_before"], 16), int(m1["amount"], 16), m1["tx_type"], h(m1["terminal_id"])
+    )
     assert crypto.mac(sk, data1).hex() == m1["mac"]
     m2 = load["mac2"]
-    data2 = crypto.load_mac2_data(int(m2["amount"], 16), m2["tx_type"], h(m2["terminal_id"]), h(m2["date"]), h(m2["time"]))
+    data2 = crypto.load_mac2_data(
+        int(m2["amount"], 16), m2["tx_type"], h(m2["terminal_id"]), h(m2["date"]), h(m2["time"])
+    )
     assert crypto.mac(sk, data2).hex() == m2["mac"]
 
 
@@ -36,7 +40,9 @@ def test_purchase_session_key_and_macs_match_published_vectors() -> None:
     sk = crypto.purchase_session_key(KEY, h(pur["card_random"]), pur["offline_counter"], int(pur["terminal_seq"], 16))
     assert sk.hex() == pur["session_key"]
     m1 = pur["mac1"]
-    data1 = crypto.purchase_mac1_data(int(m1["amount"], 16), m1["tx_type"], h(m1["terminal_id"]), h(m1["date"]), h(m1["time"]))
+    data1 = crypto.purchase_mac1_data(
+        int(m1["amount"], 16), m1["tx_type"], h(m1["terminal_id"]), h(m1["date"]), h(m1["time"])
+    )
     assert crypto.mac(sk, data1).hex() == m1["mac"]
     assert crypto.mac(sk, crypto.purchase_mac2_data(int(pur["mac2"]["amount"], 16))).hex() == pur["mac2"]["mac"]
 
@@ -47,7 +53,13 @@ def test_derived_tac_vectors() -> None:
     assert crypto.tac_key(dtk).hex() == d["tac_key"]
     p = d["purchase"]
     tac = crypto.purchase_tac(
-        dtk, int(p["amount"], 16), p["tx_type"], h(p["terminal_id"]), int(p["terminal_seq"], 16), h(p["date"]), h(p["time"])
+        dtk,
+        int(p["amount"], 16),
+        p["tx_type"],
+        h(p["terminal_id"]),
+        int(p["terminal_seq"], 16),
+        h(p["date"]),
+        h(p["time"]),
     )
     assert tac.hex() == p["tac"]
     ld = d["load"]

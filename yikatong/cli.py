@@ -1,0 +1,21 @@
+"""The ``yikatong`` command line: one typer app, a sub-app per area in ``yikatong/commands``."""
+
+from __future__ import annotations
+
+import typer
+
+from yikatong.commands import card, demo, keys
+
+app = typer.Typer(
+    name="yikatong",
+    help="Yikatong (一卡通), the Xianyang city card system.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(card.app, name="card")
+app.command("demo")(demo.demo)
+
+
+if __name__ == "__main__":
+    app()
