@@ -22,11 +22,7 @@ IsoTime = Annotated[str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\
 ShortText = Annotated[str, Meta(max_length=64)]
 
 
-class _Strict(Struct, forbid_unknown_fields=True, omit_defaults=False, frozen=True):
-    pass
-
-
-class FareInfo(_Strict):
+class FareInfo(Struct, forbid_unknown_fields=True, frozen=True):
     product_id: ShortText
     rider_category_id: ShortText
     leg_group_id: ShortText | None
@@ -35,7 +31,7 @@ class FareInfo(_Strict):
     transfer_of: U32 | None = None
 
 
-class TapRecord(_Strict):
+class TapRecord(Struct, forbid_unknown_fields=True, frozen=True):
     terminal_id: Hex12
     terminal_seq: U32
     psam_serial: HexAny
@@ -57,40 +53,40 @@ class TapRecord(_Strict):
     status: Literal["normal", "recovered", "blocked"] = "normal"
 
 
-class Batch(_Strict):
+class Batch(Struct, forbid_unknown_fields=True, frozen=True):
     batch_seq: U32
     created_at: IsoTime
     records: Annotated[list[TapRecord], Meta(max_length=BATCH_RECORDS_MAX)]
 
 
-class Verdict(_Strict):
+class Verdict(Struct, forbid_unknown_fields=True, frozen=True):
     terminal_seq: U32
     verdict: Literal["accepted", "rejected", "suspect", "forwarded"]
     code: str
     message: str
 
 
-class BatchAnswer(_Strict):
+class BatchAnswer(Struct, forbid_unknown_fields=True, frozen=True):
     batch_seq: U32
     received_at: IsoTime
     verdicts: list[Verdict]
 
 
-class DenylistEntry(_Strict):
+class DenylistEntry(Struct, forbid_unknown_fields=True, frozen=True):
     issuer_id: Hex16
     card_asn: Hex20
     reason: ShortText
     effective_at: IsoTime
 
 
-class DenylistDelta(_Strict):
+class DenylistDelta(Struct, forbid_unknown_fields=True, frozen=True):
     version: Annotated[int, Meta(ge=0)]
     full: bool
     added: list[DenylistEntry]
     removed: list[DenylistEntry]
 
 
-class LoadAuthorizeRequest(_Strict):
+class LoadAuthorizeRequest(Struct, forbid_unknown_fields=True, frozen=True):
     terminal_id: Hex12
     issuer_id: Hex16
     card_asn: Hex20
@@ -103,26 +99,26 @@ class LoadAuthorizeRequest(_Strict):
     alg_id: U8
 
 
-class LoadAuthorizeResponse(_Strict):
+class LoadAuthorizeResponse(Struct, forbid_unknown_fields=True, frozen=True):
     mac2: Hex8
     tx_time: IsoTime
 
 
-class LoadCompleteRequest(_Strict):
+class LoadCompleteRequest(Struct, forbid_unknown_fields=True, frozen=True):
     tac: Hex8
 
 
-class LoadCompleteResponse(_Strict):
+class LoadCompleteResponse(Struct, forbid_unknown_fields=True, frozen=True):
     status: Literal["posted"]
 
 
-class ErrorItem(_Strict):
+class ErrorItem(Struct, forbid_unknown_fields=True, frozen=True):
     path: str
     code: str
     message: str
 
 
-class ErrorBody(_Strict):
+class ErrorBody(Struct, forbid_unknown_fields=True, frozen=True):
     code: str
     message: str
     errors: list[ErrorItem] = []
