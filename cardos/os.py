@@ -137,7 +137,7 @@ class CardOS:
             sw = SW_OK
         except StatusError as exc:
             self._staged.clear()  # a refused command changes nothing
-            data, sw = b"", exc.sw
+            data, sw = exc.data, exc.sw
         except (ValueError, IndexError, KeyError, OverflowError) as exc:  # defensive: never crash
             self._staged.clear()
             data, sw = b"", SW_CONDITIONS_NOT_SATISFIED

@@ -47,7 +47,9 @@ def sw_tries_left(tries: int) -> int:
 class StatusError(Exception):
     """A command refused by the card, carried as its status word."""
 
-    def __init__(self, sw: int, reason: str = "") -> None:
+    def __init__(self, sw: int, reason: str = "", data: bytes = b"") -> None:
         super().__init__(f"SW {sw:04X}" + (f": {reason}" if reason else ""))
         self.sw = sw
         self.reason = reason
+        # Warnings such as 6283 (application blocked) still return response data.
+        self.data = data

@@ -1,0 +1,1 @@
+"""Benchmarks: one module per headline figure; ``python -m benchmarks`` runs them all."""
