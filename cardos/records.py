@@ -215,6 +215,9 @@ class TransitRecord:
     moment: dt.datetime
     acquirer_city: bytes  # 2
     acquirer_id: bytes  # 8
+    # Project-defined use of RFU bytes 42-45: the PSAM terminal sequence (TTC) of this
+    # leg, so a later leg can name it as ``transfer_of`` from what the card carries.
+    terminal_seq: int = 0
 
     def encode(self) -> bytes:
         _need("terminal id", self.terminal_id, 6)
@@ -232,7 +235,8 @@ class TransitRecord:
             + datetime7(self.moment)
             + self.acquirer_city
             + self.acquirer_id
-            + bytes(6)
+            + self.terminal_seq.to_bytes(4, "big")
+            + bytes(2)
         )
         _need("transit record", out, 48)
         return out
@@ -252,6 +256,7 @@ class TransitRecord:
             moment=parse_datetime7(data[25:32]),
             acquirer_city=data[32:34],
             acquirer_id=data[34:42],
+            terminal_seq=int.from_bytes(data[42:46], "big"),
         )
 
 
