@@ -79,6 +79,7 @@ class CardOS:
         self.tear: TearPlan | None = None
         self.apdu_index = 0
         self._staged: list[Callable[[], None]] = []
+        self._staged_even_if_refused: list[Callable[[], None]] = []
 
     # --- power ------------------------------------------------------------------------
     def power_on(self) -> bytes:
@@ -97,9 +98,15 @@ class CardOS:
         """Forget everything that does not survive power loss. Subclasses extend."""
 
     # --- commit -----------------------------------------------------------------------
-    def stage(self, change: Callable[[], None]) -> None:
-        """Queue a persistent-state change for this APDU's commit point."""
+    def stage(self, change: Callable[[], None], *, even_if_refused: bool = False) -> None:
+        """Queue a persistent-state change for this APDU's commit point.
+
+        ``even_if_refused=True`` keeps the change when the handler then raises
+        ``StatusError``: a failed PIN try must cost a try (``card-profile.md``).
+        """
         self._staged.append(change)
+        if even_if_refused:
+            self._staged_even_if_refused.append(change)
 
     def persist(self) -> None:
         """Write the committed state (card image). Subclasses with storage override."""
@@ -131,12 +138,14 @@ class CardOS:
             raise CardTorn("card is not powered")
         self.apdu_index += 1
         self._staged.clear()
+        self._staged_even_if_refused.clear()
         try:
             cmd = parse_command(bytes(apdu))
             data = self._handler(cmd)(cmd)
             sw = SW_OK
         except StatusError as exc:
-            self._staged.clear()  # a refused command changes nothing
+            # a refused command changes nothing, except what it staged even_if_refused
+            self._staged, self._staged_even_if_refused = self._staged_even_if_refused, []
             data, sw = exc.data, exc.sw
         except (ValueError, IndexError, KeyError, OverflowError) as exc:  # defensive: never crash
             self._staged.clear()

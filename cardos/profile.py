@@ -16,6 +16,8 @@ PURSE_MAX_FEN: Final = 1_000_000  # 10,000 CNY
 LOG_RECORDS: Final = 10  # SFI 0x18, cyclic, 23 bytes
 TRANSIT_RECORDS: Final = 30  # SFI 0x1E, cyclic, 48 bytes
 PIN_TRIES_MAX: Final = 3
+PURSE_KEY_INDEX: Final = 0x01  # the one key index INITIALIZE accepts (SH sends 01); others get 9403
+PROVE_ENTRIES_MAX: Final = 8  # committed purchases a card can still prove (GET TRANSACTION PROVE)
 
 SFI_PUBLIC: Final = 0x15
 SFI_HOLDER: Final = 0x16
