@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from yikatong.commands import card, demo, keys
+from yikatong.commands import card, demo, exceptions, init, keys, terminal
 
 app = typer.Typer(
     name="yikatong",
@@ -12,8 +12,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.command("init")(init.init)
 app.add_typer(keys.app, name="keys")
 app.add_typer(card.app, name="card")
+app.add_typer(terminal.app, name="terminal")
+app.add_typer(exceptions.app, name="exceptions")
 app.command("demo")(demo.demo)
 
 

@@ -1,0 +1,315 @@
+"""Engines, sessions and migrations for clearing's database (SQLite or PostgreSQL).
+
+One place decides how a URL becomes an engine, so the embedded default (a SQLite file in
+WAL mode) and production (PostgreSQL through psycopg 3) behave the same to callers:
+foreign keys on, a busy timeout instead of instant "database is locked", UTC everywhere.
+``upgrade(url)`` runs the Alembic migrations in ``migrations/`` (the one schema path that
+also partitions ``taps`` on PostgreSQL); ``create_all`` is a quick metadata-only path for
+throwaway SQLite databases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from clearing.models import Base, Counter
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+PG_STATEMENT_TIMEOUT_MS: Final = 0  # no limit by default; set per session for interactive paths
+_SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3; everything else is left alone."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_postgres(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
+    return normalize_url(url).startswith("postgresql")
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(f"bad schema name {schema!r}: lowercase letters, digits and _ only")
+    return schema
+
+
+def make_engine(url: str, *, schema: str | None = None, echo: bool = False, **kwargs: Any) -> Engine:
+    """An engine for ``url``; ``schema`` (PostgreSQL only) becomes the connection's search_path.
+
+    SQLite: WAL journal, ``foreign_keys=ON``, ``busy_timeout``, ``synchronous=NORMAL``
+    (durable in WAL mode across application crashes; an OS crash may lose the last
+    commits, which terminals re-upload idempotently). ``sqlite://`` (in memory) uses one
+    shared connection so every session sees the same database.
+    """
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        if schema is not None:
+            raise ValueError("schema is a PostgreSQL option")
+        parsed = make_url(url)
+        in_memory = parsed.database in (None, "", ":memory:")
+        if not in_memory and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        if in_memory:
+            kwargs.setdefault("poolclass", StaticPool)
+        engine = create_engine(url, echo=echo, connect_args=connect_args, **kwargs)
+        _install_sqlite_pragmas(engine, wal=not in_memory)
+        return engine
+    if url.startswith("postgresql"):
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        options = ["-c timezone=UTC"]
+        if schema is not None:
+            options.append(f"-c search_path={check_schema_name(schema)}")
+        connect_args["options"] = " ".join(options)
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, echo=echo, connect_args=connect_args, **kwargs)
+    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
+
+
+def _install_sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if wal:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit (CLI and API code reads them after)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table from the models (no Alembic stamp, no partitioning): tests and scratch DBs."""
+    Base.metadata.create_all(engine)
+
+
+def alembic_config(url: str, *, schema: str | None = None) -> Any:
+    """The Alembic config for ``migrations/`` with ``url`` (the ini file is ``migrations/alembic.ini``)."""
+    from alembic.config import Config
+
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    if schema is not None:
+        cfg.attributes["schema"] = check_schema_name(schema)
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head", *, schema: str | None = None) -> None:
+    """Migrate the database at ``url`` (optionally inside PostgreSQL ``schema``) to ``revision``."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url, schema=schema), revision)
+
+
+def downgrade(url: str, revision: str = "base", *, schema: str | None = None) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url, schema=schema), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        rev: str | None = MigrationContext.configure(conn).get_current_revision()
+        return rev
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    head = script.get_current_head()
+    assert head is not None, "migrations/ has no head revision"
+    return head
+
+
+def ensure_migrated(url: str, *, schema: str | None = None) -> Engine:
+    """Engine for ``url`` with the schema at head; migrates only when behind (CLI first use)."""
+    engine = make_engine(url, schema=schema)
+    if current_revision(engine) != head_revision():
+        upgrade(url, schema=schema)
+    return engine
+
+
+# --- PostgreSQL schemas (test isolation, multi-tenant scratch) ------------------------------
+
+
+def random_schema_name(prefix: str = "t_") -> str:
+    return check_schema_name(prefix + secrets.token_hex(6))
+
+
+def create_schema(url: str, schema: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{check_schema_name(schema)}"'))
+    finally:
+        engine.dispose()
+
+
+def drop_schema(url: str, schema: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{check_schema_name(schema)}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def isolated_schema(url: str, prefix: str = "t_") -> Iterator[str]:
+    """A fresh PostgreSQL schema ``t_<random>`` for the duration of the block, dropped after."""
+    schema = random_schema_name(prefix)
+    create_schema(url, schema)
+    try:
+        yield schema
+    finally:
+        drop_schema(url, schema)
+
+
+# --- taps partitions (PostgreSQL) ---------------------------------------------------------
+
+
+def create_tap_partitions(engine: Engine, first_day: dt.date, days: int) -> list[str]:
+    """Create daily partitions ``taps_YYYYMMDD`` for ``days`` business days from ``first_day``.
+
+    Run ahead of time (e.g. daily for the next week): a day whose rows already sit in the
+    default partition cannot get its own partition until they are moved. No-op on SQLite.
+    """
+    assert 0 < days <= 366, "create at most a year of partitions at a time"
+    if not is_postgres(engine):
+        return []
+    created: list[str] = []
+    with engine.begin() as conn:
+        for offset in range(days):
+            day = first_day + dt.timedelta(days=offset)
+            name = f"taps_{day:%Y%m%d}"
+            conn.execute(
+                text(
+                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF taps "
+                    f"FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + dt.timedelta(days=1)).isoformat()}')"
+                )
+            )
+            created.append(name)
+    return created
+
+
+# --- tap natural keys ---------------------------------------------------------------------
+
+TAP_KEY_FIELDS: Final = ("terminal_id", "terminal_seq", "issuer_id", "card_asn", "offline_counter", "tx_type")
+_CLAIM_CHUNK: Final = 1000  # rows per INSERT: 7 parameters each, far under SQLite's limit
+
+
+def claim_tap_keys(session: Session, keys: Sequence[Mapping[str, Any]]) -> set[tuple[str, int]]:
+    """Claim taps' natural keys; return the (terminal_id, terminal_seq) that were new.
+
+    Each mapping holds ``TAP_KEY_FIELDS`` and ``business_day``. One
+    ``INSERT … ON CONFLICT DO NOTHING RETURNING`` per 1,000 keys: a key that collides on
+    either natural key (with an earlier tap or an earlier row of the same call) is not
+    returned, which is the duplicate verdict (E_DUPLICATE_TERMINAL_SEQ or
+    E_DUPLICATE_CARD_COUNTER; the caller tells which by looking the key up). Runs in the
+    caller's transaction; insert the tap rows of the claimed keys in the same one.
+    """
+    from clearing.models import TapKey
+
+    claimed: set[tuple[str, int]] = set()
+    dialect = session.get_bind().dialect.name
+    insert_fn: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as insert_fn
+    else:
+        from sqlalchemy.dialects.sqlite import insert as insert_fn
+    for start in range(0, len(keys), _CLAIM_CHUNK):
+        rows = [
+            {**{f: k[f] for f in TAP_KEY_FIELDS}, "business_day": k["business_day"]}
+            for k in keys[start : start + _CLAIM_CHUNK]
+        ]
+        stmt = (
+            insert_fn(TapKey).values(rows).on_conflict_do_nothing().returning(TapKey.terminal_id, TapKey.terminal_seq)
+        )
+        claimed.update((str(t), int(q)) for t, q in session.execute(stmt))
+    return claimed
+
+
+# --- counters -----------------------------------------------------------------------------
+
+
+def bump_counter(session: Session, name: str, by: int = 1) -> int:
+    """Increment the named counter and return its new value, in the caller's transaction.
+
+    The UPDATE takes the row lock on PostgreSQL (and the write lock on SQLite), so two
+    transactions never get the same value.
+    """
+    assert by > 0
+    new_value = session.execute(
+        update(Counter).where(Counter.name == name).values(value=Counter.value + by).returning(Counter.value)
+    ).scalar_one_or_none()
+    if new_value is None:
+        session.add(Counter(name=name, value=by))
+        session.flush()
+        return by
+    return int(new_value)
+
+
+def read_counter(session: Session, name: str) -> int:
+    value = session.execute(select(Counter.value).where(Counter.name == name)).scalar_one_or_none()
+    return 0 if value is None else int(value)
+
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "bump_counter",
+    "claim_tap_keys",
+    "create_all",
+    "create_schema",
+    "create_tap_partitions",
+    "current_revision",
+    "downgrade",
+    "drop_schema",
+    "ensure_migrated",
+    "head_revision",
+    "is_postgres",
+    "isolated_schema",
+    "make_engine",
+    "normalize_url",
+    "random_schema_name",
+    "read_counter",
+    "session_factory",
+    "transaction",
+    "upgrade",
+]

@@ -1,0 +1,203 @@
+"""Registry of issuers, cards, operators and terminals, and terminal bearer tokens.
+
+A terminal's token is shown once, at registration, and stored only as a salted scrypt hash
+(``docs/ledger.md``). Tokens are 256 random bits, so the KDF is not what protects them
+against guessing; scrypt is used so that a leaked table is useless even for a weak
+token, and successful verifications are remembered in a small in-process cache so the
+terminal API does not pay the KDF on every upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cardos.profile import ISSUERS
+from clearing import accounts
+from clearing.models import Card, Issuer, Operator, Terminal
+
+SCRYPT_N: Final = 2**14
+SCRYPT_R: Final = 8
+SCRYPT_P: Final = 1
+SCRYPT_DKLEN: Final = 32
+TOKEN_BYTES: Final = 32
+_VERIFIED_MAX: Final = 4096
+_TERMINAL_ID_RE: Final = re.compile(r"^[0-9a-f]{12}$")
+_OPERATOR_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+
+ISSUER_NAMES: Final = {"xianyang": "Xianyang Yikatong", "xian": "Xi'an Chang'an Tong"}
+
+
+class RegistryError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# --- issuers ------------------------------------------------------------------------------
+
+
+def ensure_issuers(session: Session, *, own_city: str) -> list[Issuer]:
+    """Register the known issuers (Xianyang, Xi'an) if missing; ``own`` is the configured city's."""
+    out = []
+    for city, raw in ISSUERS.items():
+        issuer = session.get(Issuer, raw.hex())
+        if issuer is None:
+            issuer = Issuer(issuer_id=raw.hex(), city=city, name=ISSUER_NAMES.get(city, city), own=city == own_city)
+            session.add(issuer)
+        out.append(issuer)
+    session.flush()
+    return out
+
+
+def get_issuer(session: Session, issuer_id: str) -> Issuer | None:
+    return session.get(Issuer, issuer_id.lower())
+
+
+# --- cards ----------------------------------------------------------------------------------
+
+
+def get_card(session: Session, issuer_id: str, card_asn: str) -> Card | None:
+    return session.execute(
+        select(Card).where(Card.issuer_id == issuer_id.lower(), Card.card_asn == card_asn.lower())
+    ).scalar_one_or_none()
+
+
+def find_cards(session: Session, card_asn: str) -> list[Card]:
+    """Cards with this ASN under any issuer (``card show --asn`` without an issuer)."""
+    return list(session.scalars(select(Card).where(Card.card_asn == card_asn.lower()).order_by(Card.issuer_id)))
+
+
+# --- operators and terminals ----------------------------------------------------------------
+
+
+def ensure_operator(
+    session: Session, operator_id: str, *, name: str | None = None, kind: str = "bus_operator"
+) -> Operator:
+    """The operator (created with its payable account if new)."""
+    if not _OPERATOR_ID_RE.match(operator_id):
+        raise RegistryError("E_BAD_OPERATOR", "operator must be 1-64 letters, digits, space, '.', '_' or '-'")
+    operator = session.get(Operator, operator_id)
+    if operator is None:
+        payable = accounts.operator_payable(session, operator_id)
+        operator = Operator(operator_id=operator_id, name=name or operator_id, kind=kind, payable_account_id=payable)
+        session.add(operator)
+        session.flush()
+    return operator
+
+
+def get_terminal(session: Session, terminal_id: str) -> Terminal | None:
+    return session.get(Terminal, terminal_id.lower())
+
+
+def register_terminal(
+    session: Session, terminal_id: str, operator: str, route: str | None = None, *, replace_token: bool = False
+) -> str:
+    """Register a terminal and return its bearer token, which is not stored and cannot be shown again.
+
+    A terminal already registered is refused unless ``replace_token`` (then it gets a new
+    token, its old one stops working, and operator/route are updated).
+    """
+    terminal_id = terminal_id.lower()
+    if not _TERMINAL_ID_RE.match(terminal_id):
+        raise RegistryError("E_BAD_TERMINAL_ID", "terminal id must be 12 hex chars (the PSAM terminal number)")
+    if route is not None and not 0 < len(route) <= 64:
+        raise RegistryError("E_BAD_ROUTE", "route must be 1-64 characters")
+    op = ensure_operator(session, operator)
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    existing = session.get(Terminal, terminal_id)
+    if existing is not None:
+        if not replace_token:
+            raise RegistryError("E_TERMINAL_EXISTS", f"terminal {terminal_id} is already registered")
+        existing.token_hash = hash_token(token)
+        existing.operator_id = op.operator_id
+        existing.payable_account_id = op.payable_account_id
+        existing.route = route
+        existing.active = True
+    else:
+        session.add(
+            Terminal(
+                terminal_id=terminal_id,
+                operator_id=op.operator_id,
+                payable_account_id=op.payable_account_id,
+                route=route,
+                token_hash=hash_token(token),
+                active=True,
+            )
+        )
+    session.flush()
+    return token
+
+
+def verify_terminal_token(session: Session, terminal_id: str, token: str) -> Terminal | None:
+    """The active terminal whose token this is, or None (unknown, inactive or wrong token)."""
+    terminal = session.get(Terminal, terminal_id.lower())
+    if terminal is None or not terminal.active:
+        return None
+    return terminal if check_token(terminal.token_hash, token) else None
+
+
+# --- token hashing ------------------------------------------------------------------------
+
+_verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
+def hash_token(token: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$N$r$p$<salt hex>$<hash hex>``; the parameters travel with the hash."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        token.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_DKLEN, maxmem=64 * 2**20
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def check_token(stored: str, token: str) -> bool:
+    """Constant-time check of ``token`` against a stored hash; successes are cached in memory."""
+    fingerprint = hashlib.sha256(token.encode("utf-8")).digest()
+    key = (stored, fingerprint)
+    with _verified_lock:
+        if key in _verified:
+            _verified.move_to_end(key)
+            return True
+    try:
+        scheme, n, r, p, salt_hex, digest_hex = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        digest = hashlib.scrypt(
+            token.encode("utf-8"), salt=bytes.fromhex(salt_hex), n=int(n), r=int(r), p=int(p),
+            dklen=len(digest_hex) // 2, maxmem=64 * 2**20,
+        )  # fmt: skip
+    except ValueError:
+        return False
+    ok = hmac.compare_digest(digest, bytes.fromhex(digest_hex))
+    if ok:
+        with _verified_lock:
+            _verified[key] = None
+            while len(_verified) > _VERIFIED_MAX:
+                _verified.popitem(last=False)
+    return ok
+
+
+__all__ = [
+    "RegistryError",
+    "check_token",
+    "ensure_issuers",
+    "ensure_operator",
+    "find_cards",
+    "get_card",
+    "get_issuer",
+    "get_terminal",
+    "hash_token",
+    "register_terminal",
+    "verify_terminal_token",
+]

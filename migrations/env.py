@@ -1,0 +1,58 @@
+"""Alembic environment for clearing's schema (SQLite and PostgreSQL).
+
+The URL comes from, in order: ``-x url=...`` on the command line, the ``sqlalchemy.url``
+that ``clearing.db.alembic_config`` sets, or ``yikatong.settings``. A PostgreSQL schema
+passed by ``clearing.db.upgrade(..., schema=...)`` becomes the search_path, so the
+tables and ``alembic_version`` live in that schema (test isolation).
+"""
+
+from __future__ import annotations
+
+from alembic import context
+
+from clearing.db import make_engine
+from clearing.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    x_url = context.get_x_argument(as_dictionary=True).get("url")
+    if x_url:
+        return str(x_url)
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    from yikatong.settings import get_settings
+
+    return get_settings().database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    schema = config.attributes.get("schema")
+    engine = make_engine(_url(), schema=schema)
+    try:
+        with engine.connect() as connection:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=connection.dialect.name == "sqlite",
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,132 @@
+"""Issuing cards: keys from the key store, registry row, ledger posting, auth certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cardos.crypto import derive_card_key
+from cardos.image import CardImage
+from cardos.profile import ISSUER_XIANYANG, CardType
+from cardos.records import ManagementInfo, PublicInfo
+from clearing import accounts
+from clearing.issuance import HolderInfo, IssuanceError, issue_card
+from clearing.keystore import KEY_NAMES, KeyStore
+from clearing.ledger import account_balance, trial_balance
+from clearing.models import Card, Transfer, TransferCode
+from clearing.registry import ensure_issuers
+
+XY = ISSUER_XIANYANG.hex()
+NOW = dt.datetime(2026, 11, 24, 1, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def keystore(tmp_path_factory: pytest.TempPathFactory) -> KeyStore:
+    ks = KeyStore.open(tmp_path_factory.mktemp("ks") / "keystore.json", bytes(32))
+    ks.init(["xianyang", "xian"])
+    return ks
+
+
+@pytest.fixture
+def session(db_session: Session) -> Session:
+    ensure_issuers(db_session, own_city="xianyang")
+    db_session.commit()
+    return db_session
+
+
+def test_issued_card_has_keys_diversified_from_the_issuers_master_keys(session: Session, keystore: KeyStore) -> None:
+    image, card = issue_card(session, keystore, issuer_id="xianyang", card_type="ordinary", now=NOW)
+    session.commit()
+    masters = {n: keystore._master(XY, 1, n) for n in KEY_NAMES}
+    asn = bytes.fromhex(card.card_asn)
+    assert image.keys.dpk == derive_card_key(masters["mpk"], ISSUER_XIANYANG, asn)
+    assert image.keys.dlk == derive_card_key(masters["mlk"], ISSUER_XIANYANG, asn)
+    assert image.keys.dtk == derive_card_key(masters["mtk"], ISSUER_XIANYANG, asn)
+    assert image.keys.damk == derive_card_key(masters["mamk"], ISSUER_XIANYANG, asn)
+    public = PublicInfo.decode(image.public)
+    assert (public.issuer_id, public.asn, public.card_type) == (ISSUER_XIANYANG, asn, CardType.ORDINARY)
+    assert public.start_date == dt.date(2026, 11, 24) and public.expiry_date == dt.date(2036, 11, 24)
+    management = ManagementInfo.decode(image.management)
+    assert management.interoperable and management.city_code == bytes.fromhex("7120")
+    assert image.auth is None and image.holder is None
+    assert card.card_asn.startswith("7120") and card.key_version == 1 and card.status == "active"
+
+
+def test_value_sold_with_the_card_is_posted_from_float_to_card_liability(
+    session: Session, keystore: KeyStore, tmp_path: Path
+) -> None:
+    image, card = issue_card(session, keystore, issuer_id=XY, card_type=CardType.STUDENT, balance_fen=5000, now=NOW)
+    session.commit()
+    transfer = session.get(Transfer, f"issue:{card.card_asn}")
+    assert transfer is not None and transfer.amount_fen == 5000 and transfer.code == TransferCode.CARD_SALE
+    assert transfer.debit_account_id == accounts.issuer_float(session, XY)
+    assert transfer.credit_account_id == card.account_id
+    assert account_balance(session, card.account_id).credit_balance_fen == 5000 == card.shadow_balance_fen
+    assert image.purse.balance_fen == 5000
+    trial_balance(session)
+    image.save_atomic(tmp_path / "card.json")
+    assert CardImage.load(tmp_path / "card.json") == image
+
+
+def test_social_security_card_gets_a_certificate_from_the_issuer_ca(session: Session, keystore: KeyStore) -> None:
+    holder = HolderInfo(name="张三", id_number="610402199001011234")
+    image, card = issue_card(session, keystore, issuer_id=XY, card_type="social-security", holder=holder, now=NOW)
+    session.commit()
+    assert image.auth is not None and image.holder is not None
+    assert len(image.auth.pin) == 6 and image.auth.pin.isdigit()
+    cert = x509.load_der_x509_certificate(image.auth.certificate_der)
+    cert.verify_directly_issued_by(keystore.ca_certificate(XY))
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert cn == card.card_asn
+    assert card.auth_cert_serial == format(cert.serial_number, "x")
+    assert image.holder[2:6] == "张三".encode("gbk")
+
+
+def test_a_pin_gives_an_ordinary_card_a_login_certificate(session: Session, keystore: KeyStore) -> None:
+    image, _ = issue_card(session, keystore, issuer_id=XY, card_type="ordinary", pin="123456", now=NOW)
+    assert image.auth is not None and image.auth.pin == "123456"
+
+
+def test_asns_are_allocated_in_sequence_and_duplicates_refused(session: Session, keystore: KeyStore) -> None:
+    _, a = issue_card(session, keystore, issuer_id=XY, card_type="ordinary", now=NOW)
+    _, b = issue_card(session, keystore, issuer_id=XY, card_type="ordinary", now=NOW)
+    assert int(b.card_asn) == int(a.card_asn) + 1
+    with pytest.raises(IssuanceError, match="E_CARD_EXISTS"):
+        issue_card(session, keystore, issuer_id=XY, card_type="ordinary", asn=a.card_asn, now=NOW)
+    _, c = issue_card(session, keystore, issuer_id=XY, card_type="ordinary", asn="71209999999999999999", now=NOW)
+    assert c.card_asn == "71209999999999999999"
+    session.commit()
+    assert len(session.scalars(select(Card)).all()) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"issuer_id": "xian"}, "E_NOT_OUR_ISSUER"),
+        ({"card_type": "gold"}, "E_BAD_CARD_TYPE"),
+        ({"balance_fen": 1_000_001}, "E_BAD_BALANCE"),
+        ({"pin": "12ab56"}, "E_BAD_PIN"),
+        ({"asn": "7120"}, "E_BAD_ASN"),
+    ],
+)
+def test_bad_issue_requests_are_refused(
+    session: Session, keystore: KeyStore, kwargs: dict[str, object], code: str
+) -> None:
+    args: dict[str, object] = {"issuer_id": XY, "card_type": "ordinary", **kwargs}
+    with pytest.raises(IssuanceError) as info:
+        issue_card(session, keystore, now=NOW, **args)  # type: ignore[arg-type]
+    assert info.value.code == code
+
+
+def test_cards_issued_after_rotation_get_the_new_key_version(session: Session, tmp_path: Path) -> None:
+    ks = KeyStore.open(tmp_path / "ks.json", bytes(32))
+    ks.init(["xianyang"])
+    ks.rotate("xianyang")
+    image, card = issue_card(session, ks, issuer_id=XY, card_type="ordinary", now=NOW)
+    assert card.key_version == image.keys.key_version == 2
+    assert image.keys.dtk == ks.dtk(XY, card.card_asn, 2) != ks.dtk(XY, card.card_asn, 1)

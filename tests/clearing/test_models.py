@@ -1,0 +1,199 @@
+"""The database itself refuses bad money and duplicate taps, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from clearing import accounts, db
+from clearing.models import (
+    Card,
+    DenylistEntryRow,
+    ExceptionItem,
+    Issuer,
+    Tap,
+    TapKey,
+    Transfer,
+    utcnow,
+)
+
+ISSUER = "01007120ffffffff"
+ASN = "71200000000000000001"
+DAY = dt.date(2026, 11, 24)
+
+
+def _two_accounts(session: Session) -> tuple[int, int]:
+    a = accounts.issuer_float(session, ISSUER)
+    b = accounts.card_liability(session, ISSUER, ASN)
+    session.commit()
+    return a, b
+
+
+@pytest.mark.parametrize("amount", [0, -1])
+def test_db_refuses_a_non_positive_transfer_amount(db_session: Session, amount: int) -> None:
+    a, b = _two_accounts(db_session)
+    with pytest.raises(IntegrityError, match="amount_positive"):
+        db_session.execute(
+            insert(Transfer).values(
+                id="x",
+                debit_account_id=a,
+                credit_account_id=b,
+                amount_fen=amount,
+                ledger=156,
+                code=1,
+                state="posted",
+                created_at=utcnow(),
+            )
+        )
+
+
+def test_db_refuses_a_transfer_to_an_unknown_account(db_session: Session) -> None:
+    a, _ = _two_accounts(db_session)
+    with pytest.raises(IntegrityError):
+        db_session.execute(
+            insert(Transfer).values(
+                id="x",
+                debit_account_id=a,
+                credit_account_id=12345,
+                amount_fen=1,
+                ledger=156,
+                code=1,
+                state="posted",
+                created_at=utcnow(),
+            )
+        )
+
+
+def _key(**over: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "terminal_id": "0000000000a1",
+        "terminal_seq": 7,
+        "issuer_id": ISSUER,
+        "card_asn": ASN,
+        "offline_counter": 3,
+        "tx_type": 9,
+        "business_day": DAY,
+    }
+    row.update(over)
+    return row
+
+
+def test_db_refuses_a_duplicate_terminal_sequence(db_session: Session) -> None:
+    db_session.execute(insert(TapKey).values(**_key()))
+    with pytest.raises(IntegrityError):
+        db_session.execute(insert(TapKey).values(**_key(offline_counter=4)))
+
+
+def test_db_refuses_a_duplicate_card_counter_and_type(db_session: Session) -> None:
+    db_session.execute(insert(TapKey).values(**_key()))
+    with pytest.raises(IntegrityError):
+        db_session.execute(insert(TapKey).values(**_key(terminal_seq=8)))
+
+
+def test_same_card_counter_with_another_type_is_a_different_tap(db_session: Session) -> None:
+    db_session.execute(insert(TapKey).values(**_key()))
+    db_session.execute(insert(TapKey).values(**_key(terminal_seq=8, tx_type=6)))
+    db_session.commit()
+
+
+def test_claim_tap_keys_returns_only_new_keys_of_a_batch(db_session: Session) -> None:
+    assert db.claim_tap_keys(db_session, [_key()]) == {("0000000000a1", 7)}
+    batch = [
+        _key(),  # same terminal seq as before
+        _key(terminal_seq=8),  # same card counter as before
+        _key(terminal_seq=9, offline_counter=4),  # new
+        _key(terminal_seq=10, offline_counter=4),  # same card counter as the previous row
+        _key(terminal_id="0000000000a2", terminal_seq=7, offline_counter=5),  # new
+    ]
+    assert db.claim_tap_keys(db_session, batch) == {("0000000000a1", 9), ("0000000000a2", 7)}
+    db_session.commit()
+    assert len(db_session.scalars(select(TapKey)).all()) == 3
+
+
+def _tap(**over: object) -> Tap:
+    fields: dict[str, object] = {
+        "business_day": DAY,
+        "terminal_id": "0000000000a1",
+        "terminal_seq": 7,
+        "psam_serial": "0102",
+        "issuer_id": ISSUER,
+        "card_asn": ASN,
+        "card_type": "ordinary",
+        "tx_type": 9,
+        "amount_fen": 200,
+        "balance_before_fen": 1000,
+        "offline_counter": 3,
+        "tx_time": dt.datetime(2026, 11, 24, 8, 15, tzinfo=dt.timezone(dt.timedelta(hours=8))),
+        "key_version": 1,
+        "alg_id": 0,
+        "tac": "01020304",
+        "verdict": "accepted",
+        "code": "OK",
+        "received_at": utcnow(),
+    }
+    fields.update(over)
+    return Tap(**fields)
+
+
+def test_taps_store_duplicates_but_refuse_negative_amounts(db_session: Session) -> None:
+    db_session.add_all([_tap(), _tap(verdict="rejected", code="E_DUPLICATE_TERMINAL_SEQ")])
+    db_session.commit()
+    assert len(db_session.scalars(select(Tap)).all()) == 2
+    db_session.add(_tap(amount_fen=-1))
+    with pytest.raises(IntegrityError):
+        db_session.flush()
+
+
+def test_times_are_stored_utc_and_read_back_aware(db_session: Session) -> None:
+    db_session.add(_tap())
+    db_session.commit()
+    db_session.expunge_all()
+    tap = db_session.scalars(select(Tap)).one()
+    assert tap.tx_time == dt.datetime(2026, 11, 24, 0, 15, tzinfo=dt.UTC)
+    assert tap.tx_time.utcoffset() == dt.timedelta(0)
+
+
+def test_naive_datetimes_are_refused(db_session: Session) -> None:
+    db_session.add(_tap(tx_time=dt.datetime(2026, 11, 24, 8, 15)))
+    with pytest.raises(Exception, match="naive datetime"):
+        db_session.flush()
+
+
+def test_only_one_live_denylist_entry_per_card(db_session: Session) -> None:
+    now = utcnow()
+    db_session.add(DenylistEntryRow(issuer_id=ISSUER, card_asn=ASN, reason="lost", effective_at=now, added_version=1))
+    db_session.flush()
+    db_session.add(DenylistEntryRow(issuer_id=ISSUER, card_asn=ASN, reason="lost", effective_at=now, added_version=2))
+    with pytest.raises(IntegrityError):
+        db_session.flush()
+
+
+def test_card_shadow_balance_cannot_be_negative(db_session: Session) -> None:
+    db_session.add(Issuer(issuer_id=ISSUER, city="xianyang", name="Xianyang", own=True))
+    account = accounts.card_liability(db_session, ISSUER, ASN)
+    db_session.add(
+        Card(
+            issuer_id=ISSUER,
+            card_asn=ASN,
+            card_type="ordinary",
+            issued_at=utcnow(),
+            start_date=DAY,
+            expiry_date=DAY,
+            key_version=1,
+            alg_id=0,
+            account_id=account,
+            shadow_balance_fen=-5,
+        )
+    )
+    with pytest.raises(IntegrityError):
+        db_session.flush()
+
+
+def test_exception_item_decided_at_goes_with_state(db_session: Session) -> None:
+    db_session.add(ExceptionItem(code="E_TAC_MISMATCH", state="accepted"))
+    with pytest.raises(IntegrityError):
+        db_session.flush()

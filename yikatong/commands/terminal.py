@@ -1,0 +1,10 @@
+"""``yikatong terminal``: register terminals and run validators and POS."""
+
+from __future__ import annotations
+
+import typer
+
+from yikatong.commands.terminal_admin import register
+
+app = typer.Typer(help="Register terminals; run a validator or POS.", no_args_is_help=True)
+app.command("register")(register)
