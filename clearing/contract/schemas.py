@@ -29,6 +29,9 @@ class FareInfo(Struct, forbid_unknown_fields=True, frozen=True):
     full_fare_fen: U32
     discount_fen: U32
     transfer_of: U32 | None = None
+    # Tap-off of a distance fare: what the maximum charged at entry owes back to the card
+    # (docs/fares.md); clearing pays it as a pending credit, the purse is not credited offline.
+    refund_due_fen: U32 = 0
 
 
 class TapRecord(Struct, forbid_unknown_fields=True, frozen=True):
