@@ -11,6 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# The real-pcscd fixtures (``pcscd``, ``vpcd_insert``), registered once for every directory.
+pytest_plugins = ["tests.pcsc_support"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TEST_DATABASE_URL = os.environ.get("YIKATONG_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("YIKATONG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -1,7 +1,9 @@
 """PC/SC fixtures: real pcscd + vpcd (``tests/pcsc_support.py`` says what they do).
 
-Reusable fixtures: ``pcscd`` (session; a ``PcscEnv`` with the reader names and ports),
-``vpcd_insert`` (insert a ``SmartCard`` into a slot for one test), and ``card_path`` /
+``pcscd`` (session; a ``PcscEnv`` with the reader names and ports) and ``vpcd_insert``
+(insert a ``SmartCard`` into a slot for one test) are registered once for the whole run by
+``tests/conftest.py`` (a session fixture imported twice would exist twice and deadlock on
+the vpcd lock). Here: ``card_path`` /
 ``psam_path`` (a Xianyang card image and a field PSAM image on disk whose keys derive
 from ``tests.pcsc_support.MASTER_KEYS``, so the two work together).
 """
@@ -17,9 +19,7 @@ from cardos import crypto
 from cardos.personalise import personalise
 from cardos.profile import ISSUER_XIANYANG
 from tests.cardos.cardkit import management_info, public_info
-from tests.pcsc_support import CARD_ASN, OPENING_FEN, derived_keys, field_psam_image, pcscd, vpcd_insert
-
-__all__ = ["card_path", "pcscd", "psam_path", "vpcd_insert"]
+from tests.pcsc_support import CARD_ASN, OPENING_FEN, derived_keys, field_psam_image
 
 
 @pytest.fixture

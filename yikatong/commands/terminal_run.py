@@ -84,6 +84,9 @@ def run(
     route: Annotated[str | None, typer.Option("--route", help="GTFS route id this validator serves.")] = None,
     stop: Annotated[str | None, typer.Option("--stop", help="GTFS stop id where it stands.")] = None,
     vehicle: Annotated[str | None, typer.Option("--vehicle", help="Vehicle id written into each record.")] = None,
+    tap_kind: Annotated[
+        str, typer.Option("--tap-kind", help="single, tap_on or tap_off (routes priced entry to exit).")
+    ] = "single",
     pos: Annotated[
         bool, typer.Option("--pos", help="Merchant till: prompt for an amount, then take the card.")
     ] = False,
@@ -120,6 +123,8 @@ def run(
         raise _fail("E_USAGE: --clearing-url and --token go together")
     if not pos and (route is None or stop is None):
         raise _fail("E_USAGE: a validator needs --route and --stop (or use --pos)")
+    if tap_kind not in ("single", "tap_on", "tap_off"):
+        raise _fail(f"E_USAGE: --tap-kind is single, tap_on or tap_off, not {tap_kind!r}")
     if amount_fen is not None and (not pos or amount_fen <= 0):
         raise _fail("E_USAGE: --amount-fen is a positive amount, for --pos")
     try:
@@ -160,6 +165,7 @@ def run(
     config = TerminalConfig(
         route_id=route,
         stop_id=stop,
+        tap_kind=tap_kind,  # type: ignore[arg-type]  # checked above
         vehicle_id=vehicle,
         line_code=line_code,
         station_code=station_code,
@@ -199,6 +205,8 @@ def run(
                 validator.run(stopping, taps_max)
         except KeyboardInterrupt:
             pass
+        except TerminalError as exc:  # a broken invariant (journal): stop taking cards, say why
+            raise _fail(f"{exc} - the terminal stopped; the journal keeps every committed tap") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         if uploader is not None:

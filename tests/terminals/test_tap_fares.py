@@ -1,0 +1,99 @@
+"""Taps priced by the real fare engine with the example Xianyang tariff."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from cardos.profile import CardType
+from terminals.fares import Tariff, load_example_tariff
+from terminals.session import Outcome
+from terminals.validator import TariffFare
+from tests.terminals.test_tap_kit import ASN_B, NOW, Rig, make_card, make_psam, make_rig, transit_history
+
+
+@pytest.fixture(scope="module")
+def tariff() -> Tariff:
+    return load_example_tariff()
+
+
+def validator(tmp_path: Path, tariff: Tariff, route: str, stop: str, terminal: str = "360486600002") -> Rig:
+    rig = make_rig(
+        tmp_path,
+        psam=make_psam(terminal_id=bytes.fromhex(terminal)),
+        journal_name=f"{terminal}.db",
+        route_id=route,
+        stop_id=stop,
+    )
+    rig.terminal.pricer = TariffFare(tariff)
+    return rig
+
+
+def test_the_fare_comes_from_the_tariff_and_the_record_carries_its_codes(tmp_path: Path, tariff: Tariff) -> None:
+    rig = validator(tmp_path, tariff, "K26", "u_city_hall")
+    card = make_card()
+    result = rig.present(card)
+    assert result.outcome is Outcome.PAID and result.amount_fen == 200
+    fare = result.record.fare
+    assert fare is not None
+    assert (fare.product_id, fare.rider_category_id, fare.leg_group_id) == ("urban_2y", "adult", "urban")
+    assert (fare.full_fare_fen, fare.discount_fen, fare.transfer_of) == (200, 0, None)
+    [leg] = transit_history(card)
+    assert (leg.line, leg.station, leg.terminal_seq) == (1026, 103, result.record.terminal_seq)
+    rig.close()
+
+
+def test_a_transfer_within_the_hour_names_the_earlier_leg(tmp_path: Path, tariff: Tariff) -> None:
+    first = validator(tmp_path, tariff, "1", "u_railway_station", "360486600002")
+    second = validator(tmp_path, tariff, "K26", "u_city_hall", "360486600003")
+    card = make_card()
+    paid = first.present(card)
+    assert paid.amount_fen == 100
+    transfer = second.present(card, NOW + dt.timedelta(minutes=20))
+    assert transfer.outcome is Outcome.PAID
+    fare = transfer.record.fare
+    assert fare is not None and fare.transfer_of == paid.record.terminal_seq
+    assert fare.discount_fen == fare.full_fare_fen - transfer.amount_fen
+    later = second.present(card, NOW + dt.timedelta(hours=3))  # outside the transfer window
+    assert later.amount_fen == 200 and later.record.fare.transfer_of is None
+    first.close()
+    second.close()
+
+
+def test_senior_off_peak_ride_is_free_and_still_journaled(tmp_path: Path, tariff: Tariff) -> None:
+    rig = validator(tmp_path, tariff, "1", "u_railway_station")
+    card = make_card(ASN_B, card_type=CardType.SENIOR)
+    result = rig.present(card, NOW + dt.timedelta(hours=2))  # Monday 10:00
+    assert result.outcome is Outcome.PAID and result.amount_fen == 0
+    assert result.record.fare.rider_category_id == "senior"
+    assert card.balance_fen == 5_000 and card.offline_counter == 1
+    rig.close()
+
+
+def test_a_route_the_tariff_does_not_know_is_refused_without_a_charge(tmp_path: Path, tariff: Tariff) -> None:
+    rig = validator(tmp_path, tariff, "no-such-route", "u_railway_station")
+    card = make_card()
+    result = rig.present(card)
+    assert result.outcome is Outcome.NO_FARE and "E_FARE_UNKNOWN_ROUTE" in result.message
+    assert card.balance_fen == 5_000 and rig.records() == []
+    rig.close()
+
+
+def test_intercity_tap_on_charges_the_maximum_and_tap_off_owes_the_refund(tmp_path: Path, tariff: Tariff) -> None:
+    on = validator(tmp_path, tariff, "ic1", "ic_xianyang_station", "360486600011")
+    off = validator(tmp_path, tariff, "ic1", "ic_airport", "360486600012")
+    on.terminal.config = dataclasses.replace(on.terminal.config, tap_kind="tap_on")
+    off.terminal.config = dataclasses.replace(off.terminal.config, tap_kind="tap_off")
+    card = make_card()
+    entry = on.present(card)
+    assert entry.outcome is Outcome.PAID and entry.amount_fen > 0
+    exit_ = off.present(card, NOW + dt.timedelta(minutes=40))
+    assert exit_.outcome is Outcome.PAID and exit_.amount_fen == 0
+    fare = exit_.record.fare
+    assert fare is not None and fare.refund_due_fen == entry.amount_fen - (fare.full_fare_fen - fare.discount_fen)
+    assert [leg.tx_type for leg in transit_history(card)] == [0x04, 0x03]
+    on.close()
+    off.close()
