@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from yikatong.commands.terminal_admin import register
+from yikatong.commands.terminal_run import run
 
 app = typer.Typer(help="Register terminals; run a validator or POS.", no_args_is_help=True)
 app.command("register")(register)
+app.command("run")(run)
