@@ -34,17 +34,29 @@ def unbcd(data: bytes) -> str:
     return text
 
 
+# The formatters and parsers below run several times per tap. They split the fixed-width
+# digits themselves instead of going through strftime/strptime (~15 us each), with the same
+# results and the same errors: years before 1000 (strftime does not pad them, and ``bcd``
+# refuses the odd run of digits) and inputs of another length take the strftime/strptime
+# path; tests/cardos/test_records.py checks both paths agree.
+
+
 def date4(day: dt.date) -> bytes:
-    return bcd(day.strftime("%Y%m%d"))
+    if day.year < 1000:
+        return bcd(day.strftime("%Y%m%d"))
+    return bytes.fromhex(f"{day.year:04d}{day.month:02d}{day.day:02d}")
 
 
 def time3(moment: dt.time | dt.datetime) -> bytes:
-    return bcd(moment.strftime("%H%M%S"))
+    return bytes.fromhex(f"{moment.hour:02d}{moment.minute:02d}{moment.second:02d}")
 
 
 def datetime7(moment: dt.datetime) -> bytes:
     """YYYYMMDDhhmmss in BCD, in the card's local time (Asia/Shanghai)."""
-    return bcd(local(moment).strftime("%Y%m%d%H%M%S"))
+    m = local(moment)
+    if m.year < 1000:
+        return bcd(m.strftime("%Y%m%d%H%M%S"))
+    return bytes.fromhex(f"{m.year:04d}{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}")
 
 
 def local(moment: dt.datetime) -> dt.datetime:
@@ -56,7 +68,11 @@ def local(moment: dt.datetime) -> dt.datetime:
 
 def parse_date4(data: bytes) -> dt.date:
     try:
-        return dt.datetime.strptime(unbcd(data), "%Y%m%d").date()
+        if len(data) != 4:  # strptime accepts short fields ("%m" matches "6"): keep its answer
+            return dt.datetime.strptime(unbcd(data), "%Y%m%d").date()
+        # Eight digits leave strptime one split (4-2-2); date() checks the ranges it checks.
+        text = unbcd(data)
+        return dt.date(int(text[0:4]), int(text[4:6]), int(text[6:8]))
     except ValueError as exc:
         raise RecordFormatError(f"bad BCD date {data.hex()}") from exc
 
@@ -64,7 +80,20 @@ def parse_date4(data: bytes) -> dt.date:
 def parse_datetime7(data: bytes) -> dt.datetime:
     """Card-local date-time as an aware datetime in Asia/Shanghai."""
     try:
-        return dt.datetime.strptime(unbcd(data), "%Y%m%d%H%M%S").replace(tzinfo=SHANGHAI_TZ)
+        if len(data) != 7:
+            return dt.datetime.strptime(unbcd(data), "%Y%m%d%H%M%S").replace(tzinfo=SHANGHAI_TZ)
+        # Fourteen digits leave strptime one split (4-2-2-2-2-2), and datetime() refuses what it
+        # refuses (month or day 00, hour 24, minute or second 60).
+        text = unbcd(data)
+        return dt.datetime(
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[8:10]),
+            int(text[10:12]),
+            int(text[12:14]),
+            tzinfo=SHANGHAI_TZ,
+        )
     except ValueError as exc:
         raise RecordFormatError(f"bad BCD date-time {data.hex()}") from exc
 

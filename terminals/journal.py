@@ -340,19 +340,21 @@ class Journal:
         self._pending_keys.add((record.issuer_id, record.card_asn))
 
     def _insert_pending(self, record: TapRecord) -> None:
-        with self._write():
-            self._db.execute(
-                "INSERT OR REPLACE INTO pending (issuer_id, card_asn, terminal_id, terminal_seq, created_at, record)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.issuer_id,
-                    record.card_asn,
-                    record.terminal_id,
-                    record.terminal_seq,
-                    utc_now_iso(),
-                    _encoder.encode(record),
-                ),
-            )
+        # One statement outside BEGIN...COMMIT is its own transaction (the connection is in
+        # autocommit mode): committed, and under ``synchronous=FULL`` fsync'd, before it returns.
+        assert not self._db.in_transaction
+        self._db.execute(
+            "INSERT OR REPLACE INTO pending (issuer_id, card_asn, terminal_id, terminal_seq, created_at, record)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.issuer_id,
+                record.card_asn,
+                record.terminal_id,
+                record.terminal_seq,
+                utc_now_iso(),
+                _encoder.encode(record),
+            ),
+        )
 
     def pending_for(self, issuer_id: str, card_asn: str) -> PendingTap | None:
         if (issuer_id, card_asn) not in self._pending_keys:

@@ -43,9 +43,9 @@ from terminals.session import (
     TapContext,
     TapResult,
     drive,
+    drive_tap,
     open_sam_flow,
     pos_flow,
-    run_tap,
     validator_flow,
 )
 
@@ -199,12 +199,12 @@ class Terminal:
         ctx = TapContext(config=self.config, sam=sam, local=self.local, now=now or self.clock(), pricer=self.pricer)
         io = FlowIO(self.card, self.sam, self.journal, trace=self.trace)
         try:
-            result = run_tap(make_flow(ctx), io, self.monotonic)
+            result = drive_tap(make_flow(ctx), io)
         finally:
             self.card_reader.disconnect()
         if io.sam_lost:
             self.sam_info = None  # reopen (and reselect) the PSAM before the next tap
-        return replace(result, elapsed_ms=(self.monotonic() - started) * 1000)
+        return replace(result, elapsed_ms=(self.monotonic() - started) * 1000, journal_id=io.journal_id)
 
 
 class Validator:

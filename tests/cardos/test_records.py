@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,8 +19,12 @@ from cardos.records import (
     PublicInfo,
     RecordFormatError,
     TransitRecord,
+    bcd,
+    date4,
     datetime7,
+    parse_date4,
     parse_datetime7,
+    time3,
 )
 
 moments = st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2099, 12, 31)).map(
@@ -85,3 +91,75 @@ def test_decoders_never_crash(raw: bytes) -> None:
 def test_bad_bcd_date_is_a_format_error() -> None:
     with pytest.raises(RecordFormatError, match="BCD"):
         parse_datetime7(bytes.fromhex("20261399000000"))
+
+
+# --- the fast BCD paths agree with strptime/strftime (the reference they replaced) -------------
+
+
+def _strptime_date4(data: bytes) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(data.hex(), "%Y%m%d").date() if data.hex().isdigit() else None
+    except ValueError:
+        return None
+
+
+def _strptime_datetime7(data: bytes) -> dt.datetime | None:
+    try:
+        text = data.hex()
+        return dt.datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=SHANGHAI_TZ) if text.isdigit() else None
+    except ValueError:
+        return None
+
+
+def _parsed(convert: Callable[[Any], object], value: object) -> object:
+    """What ``convert`` answers, None for a RecordFormatError."""
+    try:
+        return convert(value)
+    except RecordFormatError:
+        return None
+
+
+# Two-digit fields biased to their edges (00, 01, 12, 13, 23, 24, 28-32, 59-61) and to BCD
+# nibbles A-F, so every range check of strptime is crossed from both sides.
+_pair = st.one_of(
+    st.sampled_from(["00", "01", "02", "09", "10", "12", "13", "19", "20", "23", "24", "28", "29", "30", "31", "32"]),
+    st.sampled_from(["39", "40", "59", "60", "61", "99", "0a", "a0", "ff", "1f"]),
+    st.integers(0, 0xFF).map(lambda b: f"{b:02x}"),
+)
+_year = st.one_of(
+    st.sampled_from(["0000", "0001", "0999", "1000", "1999", "2000", "2024", "2025", "2100", "9999", "20a5"]),
+    st.integers(0, 0xFFFF).map(lambda v: f"{v:04x}"),
+)
+
+
+@given(_year, _pair, _pair)
+def test_fast_date4_parse_agrees_with_strptime(year: str, month: str, day: str) -> None:
+    raw = bytes.fromhex(year + month + day)
+    assert _parsed(parse_date4, raw) == _strptime_date4(raw)
+
+
+@given(_year, _pair, _pair, _pair, _pair, _pair)
+def test_fast_datetime7_parse_agrees_with_strptime(
+    year: str, month: str, day: str, hour: str, minute: str, second: str
+) -> None:
+    raw = bytes.fromhex(year + month + day + hour + minute + second)
+    assert _parsed(parse_datetime7, raw) == _strptime_datetime7(raw)
+
+
+@given(st.binary(max_size=9))
+def test_date_parsers_of_any_length_agree_with_strptime(raw: bytes) -> None:
+    assert _parsed(parse_date4, raw) == _strptime_date4(raw)
+    assert _parsed(parse_datetime7, raw) == _strptime_datetime7(raw)
+
+
+@given(st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)))
+def test_fast_bcd_formatting_agrees_with_strftime(moment: dt.datetime) -> None:
+    def reference(fmt: str) -> bytes | None:
+        try:
+            return bcd(moment.strftime(fmt))
+        except RecordFormatError:
+            return None
+
+    assert _parsed(date4, moment) == reference("%Y%m%d")
+    assert time3(moment) == reference("%H%M%S")
+    assert _parsed(datetime7, moment) == reference("%Y%m%d%H%M%S")
