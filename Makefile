@@ -19,7 +19,7 @@ $(VENV_STAMP): pyproject.toml scripts/install-system-deps
 
 ## Start the whole system on SQLite with a demo city loaded.
 run: venv
-	.venv/bin/yikatong demo
+	.venv/bin/yikatong demo --serve
 
 ## Run every test (real pcscd, PostgreSQL and Redis where present).
 test: venv

@@ -1,8 +1,86 @@
-"""``yikatong demo``: issue demo cards, ride a simulated bus route, print the taps."""
+"""``yikatong demo``: issue demo cards, ride two buses, upload and clear, print what happened."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def demo() -> None:
-    """Issue demo cards and tap them along a simulated bus route."""
-    raise SystemExit("demo: not built yet")
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from yikatong.demo import DemoReport, run_demo
+from yikatong.settings import get_settings
+
+
+def _yuan(fen: int | None) -> str:
+    if fen is None:
+        return "-"
+    return f"¥{fen // 100}.{fen % 100:02d}"
+
+
+def render(report: DemoReport, console: Console) -> None:
+    table = Table(title="Taps on the demo route (Asia/Shanghai)", show_lines=False)
+    for column in ("time", "bus", "stop", "card", "result", "fare", "balance", "TAC", "via"):
+        table.add_column(column, justify="right" if column in ("fare", "balance") else "left")
+    for line in report.taps:
+        result = line.result
+        record = result.record
+        table.add_row(
+            line.time.strftime("%H:%M:%S"),
+            line.bus,
+            line.stop,
+            line.card,
+            f"{result.outcome.value} {result.message}",
+            _yuan(result.amount_fen),
+            _yuan(result.balance_after_fen),
+            record.tac if record is not None else "",
+            line.via,
+        )
+    console.print(table)
+    console.print(f"clearing verdicts: {report.verdicts}")
+    balances = Table(title="Card purse vs clearing's shadow balance")
+    for column in ("card", "ASN", "purse", "shadow", "equal"):
+        balances.add_column(column)
+    for label, asn, purse, shadow in report.balances:
+        same = "yes" if shadow == purse else ("foreign card (Xi'an clears it)" if shadow is None else "NO")
+        balances.add_row(label, asn, _yuan(purse), _yuan(shadow), same)
+    console.print(balances)
+    console.print(f"ledger trial balance: {'debits == credits' if report.trial_balance_ok else 'UNBALANCED'}")
+
+
+def demo(
+    seed: Annotated[int, typer.Option(help="seed of the simulated morning (same seed, same taps)")] = 7,
+    workdir: Annotated[Path, typer.Option(help="where card images, PSAMs and journals go")] = Path("var/demo"),
+    pcsc: Annotated[
+        bool | None, typer.Option("--pcsc/--no-pcsc", help="bus 1 through pcscd + vpcd (default: when running)")
+    ] = None,
+    serve: Annotated[bool, typer.Option(help="keep serving the clearing API afterwards")] = False,
+    port: Annotated[int, typer.Option(help="port for --serve")] = 8400,
+) -> None:
+    """Issue demo cards, tap them along a simulated bus route, upload and clear the taps."""
+    console = Console(width=max(Console().width, 150))
+    settings = get_settings()
+    with console.status("building the demo city and riding the morning buses…"):
+        report = run_demo(settings, seed=seed, workdir=workdir, use_pcsc=pcsc)
+    render(report, console)
+    console.print(
+        "\n[bold]Where to look[/bold]\n"
+        f"  database:     {settings.database_url}\n"
+        f"  key store:    {settings.keystore} (encrypted; keys are never shown)\n"
+        f"  card images:  {workdir / 'cards'}  (try: yikatong card emulate --image FILE)\n"
+        f"  journals:     {workdir}/journal-*.db\n"
+        "  a card:       yikatong card show --asn ASN\n"
+        "  exceptions:   yikatong exceptions list"
+    )
+    if not report.trial_balance_ok or any(
+        shadow is not None and shadow != purse for _label, _asn, purse, shadow in report.balances
+    ):
+        raise typer.Exit(1)
+    if serve:
+        import uvicorn
+
+        from yikatong.app import create_app
+
+        console.print(f"\nclearing API on http://127.0.0.1:{port} (OpenAPI: /docs) — Ctrl-C to stop")
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")

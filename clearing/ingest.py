@@ -1,0 +1,569 @@
+"""Batch ingest: the imperative shell around ``clearing.validation`` (flows 3 and 4).
+
+One uploaded batch is one transaction: claim ``(terminal_id, batch_seq)`` in ``batches``
+(idempotency: the same content gets the stored answer back byte for byte, other content
+is ``E_BATCH_CONFLICT``), lock the terminal and the batch's cards, load what validation
+needs, judge, and write taps, natural keys, transfers, account totals, card shadow state,
+exception items and the answer. The database is the source of truth; a crash anywhere
+before COMMIT leaves nothing, and the retried batch is judged again from scratch.
+
+This module holds what both database paths share (decoding, TAC keys, the write plan,
+answers, retries); ``ingest_pg`` (COPY, set-based SQL) and ``ingest_sqlite`` (SQLAlchemy
+Core, any database) persist the same plan, so they give identical results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import msgspec
+from sqlalchemy import Engine
+
+from cardos import crypto
+from cardos.records import SHANGHAI_TZ
+from clearing.contract import (
+    Batch,
+    BatchAnswer,
+    ErrorItem,
+    TapRecord,
+    Verdict,
+    decode_batch,
+    encode,
+)
+from clearing.contract.codes import Code
+from clearing.models import TransferCode
+from clearing.validation import (
+    CardKey,
+    Context,
+    Judgement,
+    Limits,
+    TapTime,
+    judge,
+    parse_tap_time,
+    verify_tacs,
+)
+
+log = logging.getLogger(__name__)
+
+MAC_KEYS_CACHED_MAX: Final = 200_000  # ~1.1 KB each (one OpenSSL context): ~220 MB at most
+INGEST_ATTEMPTS_MAX: Final = 6
+RETRY_BACKOFF_S: Final = (0.05, 0.2, 0.5, 1.0, 2.0)
+EXCEPTION_CODES_AUTHENTIC: Final = frozenset({Code.E_BAD_TIME, Code.E_AMOUNT_LIMIT, Code.E_DENYLISTED})
+
+
+# --- errors the API maps to HTTP answers ------------------------------------------------
+
+
+class IngestError(Exception):
+    """A refused upload: a stable ``code`` and a human sentence."""
+
+    def __init__(self, code: Code, message: str, errors: Sequence[ErrorItem] = ()) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self.errors = list(errors)
+
+
+class MalformedBatch(IngestError):
+    def __init__(self, message: str, errors: Sequence[ErrorItem]) -> None:
+        super().__init__(Code.E_MALFORMED, message, errors)
+
+
+class BatchConflict(IngestError):
+    def __init__(self, terminal_id: str, batch_seq: int) -> None:
+        super().__init__(
+            Code.E_BATCH_CONFLICT,
+            f"terminal {terminal_id} batch {batch_seq} was already received with other content",
+        )
+
+
+class UnknownTerminal(IngestError):
+    def __init__(self, terminal_id: str) -> None:
+        super().__init__(Code.E_UNKNOWN_TERMINAL, f"terminal {terminal_id} is not registered or not active")
+
+
+class RetryableIngestError(Exception):
+    """A race lost to a concurrent writer (a natural key or transfer id appeared meanwhile)."""
+
+
+def decode_upload(body: bytes) -> Batch:
+    """Decode an upload or raise ``MalformedBatch`` with ``{path, code, message}`` items."""
+    try:
+        return decode_batch(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        path = "$"
+        if " - at `" in text:
+            text, _, rest = text.partition(" - at `")
+            path = rest.rstrip("`")
+        raise MalformedBatch(f"batch does not match the contract: {text}", [ErrorItem(path, "E_SCHEMA", text)]) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedBatch(f"body is not valid JSON: {exc}", [ErrorItem("$", "E_JSON", str(exc))]) from exc
+
+
+def content_hash(batch: Batch) -> str:
+    """sha256 of the canonical encoding: whitespace or key order do not make another batch."""
+    return hashlib.sha256(encode(batch)).hexdigest()
+
+
+def business_day(moment: dt.datetime) -> dt.date:
+    """The Asia/Shanghai calendar day (cut-off 00:00) a tap belongs to."""
+    return moment.astimezone(SHANGHAI_TZ).date()
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- TAC keys -----------------------------------------------------------------------------
+
+DtkLookup = Callable[[str, str, int], bytes | None]
+"""(issuer_id hex, card_asn hex, key_version) -> the card's 16-byte DTK, or None if unknown."""
+
+
+def keystore_dtk(keystore: object) -> DtkLookup:
+    """A ``DtkLookup`` over ``clearing.keystore.KeyStore.dtk``: None for an unknown issuer or version."""
+    from clearing.keystore import KeyStore, KeyStoreError
+
+    assert isinstance(keystore, KeyStore)
+
+    def lookup(issuer_id: str, card_asn: str, key_version: int) -> bytes | None:
+        try:
+            return keystore.dtk(issuer_id, card_asn, key_version)
+        except KeyStoreError:
+            return None
+
+    return lookup
+
+
+class TacKeys:
+    """Per-card TAC ``MacKey``s, derived once from the key store and kept in an LRU.
+
+    One instance per process (the MAC contexts are not thread-safe). ``own_issuers`` are
+    the issuers whose keys we hold; other issuers' records get no key (forwarded).
+    """
+
+    def __init__(self, dtk: DtkLookup, own_issuers: Iterable[str], size_max: int = MAC_KEYS_CACHED_MAX) -> None:
+        self._dtk = dtk
+        self._own = frozenset(own_issuers)
+        self._size_max = size_max
+        self._cache: OrderedDict[tuple[str, str, int, int], crypto.MacKey | None] = OrderedDict()
+
+    def for_record(self, record: TapRecord) -> crypto.MacKey | None:
+        if record.issuer_id not in self._own:
+            return None
+        key = (record.issuer_id, record.card_asn, record.key_version, record.alg_id)
+        cache = self._cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        mac_key: crypto.MacKey | None = None
+        if record.alg_id in crypto.ALGORITHMS:
+            dtk = self._dtk(record.issuer_id, record.card_asn, record.key_version)
+            if dtk is not None:
+                mac_key = crypto.tac_mac_key(dtk, record.alg_id)
+        cache[key] = mac_key
+        if len(cache) > self._size_max:
+            cache.popitem(last=False)
+        return mac_key
+
+
+# --- the write plan -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parties:
+    """Ledger accounts and card states the batch touches (read under lock by the store)."""
+
+    operator_account_id: int
+    card_accounts: Mapping[CardKey, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TapRow:
+    """One judged record: a ``taps`` row when ``stored``, an exception item when ``exception``.
+
+    Only authentic records (TAC verified, or forwarded peer cards) are stored as taps and
+    claim natural keys; forgeries and duplicates live only in the exception queue, with
+    the raw record (``record_json``), so they can never squat a genuine record's key.
+    """
+
+    index: int
+    business_day: dt.date
+    record: TapRecord
+    tx_at: dt.datetime
+    tx_utc_offset_min: int
+    verdict: str
+    code: str
+    message: str
+    transfer_id: str | None
+    stored: bool
+    exception: bool
+    record_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRow:
+    id: str
+    debit_account_id: int
+    credit_account_id: int
+    amount_fen: int
+    source_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardRow:
+    card_id: int
+    shadow_balance_fen: int
+    last_offline_counter: int
+    last_tx_at: dt.datetime | None
+    shadow_load_at: dt.datetime | None
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRow:
+    """A tap-off's ``fare.refund_due_fen``: a pending credit for the card (``docs/fares.md``).
+
+    An offline validator cannot credit a purse, so the refund waits as a pending load
+    (``refund:<terminal_id>:<terminal_seq>``) until the card meets a load-capable reader;
+    ``clearing.loads.complete`` then posts it from the operator's payable, which was paid
+    the maximum fare at the tap-on.
+    """
+
+    load_id: str
+    issuer_id: str
+    card_asn: str
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    taps: list[TapRow]
+    transfers: list[TransferRow]
+    account_deltas: dict[int, tuple[int, int]]  # account id -> (debit fen, credit fen)
+    cards: list[CardRow]
+    answer: bytes
+    refunds: list[RefundRow] = field(default_factory=list)
+
+
+REFUND_PREFIX: Final = "refund:"
+
+
+def refund_load_id(terminal_id: str, terminal_seq: int) -> str:
+    return f"{REFUND_PREFIX}{terminal_id}:{terminal_seq}"
+
+
+def tap_transfer_id(terminal_id: str, terminal_seq: int) -> str:
+    return f"tap:{terminal_id}:{terminal_seq}"
+
+
+def _utc_offset_min(tx_time: str) -> int:
+    if tx_time.endswith("Z"):
+        return 0
+    sign = -1 if tx_time[-6] == "-" else 1
+    return sign * (int(tx_time[-5:-3]) * 60 + int(tx_time[-2:]))
+
+
+def make_plan(
+    terminal_id: str,
+    batch: Batch,
+    received_at: dt.datetime,
+    ctx: Context,
+    judgement: Judgement,
+    parties: Parties,
+) -> WritePlan:
+    """What to write for a judged batch: the same plan for every database path."""
+    records = batch.records
+    taps: list[TapRow] = []
+    transfers: list[TransferRow] = []
+    debits: dict[int, int] = {}
+    credit_total = 0
+    source = f"batch:{terminal_id}:{batch.batch_seq}"
+    verdicts: list[Verdict] = []
+    refunds: list[RefundRow] = []
+    for index, (record, outcome) in enumerate(zip(records, judgement.outcomes, strict=True)):
+        tx_at = judgement.tx_times[index]
+        if outcome.posts and record.fare is not None and record.fare.refund_due_fen > 0:
+            refunds.append(
+                RefundRow(
+                    refund_load_id(record.terminal_id, record.terminal_seq),
+                    record.issuer_id,
+                    record.card_asn,
+                    record.fare.refund_due_fen,
+                )
+            )
+        transfer_id = None
+        if outcome.posts and record.amount_fen > 0:
+            transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
+            card_account = parties.card_accounts[(record.issuer_id, record.card_asn)]
+            transfers.append(
+                TransferRow(transfer_id, card_account, parties.operator_account_id, record.amount_fen, source)
+            )
+            debits[card_account] = debits.get(card_account, 0) + record.amount_fen
+            credit_total += record.amount_fen
+        moment = tx_at if tx_at is not None else received_at
+        exception = outcome.verdict in ("rejected", "suspect")
+        taps.append(
+            TapRow(
+                index=index,
+                business_day=business_day(moment),
+                record=record,
+                tx_at=moment,
+                tx_utc_offset_min=_utc_offset_min(record.tx_time) if tx_at is not None else 480,
+                verdict=outcome.verdict,
+                code=outcome.code.value,
+                message=outcome.message,
+                transfer_id=transfer_id,
+                stored=outcome.claims_keys,
+                exception=exception,
+                record_json=None if outcome.claims_keys or not exception else encode(record).decode(),
+            )
+        )
+        verdicts.append(Verdict(record.terminal_seq, outcome.verdict, outcome.code.value, outcome.message))  # type: ignore[arg-type]
+    deltas: dict[int, tuple[int, int]] = {account: (fen, 0) for account, fen in debits.items()}
+    if credit_total:
+        assert parties.operator_account_id not in deltas, "an operator payable is never a card account"
+        deltas[parties.operator_account_id] = (0, credit_total)
+    assert (
+        sum(d for d, _ in deltas.values()) == sum(c for _, c in deltas.values()) == sum(t.amount_fen for t in transfers)
+    ), "ingest posts balanced transfers"
+    cards = [
+        CardRow(
+            ctx.cards[key].card_id,
+            update.shadow_balance_fen,
+            update.last_counter,
+            update.last_tx_at,
+            update.shadow_load_at,
+            update.blocked,
+        )
+        for key, update in judgement.card_updates.items()
+    ]
+    answer = encode(BatchAnswer(batch.batch_seq, iso(received_at), verdicts))
+    return WritePlan(taps, transfers, deltas, cards, answer, refunds)
+
+
+def answer_bytes(stored: str | bytes) -> bytes:
+    """The stored answer (``batches.answer``, the text msgspec encoded) as the bytes sent first."""
+    return stored.encode() if isinstance(stored, str) else bytes(stored)
+
+
+# --- the shared pipeline ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A decoded batch with its TACs verified: everything that needs no database."""
+
+    terminal_id: str
+    batch: Batch
+    digest: str
+    times: list[TapTime | None]
+    tacs: list[bool | None]
+
+
+def prepare(terminal_id: str, batch: Batch, keys: TacKeys) -> Prepared:
+    times = [parse_tap_time(r.tx_time) for r in batch.records]
+    tacs = verify_tacs(batch.records, times, keys.for_record)
+    return Prepared(terminal_id, batch, content_hash(batch), times, tacs)
+
+
+def decide(
+    prepared: Prepared,
+    ctx: Context,
+    parties: Parties,
+    received_at: dt.datetime,
+) -> WritePlan:
+    judgement = judge(prepared.batch.records, ctx, prepared.tacs, prepared.times)
+    return make_plan(prepared.terminal_id, prepared.batch, received_at, ctx, judgement, parties)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    answer: bytes
+    replayed: bool  # True: the stored answer of an earlier identical upload
+
+
+class Ingestor(Protocol):
+    """A database path: ingest one prepared batch in one transaction, retrying transient faults."""
+
+    before_commit: Callable[[Prepared], None] | None
+
+    def ingest(self, prepared: Prepared) -> IngestResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What ``enqueue`` found: a fresh or already queued batch, or the answer of a done one."""
+
+    queued: bool
+    answer: bytes | None
+
+
+def enqueue(
+    engine: Engine, terminal_id: str, batch: Batch, digest: str, body: bytes, received_at: dt.datetime
+) -> Enqueued:
+    """Store an upload as ``queued`` (body kept) for a clearing worker; idempotent like ``ingest``.
+
+    The row is committed before the stream entry is added, so a worker always finds the
+    body; a crash between the two leaves a queued row that the terminal's retry enqueues
+    again. Raises ``BatchConflict`` for the same ``batch_seq`` with other content.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from clearing.models import BatchRow
+
+    insert_fn: Any
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as insert_fn
+    else:
+        from sqlalchemy.dialects.sqlite import insert as insert_fn
+    with Session(engine) as session, session.begin():
+        claimed = session.execute(
+            insert_fn(BatchRow)
+            .values(
+                terminal_id=terminal_id,
+                batch_seq=batch.batch_seq,
+                content_hash=digest,
+                record_count=len(batch.records),
+                status="queued",
+                body=body,
+                received_at=received_at,
+            )
+            .on_conflict_do_nothing(index_elements=["terminal_id", "batch_seq"])
+            .returning(BatchRow.id)
+        ).scalar_one_or_none()
+        if claimed is not None:
+            return Enqueued(True, None)
+        stored = session.execute(
+            select(BatchRow.content_hash, BatchRow.status, BatchRow.answer).where(
+                BatchRow.terminal_id == terminal_id, BatchRow.batch_seq == batch.batch_seq
+            )
+        ).one()
+    if stored[0] != digest:
+        raise BatchConflict(terminal_id, batch.batch_seq)
+    if stored[1] == "done":
+        assert stored[2] is not None
+        return Enqueued(False, answer_bytes(stored[2]))
+    return Enqueued(True, None)
+
+
+def stored_answer(engine: Engine, terminal_id: str, batch_seq: int) -> bytes | None:
+    """The answer of a batch once it is done, else None."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from clearing.models import BatchRow
+
+    with Session(engine) as session:
+        row = session.execute(
+            select(BatchRow.status, BatchRow.answer).where(
+                BatchRow.terminal_id == terminal_id, BatchRow.batch_seq == batch_seq
+            )
+        ).one_or_none()
+    if row is None or row[0] != "done" or row[1] is None:
+        return None
+    return answer_bytes(row[1])
+
+
+def queued_body(engine: Engine, terminal_id: str, batch_seq: int) -> bytes | None:
+    """The body of a queued batch (None if unknown or already done)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from clearing.models import BatchRow
+
+    with Session(engine) as session:
+        row = session.execute(
+            select(BatchRow.status, BatchRow.body).where(
+                BatchRow.terminal_id == terminal_id, BatchRow.batch_seq == batch_seq
+            )
+        ).one_or_none()
+    if row is None or row[0] != "queued" or row[1] is None:
+        return None
+    return bytes(row[1])
+
+
+def make_ingestor(
+    engine: Engine, *, limits: Limits | None = None, clock: Callable[[], dt.datetime] | None = None
+) -> Ingestor:
+    """The ingest path for the engine's database: COPY and set-based SQL on PostgreSQL, Core on SQLite."""
+    kwargs: dict[str, object] = {"limits": limits}
+    if clock is not None:
+        kwargs["clock"] = clock
+    if engine.dialect.name == "postgresql":
+        from clearing.ingest_pg import PgIngestor
+
+        return PgIngestor(engine, **kwargs)  # type: ignore[arg-type]
+    from clearing.ingest_sqlite import SqlIngestor
+
+    return SqlIngestor(engine, **kwargs)  # type: ignore[arg-type]
+
+
+def with_retries(
+    attempt: Callable[[], IngestResult],
+    is_transient: Callable[[BaseException], bool],
+    on_retry: Callable[[], None] = lambda: None,
+) -> IngestResult:
+    """Run one batch transaction, again after a transient fault (lost connection, lost race).
+
+    Safe because a failed attempt committed nothing: the retry claims the batch afresh, or
+    finds it committed (a COMMIT whose acknowledgement was lost) and returns its answer.
+    """
+    for n in range(INGEST_ATTEMPTS_MAX):
+        try:
+            return attempt()
+        except Exception as exc:
+            if n == INGEST_ATTEMPTS_MAX - 1 or not is_transient(exc):
+                raise
+            log.warning("ingest attempt %d failed (%s: %s); retrying", n + 1, type(exc).__name__, exc)
+            on_retry()
+            time.sleep(RETRY_BACKOFF_S[min(n, len(RETRY_BACKOFF_S) - 1)])
+    raise AssertionError("unreachable")
+
+
+__all__ = [
+    "EXCEPTION_CODES_AUTHENTIC",
+    "BatchConflict",
+    "CardRow",
+    "DtkLookup",
+    "Enqueued",
+    "IngestError",
+    "IngestResult",
+    "Ingestor",
+    "Limits",
+    "MalformedBatch",
+    "Parties",
+    "Prepared",
+    "RefundRow",
+    "RetryableIngestError",
+    "TacKeys",
+    "TapRow",
+    "TransferCode",
+    "TransferRow",
+    "UnknownTerminal",
+    "WritePlan",
+    "answer_bytes",
+    "business_day",
+    "content_hash",
+    "decide",
+    "decode_upload",
+    "enqueue",
+    "keystore_dtk",
+    "make_ingestor",
+    "make_plan",
+    "prepare",
+    "queued_body",
+    "refund_load_id",
+    "stored_answer",
+    "tap_transfer_id",
+    "with_retries",
+]

@@ -1,0 +1,535 @@
+"""PostgreSQL ingest path: COPY, set-based SQL, one transaction per batch, short card locks.
+
+Per batch (``clearing.ingest`` explains the shared plan):
+
+1. lock the terminal row (serialises one terminal's batches, so (terminal, seq) duplicates
+   cannot race) and claim ``(terminal_id, batch_seq)`` in ``batches``;
+2. *phase 1, no card locks*: COPY the batch's natural keys into the temp table
+   ``ingest_keys`` and read, set-based: which keys ``tap_keys`` already holds, a snapshot
+   of the batch's cards with their row versions (``xmin``), the cleared neighbours of late
+   records; the denylist comes from a per-process cache keyed by its version. Judge in
+   Python (``clearing.validation``) and COPY the rows straight into ``taps``,
+   ``tap_keys``, ``transfers`` (and the exception items of unstored records);
+3. *phase 2, under the card locks*: ``SELECT … FOR UPDATE`` the cards by id, in id order
+   (two workers sharing cards queue instead of deadlocking). If a card's row version moved
+   since the snapshot (another worker cleared it, or a load posted), judge again against
+   the locked state and correct the verdicts of the rows written in phase 1 (invisible to
+   anyone else until COMMIT); if what is *posted* would change, run the batch again. Then
+   exception items of stored taps, the aggregated account deltas (one ``UPDATE … FROM
+   unnest``), the cards, the answer; COMMIT.
+
+Why two phases: the card locks are the only contended locks between workers (batches of
+different terminals share cards), and phase 1 is most of the work; holding the locks only
+for phase 2 lets workers overlap.
+
+Locks: terminal, then cards in id order; account rows are written only in phase 2 and
+card accounts only under their card's lock, so the one row two batches can share is an
+operator payable, which cannot form a cycle.
+
+A lost connection (server restart, ``pg_terminate_backend``), a deadlock or a lost race
+on a natural key rolls the whole batch back; ``with_retries`` runs it again on a fresh
+connection, and a batch whose COMMIT did land is then answered from ``batches``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Final
+
+import psycopg
+from psycopg import errors as pg_errors
+from sqlalchemy import Engine
+
+from clearing.contract import TapRecord
+from clearing.ingest import (
+    BatchConflict,
+    CardRow,
+    IngestResult,
+    Parties,
+    Prepared,
+    RetryableIngestError,
+    UnknownTerminal,
+    WritePlan,
+    answer_bytes,
+    decide,
+    with_retries,
+)
+from clearing.models import LEDGER_CNY, TransferCode, TransferState
+from clearing.validation import (
+    CardKey,
+    CardState,
+    Context,
+    DenyInterval,
+    Limits,
+    Neighbour,
+    late_record_keys,
+)
+
+_KEYS_DDL: Final = """
+CREATE TEMP TABLE IF NOT EXISTS ingest_keys (
+    idx integer NOT NULL, terminal_id text NOT NULL, terminal_seq bigint NOT NULL,
+    issuer_id text NOT NULL, card_asn text NOT NULL, offline_counter integer NOT NULL,
+    tx_type smallint NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_KEY_COLUMNS: Final = "idx, terminal_id, terminal_seq, issuer_id, card_asn, offline_counter, tx_type"
+
+_TAP_COLUMNS: Final = (
+    "business_day, batch_id, batch_seq, terminal_id, terminal_seq, psam_serial, issuer_id, card_asn, card_type, "
+    "tx_type, amount_fen, balance_before_fen, offline_counter, tx_time, tx_utc_offset_min, key_version, "
+    "alg_id, tac, route_id, stop_id, vehicle_id, fare_product_id, fare_rider_category_id, fare_leg_group_id, "
+    "fare_full_fen, fare_discount_fen, fare_transfer_of, status, verdict, code, message, transfer_id, received_at"
+)
+# Every read and write of a batch joins a few thousand staged rows with large indexed tables
+# (tap_keys, cards, accounts); the temp tables have no statistics, and a hash join over a
+# sequential scan of tap_keys grows with history. Index nested loops keep a batch's cost
+# proportional to the batch, whatever the size of the tables.
+_PLANNER: Final = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+_LOCK_TERMINAL: Final = "SELECT active, payable_account_id FROM terminals WHERE terminal_id = %s FOR UPDATE"
+_CLAIM: Final = """
+INSERT INTO batches (terminal_id, batch_seq, content_hash, record_count, status, received_at)
+VALUES (%s, %s, %s, %s, 'queued', %s)
+ON CONFLICT (terminal_id, batch_seq) DO NOTHING
+RETURNING id
+"""
+_STORED: Final = """
+SELECT id, content_hash, status, answer FROM batches WHERE terminal_id = %s AND batch_seq = %s FOR UPDATE
+"""
+_CARDS: Final = """
+SELECT c.issuer_id, c.card_asn, c.id, c.account_id, c.start_date, c.shadow_balance_fen,
+       c.last_offline_counter, a.flags, a.credits_posted - a.debits_posted - a.debits_pending,
+       c.shadow_load_at, c.last_tx_at, c.xmin::text
+FROM cards c JOIN accounts a ON a.id = c.account_id
+WHERE (c.issuer_id, c.card_asn) IN (SELECT DISTINCT issuer_id, card_asn FROM ingest_keys)
+"""
+# xmin is the row version: it differs from the snapshot's if another transaction wrote the card since.
+_FIX_VERDICTS: Final = """
+UPDATE taps AS t SET verdict = v.verdict, code = v.code, message = v.message
+FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS v(seq, verdict, code, message)
+WHERE t.terminal_id = %s AND t.terminal_seq = v.seq AND t.batch_id = %s
+"""
+# Phase 2 locks by primary key and reads only the row versions; the full state is read again
+# (under the lock) only when a version moved, which is rare unless workers share cards.
+_LOCK_VERSIONS: Final = "SELECT id, xmin::text FROM cards WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE"
+_DENYLIST_VERSION: Final = "SELECT value FROM counters WHERE name = 'denylist_version'"
+_SEEN: Final = """
+SELECT s.idx, 1 FROM ingest_keys s
+WHERE EXISTS (SELECT 1 FROM tap_keys k WHERE k.terminal_id = s.terminal_id AND k.terminal_seq = s.terminal_seq)
+UNION ALL
+SELECT s.idx, 2 FROM ingest_keys s
+WHERE EXISTS (SELECT 1 FROM tap_keys k WHERE k.issuer_id = s.issuer_id AND k.card_asn = s.card_asn
+              AND k.offline_counter = s.offline_counter AND k.tx_type = s.tx_type)
+"""
+_DENYLIST: Final = "SELECT issuer_id, card_asn, effective_at, removed_at FROM denylist_entries"
+_NEIGHBOURS: Final = """
+SELECT l.issuer_id, l.card_asn, l.counter,
+       p.offline_counter, p.balance_before_fen, p.amount_fen,
+       n.offline_counter, n.balance_before_fen, n.amount_fen
+FROM unnest(%(issuers)s::text[], %(asns)s::text[], %(counters)s::int[]) AS l(issuer_id, card_asn, counter)
+LEFT JOIN LATERAL (
+    SELECT t.offline_counter, t.balance_before_fen, t.amount_fen FROM taps t
+    WHERE t.issuer_id = l.issuer_id AND t.card_asn = l.card_asn AND t.offline_counter <= l.counter
+      AND t.verdict IN ('accepted', 'suspect') AND t.batch_id IS DISTINCT FROM %(batch)s
+    ORDER BY t.offline_counter DESC LIMIT 1
+) p ON true
+LEFT JOIN LATERAL (
+    SELECT t.offline_counter, t.balance_before_fen, t.amount_fen FROM taps t
+    WHERE t.issuer_id = l.issuer_id AND t.card_asn = l.card_asn AND t.offline_counter > l.counter
+      AND t.verdict IN ('accepted', 'suspect') AND t.batch_id IS DISTINCT FROM %(batch)s
+    ORDER BY t.offline_counter ASC LIMIT 1
+) n ON true
+"""
+_TAP_KEY_COLUMNS: Final = "terminal_id, terminal_seq, issuer_id, card_asn, offline_counter, tx_type, business_day"
+_TRANSFER_COLUMNS: Final = (
+    "id, debit_account_id, credit_account_id, amount_fen, ledger, code, state, source_ref, created_at"
+)
+_EXCEPTION_COLUMNS: Final = (
+    "kind, tap_id, tap_business_day, record, terminal_id, terminal_seq, batch_seq, issuer_id, card_asn, "
+    "offline_counter, amount_fen, code, message, state, created_at"
+)
+# Exception items of stored taps point at them by id, which the server assigned during the COPY.
+_TAP_EXCEPTIONS: Final = f"""
+INSERT INTO exception_items ({_EXCEPTION_COLUMNS})
+SELECT 'tap', id, business_day, NULL, terminal_id, terminal_seq, batch_seq, issuer_id, card_asn,
+       offline_counter, amount_fen, code, message, 'open', received_at
+FROM taps WHERE batch_id = %s AND verdict IN ('rejected', 'suspect')
+"""  # noqa: S608 - only the constant column list is interpolated
+_ACCOUNT_DELTAS: Final = """
+UPDATE accounts AS a SET debits_posted = a.debits_posted + v.d, credits_posted = a.credits_posted + v.c
+FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(id, d, c)
+WHERE a.id = v.id
+"""
+_CARD_UPDATES: Final = """
+UPDATE cards AS c SET shadow_balance_fen = v.s, last_offline_counter = v.l, last_tx_at = v.t, shadow_load_at = v.la,
+       status = CASE WHEN v.b THEN 'blocked' ELSE c.status END
+FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::timestamptz[], %s::timestamptz[], %s::bool[])
+     AS v(id, s, l, t, la, b)
+WHERE c.id = v.id
+"""
+_REFUND: Final = """
+INSERT INTO pending_loads (id, issuer_id, card_asn, amount_fen, state, created_at, updated_at)
+VALUES (%s, %s, %s, %s, 'pending', %s, %s)
+"""
+_DONE: Final = "UPDATE batches SET status = 'done', answer = %s, done_at = %s, body = NULL WHERE id = %s"
+
+ACCOUNT_FLAG_DEBITS_LIMITED: Final = 1
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Faults after which the batch is simply run again: nothing of it was committed."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True  # connection lost or server shutting down; deadlock/serialization are subclasses
+    return isinstance(exc, pg_errors.UniqueViolation | pg_errors.CheckViolation | RetryableIngestError)
+
+
+class PgIngestor:
+    """Ingests prepared batches into PostgreSQL through the engine's pooled psycopg connections."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        limits: Limits | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        assert engine.dialect.name == "postgresql", "PgIngestor needs a PostgreSQL engine"
+        self.engine = engine
+        self.limits = limits or Limits()
+        self.clock = clock
+        # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
+        self.before_commit: Callable[[Prepared], None] | None = None
+        self._denylist_cache: tuple[int, dict[CardKey, list[DenyInterval]]] | None = None
+        # Test hook: called between phase 1 (rows written) and phase 2 (cards locked).
+        self.between_phases: Callable[[Prepared], None] | None = None
+
+    def ingest(self, prepared: Prepared) -> IngestResult:
+        return with_retries(lambda: self._attempt(prepared), is_transient)
+
+    def _attempt(self, prepared: Prepared) -> IngestResult:
+        raw = self.engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert isinstance(conn, psycopg.Connection)
+            try:
+                result = self._transaction(conn, prepared)
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raw.invalidate()  # never hand a dead connection back to the pool
+            raise
+        finally:
+            raw.close()
+        return result
+
+    def _transaction(self, conn: psycopg.Connection[Any], prepared: Prepared) -> IngestResult:
+        batch = prepared.batch
+        terminal_id = prepared.terminal_id
+        received_at = self.clock()
+        with conn.cursor() as cur:
+            cur.execute(_PLANNER, prepare=False)
+            row = cur.execute(_LOCK_TERMINAL, (terminal_id,)).fetchone()
+            if row is None or not row[0]:
+                raise UnknownTerminal(terminal_id)
+            operator_account_id = int(row[1])
+            claimed = cur.execute(
+                _CLAIM, (terminal_id, batch.batch_seq, prepared.digest, len(batch.records), received_at)
+            ).fetchone()
+            if claimed is not None:
+                batch_id = int(claimed[0])
+            else:  # uploaded before: answered already, or queued (Redis) and ours to clear now
+                stored = cur.execute(_STORED, (terminal_id, batch.batch_seq)).fetchone()
+                assert stored is not None, "a conflicting claim means the batch row exists"
+                if stored[1] != prepared.digest:
+                    conn.rollback()
+                    raise BatchConflict(terminal_id, batch.batch_seq)
+                if stored[2] == "done":
+                    conn.rollback()
+                    return IngestResult(answer_bytes(stored[3]), replayed=True)
+                batch_id = int(stored[0])
+            # Phase 1, no card locks: judge against a snapshot of the cards and write the rows.
+            ctx, parties, versions = self._load(cur, terminal_id, prepared, operator_account_id, received_at, batch_id)
+            plan = decide(prepared, ctx, parties, received_at)
+            self._write_rows(cur, plan, batch_id, prepared.batch.batch_seq, received_at)
+            if self.between_phases is not None:
+                self.between_phases(prepared)
+            # Phase 2, short: lock the cards; if one changed since the snapshot, judge again.
+            plan = self._settle(cur, prepared, ctx, parties, versions, plan, batch_id, received_at)
+            self._write_state(cur, plan, batch_id, received_at)
+        if self.before_commit is not None:
+            self.before_commit(prepared)
+        conn.commit()
+        return IngestResult(plan.answer, replayed=False)
+
+    # --- read ---------------------------------------------------------------------------
+
+    def _load(
+        self,
+        cur: psycopg.Cursor[Any],
+        terminal_id: str,
+        prepared: Prepared,
+        operator_account_id: int,
+        now: dt.datetime,
+        batch_id: int,
+    ) -> tuple[Context, Parties, dict[CardKey, str]]:
+        records = prepared.batch.records
+        cur.execute(_KEYS_DDL)
+        with cur.copy(f"COPY ingest_keys ({_KEY_COLUMNS}) FROM STDIN") as copy:
+            for index, r in enumerate(records):
+                copy.write_row(
+                    (index, r.terminal_id, r.terminal_seq, r.issuer_id, r.card_asn, r.offline_counter, r.tx_type)
+                )
+        issuers = cur.execute("SELECT issuer_id, own FROM issuers").fetchall()
+        own = frozenset(i for i, is_own in issuers if is_own)
+        peers = frozenset(i for i, is_own in issuers if not is_own)
+        cards, versions = _card_states(cur, _CARDS)
+        seen_seq: set[tuple[str, int]] = set()
+        seen_counter: set[tuple[str, str, int, int]] = set()
+        for index, kind in cur.execute(_SEEN):
+            r = records[index]
+            if kind == 1:
+                seen_seq.add((r.terminal_id, r.terminal_seq))
+            else:
+                seen_counter.add((r.issuer_id, r.card_asn, r.offline_counter, r.tx_type))
+        ctx = Context(
+            uploader=terminal_id,
+            known_terminals=frozenset({terminal_id}),
+            own_issuers=own,
+            peer_issuers=peers,
+            cards=cards,
+            seen_terminal_seqs=seen_seq,
+            seen_card_counters=seen_counter,
+            now=now,
+            limits=self.limits,
+            denylist=self._denylist(cur),
+            neighbours=_neighbours(cur, records, cards, batch_id),
+        )
+        return ctx, Parties(operator_account_id, {k: s.account_id for k, s in cards.items()}), versions
+
+    def _denylist(self, cur: psycopg.Cursor[Any]) -> Mapping[CardKey, list[DenyInterval]]:
+        """The whole denylist (with removed entries, for "as of the tap time"), cached per version."""
+        row = cur.execute(_DENYLIST_VERSION).fetchone()
+        version = int(row[0]) if row is not None else 0
+        if self._denylist_cache is None or self._denylist_cache[0] != version:
+            entries: dict[CardKey, list[DenyInterval]] = {}
+            for issuer_id, asn, effective_at, removed_at in cur.execute(_DENYLIST):
+                entries.setdefault((issuer_id, asn), []).append(DenyInterval(effective_at, removed_at))
+            self._denylist_cache = (version, entries)
+        return self._denylist_cache[1]
+
+    def _settle(
+        self,
+        cur: psycopg.Cursor[Any],
+        prepared: Prepared,
+        ctx: Context,
+        parties: Parties,
+        versions: dict[CardKey, str],
+        plan: WritePlan,
+        batch_id: int,
+        received_at: dt.datetime,
+    ) -> WritePlan:
+        """Lock the batch's cards (id order) and make the verdicts final.
+
+        A card whose row version changed since the snapshot was cleared meanwhile by another
+        worker (or loaded): judge the batch again against the locked state. Verdicts may move
+        between accepted and suspect (the rows written in phase 1, not yet visible to anyone,
+        are corrected); if what is *posted* would change, the batch is run again from scratch.
+        """
+        ids = {state.card_id: key for key, state in ctx.cards.items()}
+        if not ids:
+            return plan
+        moved = [
+            ids[card_id]
+            for card_id, xmin in cur.execute(_LOCK_VERSIONS, (int_array(sorted(ids)),))
+            if versions[ids[card_id]] != xmin
+        ]
+        if not moved:
+            return plan
+        locked, _ = _card_states(cur, _CARDS)  # already locked: a plain read of the current rows
+        ctx = replace(ctx, cards=locked, neighbours=_neighbours(cur, prepared.batch.records, locked, batch_id))
+        final = decide(prepared, ctx, parties, received_at)
+        if [t.transfer_id for t in final.taps] != [t.transfer_id for t in plan.taps] or [
+            t.stored for t in final.taps
+        ] != [t.stored for t in plan.taps]:
+            raise RetryableIngestError("cards changed under the batch in a way that changes what is posted")
+        changed = [
+            new
+            for new, old in zip(final.taps, plan.taps, strict=True)
+            if new.stored and (new.verdict, new.code, new.message) != (old.verdict, old.code, old.message)
+        ]
+        if changed:
+            cur.execute(
+                _FIX_VERDICTS,
+                (
+                    [t.record.terminal_seq for t in changed],
+                    [t.verdict for t in changed],
+                    [t.code for t in changed],
+                    [t.message for t in changed],
+                    prepared.terminal_id,
+                    batch_id,
+                ),
+            )
+        return final
+
+    # --- write --------------------------------------------------------------------------
+
+    def _write_rows(
+        self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, batch_seq: int, received_at: dt.datetime
+    ) -> None:
+        """COPY straight into taps, tap_keys and transfers; the staging was for the reads.
+
+        Measured: staging the judged rows and inserting them with ``INSERT … SELECT`` cost a
+        third more than COPY into the final tables (``docs/clearing.md``, "Performance").
+        """
+        stored = [tap for tap in plan.taps if tap.stored]
+        if stored:
+            with cur.copy(f"COPY taps ({_TAP_COLUMNS}) FROM STDIN") as copy:
+                for tap in stored:
+                    r: TapRecord = tap.record
+                    fare = r.fare
+                    copy.write_row(
+                        (
+                            tap.business_day, batch_id, batch_seq, r.terminal_id, r.terminal_seq, r.psam_serial,
+                            r.issuer_id, r.card_asn, r.card_type, r.tx_type, r.amount_fen, r.balance_before_fen,
+                            r.offline_counter, tap.tx_at, tap.tx_utc_offset_min, r.key_version, r.alg_id, r.tac,
+                            r.route_id, r.stop_id, r.vehicle_id,
+                            fare.product_id if fare else None,
+                            fare.rider_category_id if fare else None,
+                            fare.leg_group_id if fare else None,
+                            fare.full_fare_fen if fare else None,
+                            fare.discount_fen if fare else None,
+                            fare.transfer_of if fare else None,
+                            r.status, tap.verdict, tap.code, tap.message, tap.transfer_id, received_at,
+                        )
+                    )  # fmt: skip
+            with cur.copy(f"COPY tap_keys ({_TAP_KEY_COLUMNS}) FROM STDIN") as copy:
+                for tap in stored:
+                    r = tap.record
+                    copy.write_row(
+                        (r.terminal_id, r.terminal_seq, r.issuer_id, r.card_asn, r.offline_counter, r.tx_type,
+                         tap.business_day)
+                    )  # fmt: skip
+        if plan.transfers:
+            posted = TransferState.POSTED.value
+            code = int(TransferCode.PURCHASE)
+            with cur.copy(f"COPY transfers ({_TRANSFER_COLUMNS}) FROM STDIN") as copy:
+                for t in plan.transfers:
+                    copy.write_row(
+                        (t.id, t.debit_account_id, t.credit_account_id, t.amount_fen, LEDGER_CNY, code, posted,
+                         t.source_ref, received_at)
+                    )  # fmt: skip
+        unstored = [tap for tap in plan.taps if tap.exception and not tap.stored]
+        if unstored:
+            with cur.copy(f"COPY exception_items ({_EXCEPTION_COLUMNS}) FROM STDIN") as copy:
+                for tap in unstored:
+                    r = tap.record
+                    copy.write_row(
+                        ("tap", None, None, tap.record_json, r.terminal_id, r.terminal_seq, batch_seq, r.issuer_id,
+                         r.card_asn, r.offline_counter, r.amount_fen, tap.code, tap.message, "open", received_at)
+                    )  # fmt: skip
+
+    def _write_state(self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, received_at: dt.datetime) -> None:
+        """Under the card locks: exception items of stored taps, account totals, cards, the answer."""
+        if any(tap.exception and tap.stored for tap in plan.taps):
+            cur.execute(_TAP_EXCEPTIONS, (batch_id,))
+        if plan.refunds:
+            cur.executemany(
+                _REFUND,
+                [(r.load_id, r.issuer_id, r.card_asn, r.amount_fen, received_at, received_at) for r in plan.refunds],
+            )
+        if plan.account_deltas:
+            ordered = sorted(plan.account_deltas.items())
+            cur.execute(
+                _ACCOUNT_DELTAS,
+                (
+                    int_array(k for k, _ in ordered),
+                    int_array(d for _, (d, _c) in ordered),
+                    int_array(c for _, (_d, c) in ordered),
+                ),
+            )
+        if plan.cards:
+            _update_cards(cur, plan.cards)
+        cur.execute(_DONE, (plan.answer.decode(), received_at, batch_id))
+
+
+def int_array(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers (psycopg's list dumper is pure Python and slow)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def text_array(values: Iterable[str | None]) -> str:
+    """An array literal of strings that need no escaping (hex ids, ISO times) or NULL."""
+    return "{" + ",".join("NULL" if v is None else f'"{v}"' for v in values) + "}"
+
+
+def _time_literal(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _update_cards(cur: psycopg.Cursor[Any], cards: list[CardRow]) -> None:
+    cur.execute(
+        _CARD_UPDATES,
+        (
+            int_array(c.card_id for c in cards),
+            int_array(c.shadow_balance_fen for c in cards),
+            int_array(c.last_offline_counter for c in cards),
+            text_array(_time_literal(c.last_tx_at) for c in cards),
+            text_array(_time_literal(c.shadow_load_at) for c in cards),
+            "{" + ",".join("t" if c.blocked else "f" for c in cards) + "}",
+        ),
+    )
+
+
+def _card_states(cur: psycopg.Cursor[Any], sql: str) -> tuple[dict[CardKey, CardState], dict[CardKey, str]]:
+    cards: dict[CardKey, CardState] = {}
+    versions: dict[CardKey, str] = {}
+    for (
+        issuer_id,
+        asn,
+        card_id,
+        account_id,
+        start,
+        shadow,
+        last,
+        flags,
+        available,
+        load_at,
+        last_tx_at,
+        xmin,
+    ) in cur.execute(sql):
+        key = (issuer_id, asn)
+        limited = bool(flags & ACCOUNT_FLAG_DEBITS_LIMITED)
+        cards[key] = CardState(
+            card_id, account_id, start, shadow, last, load_at, available if limited else None, last_tx_at
+        )
+        versions[key] = xmin
+    return cards, versions
+
+
+def _neighbours(
+    cur: psycopg.Cursor[Any], records: list[TapRecord], cards: dict[CardKey, CardState], batch_id: int
+) -> dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]]:
+    late = late_record_keys(records, cards)
+    if not late:
+        return {}
+    out: dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]] = {}
+    rows = cur.execute(
+        _NEIGHBOURS,
+        {
+            "issuers": text_array(k[0] for k in late),
+            "asns": text_array(k[1] for k in late),
+            "counters": int_array(k[2] for k in late),
+            "batch": batch_id,  # in phase 2 this batch's own rows are visible: they are not neighbours
+        },
+    )
+    for issuer_id, asn, counter, pc, pb, pa, nc, nb, na in rows:
+        below = Neighbour(pc, pb, pa) if pc is not None else None
+        above = Neighbour(nc, nb, na) if nc is not None else None
+        out[(issuer_id, asn, counter)] = (below, above)
+    return out
+
+
+__all__ = ["PgIngestor", "is_transient"]

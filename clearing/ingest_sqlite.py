@@ -1,0 +1,353 @@
+"""Embedded ingest path: the same plan as ``ingest_pg`` through SQLAlchemy Core, on SQLite.
+
+The equivalence tests run one scenario through this path and through ``ingest_pg`` and
+compare every row that matters. SQLite has one writer at a time: the first
+statement of the transaction is the ``batches`` claim, a write, so the write lock is taken
+before anything is read and the reads cannot go stale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final, TypeVar
+
+import msgspec
+from sqlalchemy import Engine, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from clearing.db import session_factory
+from clearing.ingest import (
+    BatchConflict,
+    IngestResult,
+    Parties,
+    Prepared,
+    UnknownTerminal,
+    WritePlan,
+    answer_bytes,
+    decide,
+    with_retries,
+)
+from clearing.ledger import apply_account_deltas
+from clearing.models import (
+    LEDGER_CNY,
+    Account,
+    AccountFlag,
+    BatchRow,
+    Card,
+    CardStatus,
+    DenylistEntryRow,
+    ExceptionItem,
+    ExceptionState,
+    Issuer,
+    LoadState,
+    PendingLoad,
+    Tap,
+    TapKey,
+    Terminal,
+    Transfer,
+    TransferCode,
+    TransferState,
+)
+from clearing.validation import (
+    CardKey,
+    CardState,
+    Context,
+    DenyInterval,
+    Limits,
+    Neighbour,
+    late_record_keys,
+)
+
+CHUNK: Final = 400  # row values per IN (...): far below SQLite's bound-variable limit
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError):  # database locked past the busy timeout, lost connection
+        return True
+    if isinstance(exc, IntegrityError):  # lost a race on a natural key or transfer id
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class SqlIngestor:
+    """Ingests prepared batches through SQLAlchemy sessions on SQLite."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        limits: Limits | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        assert engine.dialect.name == "sqlite", "SqlIngestor is the SQLite path; PostgreSQL uses PgIngestor"
+        self.engine = engine
+        self.sessions = session_factory(engine)
+        self.limits = limits or Limits()
+        self.clock = clock
+        # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
+        self.before_commit: Callable[[Prepared], None] | None = None
+
+    def ingest(self, prepared: Prepared) -> IngestResult:
+        return with_retries(lambda: self._attempt(prepared), is_transient)
+
+    def _attempt(self, prepared: Prepared) -> IngestResult:
+        with self.sessions() as session:
+            try:
+                result = self._transaction(session, prepared)
+            except BaseException:
+                session.rollback()
+                raise
+            return result
+
+    def _transaction(self, session: Session, prepared: Prepared) -> IngestResult:
+        batch = prepared.batch
+        terminal_id = prepared.terminal_id
+        received_at = self.clock()
+        session.begin()
+        claimed = session.execute(
+            sqlite_insert(BatchRow)
+            .values(
+                terminal_id=terminal_id,
+                batch_seq=batch.batch_seq,
+                content_hash=prepared.digest,
+                record_count=len(batch.records),
+                status="queued",
+                received_at=received_at,
+            )
+            .on_conflict_do_nothing(index_elements=["terminal_id", "batch_seq"])
+            .returning(BatchRow.id)
+        ).scalar_one_or_none()
+        if claimed is None:  # uploaded before: answered already, or queued and ours to clear now
+            stored = session.execute(
+                select(BatchRow.id, BatchRow.content_hash, BatchRow.status, BatchRow.answer).where(
+                    BatchRow.terminal_id == terminal_id, BatchRow.batch_seq == batch.batch_seq
+                )
+            ).one()
+            if stored[1] != prepared.digest:
+                session.rollback()
+                raise BatchConflict(terminal_id, batch.batch_seq)
+            if stored[2] == "done":
+                session.rollback()
+                assert stored[3] is not None
+                return IngestResult(answer_bytes(stored[3]), replayed=True)
+            claimed = stored[0]
+        terminal = session.execute(
+            select(Terminal.active, Terminal.payable_account_id).where(Terminal.terminal_id == terminal_id)
+        ).one_or_none()
+        if terminal is None or not terminal[0]:
+            raise UnknownTerminal(terminal_id)
+        ctx, parties = self._load(session, terminal_id, prepared, int(terminal[1]), received_at)
+        plan = decide(prepared, ctx, parties, received_at)
+        self._write(session, plan, int(claimed), batch.batch_seq, received_at)
+        if self.before_commit is not None:
+            self.before_commit(prepared)
+        session.commit()
+        return IngestResult(plan.answer, replayed=False)
+
+    def _load(
+        self, session: Session, terminal_id: str, prepared: Prepared, operator_account_id: int, now: dt.datetime
+    ) -> tuple[Context, Parties]:
+        records = prepared.batch.records
+        issuers = session.execute(select(Issuer.issuer_id, Issuer.own)).all()
+        card_keys = sorted({(r.issuer_id, r.card_asn) for r in records})
+        cards: dict[CardKey, CardState] = {}
+        accounts: dict[CardKey, int] = {}
+        for chunk in _chunks(card_keys):
+            rows = session.execute(
+                select(
+                    Card.issuer_id, Card.card_asn, Card.id, Card.account_id, Card.start_date,
+                    Card.shadow_balance_fen, Card.last_offline_counter, Card.shadow_load_at, Card.last_tx_at,
+                    Account.flags,
+                    Account.credits_posted - Account.debits_posted - Account.debits_pending,
+                )
+                .join(Account, Account.id == Card.account_id)
+                .where(tuple_(Card.issuer_id, Card.card_asn).in_(chunk))
+            )  # fmt: skip
+            for issuer_id, asn, card_id, account_id, start, shadow, last, load_at, last_tx, flags, avail in rows:
+                limited = bool(flags & AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS)
+                cards[(issuer_id, asn)] = CardState(
+                    card_id, account_id, start, shadow, last, load_at, avail if limited else None, last_tx
+                )
+                accounts[(issuer_id, asn)] = account_id
+        seqs = sorted({(r.terminal_id, r.terminal_seq) for r in records})
+        seen_seq: set[tuple[str, int]] = set()
+        for seq_chunk in _chunks(seqs):
+            seen_seq.update(
+                (t, s)
+                for t, s in session.execute(
+                    select(TapKey.terminal_id, TapKey.terminal_seq).where(
+                        tuple_(TapKey.terminal_id, TapKey.terminal_seq).in_(seq_chunk)
+                    )
+                )
+            )
+        counters = sorted({(r.issuer_id, r.card_asn, r.offline_counter, r.tx_type) for r in records})
+        seen_counter: set[tuple[str, str, int, int]] = set()
+        for ctr_chunk in _chunks(counters):
+            columns = (TapKey.issuer_id, TapKey.card_asn, TapKey.offline_counter, TapKey.tx_type)
+            seen_counter.update(
+                (i, a, c, t) for i, a, c, t in session.execute(select(*columns).where(tuple_(*columns).in_(ctr_chunk)))
+            )
+        denylist: dict[CardKey, list[DenyInterval]] = {}
+        for card_chunk in _chunks(card_keys):
+            for issuer_id, asn, effective_at, removed_at in session.execute(
+                select(
+                    DenylistEntryRow.issuer_id,
+                    DenylistEntryRow.card_asn,
+                    DenylistEntryRow.effective_at,
+                    DenylistEntryRow.removed_at,
+                ).where(
+                    tuple_(DenylistEntryRow.issuer_id, DenylistEntryRow.card_asn).in_(card_chunk),
+                )
+            ):
+                denylist.setdefault((issuer_id, asn), []).append(DenyInterval(effective_at, removed_at))
+        neighbours = {key: _neighbours_of(session, *key) for key in late_record_keys(records, cards)}
+        ctx = Context(
+            uploader=terminal_id,
+            known_terminals=frozenset({terminal_id}),
+            own_issuers=frozenset(i for i, own in issuers if own),
+            peer_issuers=frozenset(i for i, own in issuers if not own),
+            cards=cards,
+            seen_terminal_seqs=seen_seq,
+            seen_card_counters=seen_counter,
+            now=now,
+            limits=self.limits,
+            denylist=denylist,
+            neighbours=neighbours,
+        )
+        return ctx, Parties(operator_account_id, accounts)
+
+    def _write(
+        self, session: Session, plan: WritePlan, batch_id: int, batch_seq: int, received_at: dt.datetime
+    ) -> None:
+        next_id = int(session.execute(select(func.coalesce(func.max(Tap.id), 0))).scalar_one()) + 1
+        accounts = {t.id: t for t in plan.transfers}
+        tap_rows: list[dict[str, Any]] = []
+        key_rows: list[dict[str, Any]] = []
+        exception_rows: list[dict[str, Any]] = []
+        for tap in plan.taps:
+            r = tap.record
+            fare = r.fare
+            tap_id = None
+            if tap.exception:
+                exception_rows.append(
+                    {
+                        "kind": "tap", "tap_id": next_id if tap.stored else None,
+                        "tap_business_day": tap.business_day if tap.stored else None,
+                        "record": msgspec.json.decode(tap.record_json) if tap.record_json else None,
+                        "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "batch_seq": batch_seq,
+                        "issuer_id": r.issuer_id, "card_asn": r.card_asn, "offline_counter": r.offline_counter,
+                        "amount_fen": r.amount_fen, "code": tap.code, "message": tap.message,
+                        "state": ExceptionState.OPEN.value, "created_at": received_at,
+                    }
+                )  # fmt: skip
+            if not tap.stored:
+                continue
+            tap_id, next_id = next_id, next_id + 1
+            tap_rows.append(
+                {
+                    "id": tap_id, "business_day": tap.business_day, "batch_id": batch_id, "batch_seq": batch_seq,
+                    "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "psam_serial": r.psam_serial,
+                    "issuer_id": r.issuer_id, "card_asn": r.card_asn, "card_type": r.card_type,
+                    "tx_type": r.tx_type, "amount_fen": r.amount_fen, "balance_before_fen": r.balance_before_fen,
+                    "offline_counter": r.offline_counter, "tx_time": tap.tx_at,
+                    "tx_utc_offset_min": tap.tx_utc_offset_min, "key_version": r.key_version, "alg_id": r.alg_id,
+                    "tac": r.tac, "route_id": r.route_id, "stop_id": r.stop_id, "vehicle_id": r.vehicle_id,
+                    "fare_product_id": fare.product_id if fare else None,
+                    "fare_rider_category_id": fare.rider_category_id if fare else None,
+                    "fare_leg_group_id": fare.leg_group_id if fare else None,
+                    "fare_full_fen": fare.full_fare_fen if fare else None,
+                    "fare_discount_fen": fare.discount_fen if fare else None,
+                    "fare_transfer_of": fare.transfer_of if fare else None,
+                    "status": r.status, "verdict": tap.verdict, "code": tap.code, "message": tap.message,
+                    "transfer_id": tap.transfer_id, "received_at": received_at,
+                }
+            )  # fmt: skip
+            key_rows.append(
+                {
+                    "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "issuer_id": r.issuer_id,
+                    "card_asn": r.card_asn, "offline_counter": r.offline_counter, "tx_type": r.tx_type,
+                    "business_day": tap.business_day,
+                }
+            )  # fmt: skip
+        _insert(session, Tap, tap_rows)
+        _insert(session, TapKey, key_rows)
+        _insert(session, ExceptionItem, exception_rows)
+        _insert(
+            session,
+            Transfer,
+            [
+                {
+                    "id": t.id, "debit_account_id": t.debit_account_id, "credit_account_id": t.credit_account_id,
+                    "amount_fen": t.amount_fen, "ledger": LEDGER_CNY, "code": int(TransferCode.PURCHASE),
+                    "state": TransferState.POSTED.value, "pending_id": None, "source_ref": t.source_ref,
+                    "created_at": received_at,
+                }
+                for t in accounts.values()
+            ],
+        )  # fmt: skip
+        _insert(
+            session,
+            PendingLoad,
+            [
+                {
+                    "id": r.load_id, "issuer_id": r.issuer_id, "card_asn": r.card_asn, "amount_fen": r.amount_fen,
+                    "state": LoadState.PENDING.value, "created_at": received_at, "updated_at": received_at,
+                }
+                for r in plan.refunds
+            ],
+        )  # fmt: skip
+        apply_account_deltas(session, plan.account_deltas)
+        for card in plan.cards:
+            values: dict[str, Any] = {
+                "shadow_balance_fen": card.shadow_balance_fen,
+                "last_offline_counter": card.last_offline_counter,
+                "last_tx_at": card.last_tx_at,
+                "shadow_load_at": card.shadow_load_at,
+            }
+            if card.blocked:
+                values["status"] = CardStatus.BLOCKED.value
+            session.execute(update(Card).where(Card.id == card.card_id).values(**values))
+        session.execute(
+            update(BatchRow)
+            .where(BatchRow.id == batch_id)
+            .values(status="done", answer=plan.answer.decode(), done_at=received_at, body=None)
+        )
+
+
+def _insert(session: Session, model: type[Any], rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    if rows:
+        session.execute(insert(model), rows)
+
+
+def _neighbours_of(
+    session: Session, issuer_id: str, asn: str, counter: int
+) -> tuple[Neighbour | None, Neighbour | None]:
+    cleared = and_(
+        Tap.issuer_id == issuer_id,
+        Tap.card_asn == asn,
+        or_(Tap.verdict == "accepted", Tap.verdict == "suspect"),
+    )
+    columns = (Tap.offline_counter, Tap.balance_before_fen, Tap.amount_fen)
+    below = session.execute(
+        select(*columns).where(cleared, Tap.offline_counter <= counter).order_by(Tap.offline_counter.desc()).limit(1)
+    ).one_or_none()
+    above = session.execute(
+        select(*columns).where(cleared, Tap.offline_counter > counter).order_by(Tap.offline_counter.asc()).limit(1)
+    ).one_or_none()
+    return (
+        Neighbour(*below) if below is not None else None,
+        Neighbour(*above) if above is not None else None,
+    )
+
+
+__all__ = ["SqlIngestor", "is_transient"]

@@ -1,0 +1,146 @@
+"""Redis, when configured: the ingest stream that spreads batches over clearing workers, and the
+denylist version and set that terminals poll (``ARCHITECTURE.md``, "Redis").
+
+The database stays the source of truth. A stream entry is only a *reference*
+(``terminal_id``, ``batch_seq``): the body waits in ``batches`` (status ``queued``), so a
+lost entry is recovered by the terminal's retry (which enqueues again) and a duplicate
+entry finds the batch ``done`` and is acknowledged without work.
+
+Stream protocol: ``XADD <prefix>ingest``; workers of the consumer group ``clearing``
+``XREADGROUP`` new entries, process, ``XACK``. An entry whose consumer died stays pending;
+any live worker takes it over with ``XAUTOCLAIM`` once it has been idle longer than the
+claim timeout, and the batch transaction (which never committed) runs again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+
+GROUP: Final = "clearing"
+STREAM_MAXLEN: Final = 1_000_000  # approximate trim; an entry is tiny, pending entries are never trimmed first
+DONE_TTL_S: Final = 120
+PREFIX_DEFAULT: Final = "ykt:"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    entry_id: str
+    terminal_id: str
+    batch_seq: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBus:
+    """The Redis side of clearing, under one key prefix (tests use a random one per session)."""
+
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX_DEFAULT) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.stream = f"{prefix}ingest"
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = PREFIX_DEFAULT) -> RedisBus:
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30), prefix)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- ingest stream ------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def enqueue(self, terminal_id: str, batch_seq: int) -> str:
+        entry_id = self.client.xadd(
+            self.stream, {"terminal_id": terminal_id, "batch_seq": str(batch_seq)}, maxlen=STREAM_MAXLEN
+        )
+        return _text(entry_id)
+
+    def _entries(self, raw: Any) -> list[Entry]:
+        out = []
+        for entry_id, fields in raw or []:
+            if fields is None:  # deleted while pending
+                continue
+            data = {_text(k): _text(v) for k, v in fields.items()}
+            out.append(Entry(_text(entry_id), data["terminal_id"], int(data["batch_seq"])))
+        return out
+
+    def read(self, consumer: str, *, count: int = 4, block_ms: int = 1000) -> list[Entry]:
+        """New entries for this consumer (blocks up to ``block_ms``)."""
+        reply = self.client.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        entries: list[Entry] = []
+        for item in reply or []:
+            entries.extend(self._entries(item[1]))
+        return entries
+
+    def claim_stale(self, consumer: str, *, idle_ms: int, count: int = 4) -> list[Entry]:
+        """Entries of dead consumers, idle longer than ``idle_ms``, now this consumer's."""
+        reply = self.client.xautoclaim(self.stream, GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count)
+        return self._entries(reply[1])
+
+    def ack(self, entry_id: str) -> None:
+        self.client.xack(self.stream, GROUP, entry_id)
+
+    def pending_count(self) -> int:
+        info = self.client.xpending(self.stream, GROUP)
+        return int(info["pending"])
+
+    # --- "your batch is done" for the API request that waits -------------------------------
+
+    def _done_key(self, terminal_id: str, batch_seq: int) -> str:
+        return f"{self.prefix}done:{terminal_id}:{batch_seq}"
+
+    def notify_done(self, terminal_id: str, batch_seq: int) -> None:
+        key = self._done_key(terminal_id, batch_seq)
+        pipe = self.client.pipeline()
+        pipe.lpush(key, "1")
+        pipe.expire(key, DONE_TTL_S)
+        pipe.execute()
+
+    def wait_done(self, terminal_id: str, batch_seq: int, timeout_s: float) -> bool:
+        """Block until a worker says the batch is done (or the timeout passes)."""
+        reply = self.client.blpop([self._done_key(terminal_id, batch_seq)], timeout=max(timeout_s, 0.01))
+        return reply is not None
+
+    # --- denylist mirror --------------------------------------------------------------------
+
+    @property
+    def _denylist_key(self) -> str:
+        return f"{self.prefix}denylist:cards"
+
+    @property
+    def _version_key(self) -> str:
+        return f"{self.prefix}denylist:version"
+
+    def denylist_version(self) -> int | None:
+        value = self.client.get(self._version_key)
+        return None if value is None else int(_text(value))
+
+    def publish_denylist(self, version: int, cards: list[tuple[str, str]]) -> None:
+        """Replace the mirrored set (``issuer:asn``) and version, atomically for readers."""
+        staging = f"{self._denylist_key}:next"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(staging)
+        if cards:
+            pipe.sadd(staging, *[f"{i}:{a}" for i, a in cards])
+            pipe.rename(staging, self._denylist_key)
+        else:
+            pipe.delete(self._denylist_key)
+        pipe.set(self._version_key, version)
+        pipe.execute()
+
+    def denylisted(self, issuer_id: str, card_asn: str) -> bool:
+        return bool(self.client.sismember(self._denylist_key, f"{issuer_id}:{card_asn}"))
+
+
+__all__ = ["GROUP", "Entry", "RedisBus"]

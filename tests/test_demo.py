@@ -1,0 +1,40 @@
+"""``yikatong demo`` runs the whole city on SQLite: every card's purse equals its shadow balance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from terminals.session import Outcome
+from yikatong.demo import run_demo
+from yikatong.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'demo.db'}",
+        keystore=tmp_path / "keystore.json",
+        kek=SecretStr("11" * 32),
+        redis_url=None,
+    )
+
+
+def test_demo_city_clears_every_tap_and_balances(settings: Settings, tmp_path: Path) -> None:
+    report = run_demo(settings, seed=7, workdir=tmp_path / "demo", use_pcsc=False)
+    outcomes = [line.result.outcome for line in report.taps]
+    assert Outcome.RECOVERED in outcomes and Outcome.ALREADY_PAID in outcomes and Outcome.BLOCKED in outcomes
+    assert report.verdicts.get("forwarded") == 1  # the Xi'an card
+    assert report.verdicts.get("rejected", 0) == 0 and report.verdicts.get("suspect", 0) == 0
+    assert report.trial_balance_ok
+    own = [(purse, shadow) for _label, _asn, purse, shadow in report.balances if shadow is not None]
+    assert len(own) == 5 and all(purse == shadow for purse, shadow in own)
+
+
+def test_demo_runs_again_in_the_same_place(settings: Settings, tmp_path: Path) -> None:
+    run_demo(settings, seed=1, workdir=tmp_path / "demo", use_pcsc=False)
+    again = run_demo(settings, seed=2, workdir=tmp_path / "demo", use_pcsc=False)
+    assert again.trial_balance_ok
+    assert all(purse == shadow for _l, _a, purse, shadow in again.balances if shadow is not None)

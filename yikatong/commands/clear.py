@@ -1,0 +1,36 @@
+"""``yikatong clear [--workers N]``: run clearing workers on the Redis ingest stream.
+
+Without ``YIKATONG_REDIS_URL`` there is no queue: ``yikatong serve`` clears every upload in
+the request that brought it, so this command says so and exits 0.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from yikatong.settings import get_settings
+
+
+def clear(
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=64, help="worker processes to run")] = 1,
+    claim_idle_s: Annotated[
+        float,
+        typer.Option(
+            "--claim-idle-s", min=1.0, help="take over a dead worker's batch after it has been pending this long"
+        ),
+    ] = 30.0,
+) -> None:
+    """Clear uploaded batches from the Redis stream with N workers (a consumer group)."""
+    settings = get_settings()
+    if not settings.redis_url:
+        typer.echo(
+            "No YIKATONG_REDIS_URL configured: nothing to do. Without Redis, `yikatong serve` clears "
+            "each upload synchronously in the request."
+        )
+        raise typer.Exit(code=0)
+    from clearing.worker import run_workers
+
+    typer.echo(f"clearing with {workers} worker(s) on {settings.redis_url}; Ctrl-C to stop")
+    raise typer.Exit(code=run_workers(settings, workers, claim_idle_ms=int(claim_idle_s * 1000)))
