@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from yikatong.commands import card, demo, exceptions, init, keys, terminal
+from yikatong.commands import card, clear, demo, exceptions, init, keys, serve, terminal
 
 app = typer.Typer(
     name="yikatong",
@@ -17,6 +17,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(card.app, name="card")
 app.add_typer(terminal.app, name="terminal")
 app.add_typer(exceptions.app, name="exceptions")
+app.command("serve")(serve.serve)
+app.command("clear")(clear.clear)
 app.command("demo")(demo.demo)
 
 

@@ -8,6 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from yikatong.app import create_app
 from yikatong.commands import clear, serve
 from yikatong.settings import get_settings
 
@@ -42,7 +43,7 @@ def test_serve_assembles_the_clearing_api(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.delenv("YIKATONG_REDIS_URL", raising=False)
     get_settings.cache_clear()
     try:
-        app = serve.assemble_app(get_settings())
+        app = create_app(get_settings())
     finally:
         get_settings.cache_clear()
     paths = set(app.openapi()["paths"])

@@ -1,29 +1,13 @@
-"""``yikatong serve [--host --port]``: the HTTP API under uvicorn.
-
-The app is ``yikatong.app.create_app(settings)`` when the composition root provides it
-(terminal API plus portal, interop and webhooks); until then, the clearing API alone.
-"""
+"""``yikatong serve [--host --port]``: the HTTP API under uvicorn, as ``yikatong.app`` assembles it."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from yikatong.app import create_app
 from yikatong.settings import get_settings
-
-
-def assemble_app(settings: Any) -> Any:
-    try:
-        composition = importlib.import_module("yikatong.app")
-    except ModuleNotFoundError as exc:
-        if exc.name != "yikatong.app":
-            raise
-        from clearing.api import create_app
-
-        return create_app(settings)
-    return composition.create_app(settings)
 
 
 def serve(
@@ -35,7 +19,7 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    app = assemble_app(settings)
+    app = create_app(settings)
     mode = "Redis queue: run `yikatong clear` too" if settings.redis_url else "synchronous clearing (no Redis)"
     typer.echo(f"serving on http://{host}:{port} ({mode}); OpenAPI at /openapi.json")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
