@@ -21,10 +21,12 @@ $(VENV_STAMP): pyproject.toml scripts/install-system-deps
 run: venv
 	.venv/bin/yikatong demo --serve
 
-## Run every test (real pcscd, PostgreSQL and Redis where present).
+## Run every test (real pcscd, PostgreSQL and Redis where present), then the soak and
+## load runs in their bounded form.
 test: venv
 	./scripts/ensure-services
 	$(PY) -m pytest $(PYTEST_ARGS)
+	YIKATONG_SOAK_CYCLES=4 $(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 ## Benchmarks: figures and ratios against baselines measured in the same run.
 bench: venv

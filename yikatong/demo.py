@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import random
+import secrets
 import socket
 import threading
 import time
@@ -149,7 +150,7 @@ def issue_demo_cards(
 
 def xian_card(keystore: KeyStore, now: dt.datetime) -> CardImage:
     """A card issued by Xi'an (its own keys): Xianyang never registers it, only acquires its taps."""
-    asn = bytes.fromhex("7100") + _serial(now)  # city code + 16-digit serial, as Xianyang's ASNs
+    asn = bytes.fromhex("7100") + _serial()  # city code + 16-digit serial, as Xianyang's ASNs
     public = PublicInfo(
         ISSUER_XIAN, 0x01, 0x01, asn, now.date(), now.date().replace(year=now.year + 10), CardType.ORDINARY
     )
@@ -159,9 +160,9 @@ def xian_card(keystore: KeyStore, now: dt.datetime) -> CardImage:
     )
 
 
-def _serial(now: dt.datetime) -> bytes:
-    """8 BCD bytes from the clock, so each demo run gets a fresh Xi'an card."""
-    return bytes.fromhex(f"{int(now.timestamp() * 1000) % 10**16:016d}")
+def _serial() -> bytes:
+    """8 random BCD bytes: each demo run gets a fresh Xi'an card, even twice in one second."""
+    return bytes.fromhex(f"{secrets.randbelow(10**16):016d}")
 
 
 def _save(label: str, image: CardImage, cards_dir: Path, card_type: CardType, issuer: bytes) -> DemoCard:
