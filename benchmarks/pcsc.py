@@ -25,7 +25,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
@@ -154,23 +154,33 @@ def _wait_absent(reader: str, timeout_s: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
+def emulator_process(target: Callable[..., None], workdir: str, *args: object) -> Iterator[None]:
+    """Run ``target(workdir, stop, ready, *args)`` in a spawned process (card and PSAM in the
+    vpcd slots) until the block ends, then wait until pcscd sees both slots empty."""
+    ctx = mp.get_context("spawn")
+    stop, ready = ctx.Event(), ctx.Event()
+    emulator = ctx.Process(target=target, args=(workdir, stop, ready, *args), daemon=True)
+    emulator.start()
+    try:
+        if not ready.wait(30):
+            raise SystemExit("emulator process did not start")
+        yield
+    finally:
+        stop.set()
+        emulator.join(10)
+        if emulator.is_alive():
+            emulator.kill()
+        _wait_absent(READER_CARD)
+        _wait_absent(READER_PSAM)
+
+
+@contextlib.contextmanager
 def _emulator(quickack: bool = True) -> Iterator[None]:
-    with tempfile.TemporaryDirectory(prefix="yikatong-bench-") as workdir:
-        ctx = mp.get_context("spawn")
-        stop, ready = ctx.Event(), ctx.Event()
-        emulator = ctx.Process(target=_emulate, args=(workdir, stop, ready, quickack), daemon=True)
-        emulator.start()
-        try:
-            if not ready.wait(30):
-                raise SystemExit("emulator process did not start")
-            yield
-        finally:
-            stop.set()
-            emulator.join(10)
-            if emulator.is_alive():
-                emulator.kill()
-            _wait_absent(READER_CARD)
-            _wait_absent(READER_PSAM)
+    with (
+        tempfile.TemporaryDirectory(prefix="yikatong-bench-") as workdir,
+        emulator_process(_emulate, workdir, quickack),
+    ):
+        yield
 
 
 def _apdu_latencies_ms(count: int) -> list[float]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import multiprocessing as mp
 import sqlite3
 import tempfile
 import time
@@ -166,23 +165,10 @@ def _emulate(workdir: str, stop: Event, ready: Event) -> None:
 
 @contextlib.contextmanager
 def _emulator(workdir: Path) -> Iterator[None]:
-    from benchmarks.pcsc import _wait_absent
+    from benchmarks.pcsc import emulator_process
 
-    ctx = mp.get_context("spawn")
-    stop, ready = ctx.Event(), ctx.Event()
-    emulator = ctx.Process(target=_emulate, args=(str(workdir), stop, ready), daemon=True)
-    emulator.start()
-    try:
-        if not ready.wait(30):
-            raise SystemExit("emulator process did not start")
+    with emulator_process(_emulate, str(workdir)):
         yield
-    finally:
-        stop.set()
-        emulator.join(10)
-        if emulator.is_alive():
-            emulator.kill()
-        _wait_absent(READER_CARD)
-        _wait_absent(READER_PSAM)
 
 
 def pcsc_tap_latencies_ms(taps: int, workdir: Path) -> list[float]:
