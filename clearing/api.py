@@ -12,15 +12,15 @@ waits up to ``queue_wait_s`` for a worker; if none answers in time it gets ``503
 ``Retry-After`` (a retry the terminal uploader already makes) and the next attempt finds
 the answer. Either way the answer is the stored one, byte for byte.
 
-Authentication: ``Authorization: Bearer <token>`` checked against the terminal's scrypt
-hash (``clearing.registry``). A token naming another terminal (``<terminal_id>.<secret>``)
-that verifies for that terminal is ``403``; anything else that does not verify is ``401``.
+Authentication: ``Authorization: Bearer <terminal_id>.<secret>``; the secret is checked
+against the scrypt hash of the terminal the token names (``clearing.registry``). A token
+naming another terminal that verifies for that terminal is ``403``; anything else that
+does not verify is ``401``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +73,6 @@ QUEUE_WAIT_S_DEFAULT: Final = 10.0
 RETRY_AFTER_S: Final = 2
 DENYLIST_MIRROR_CHECK_S: Final = 30.0
 BODY_BYTES_MAX: Final = 16 * 1024 * 1024  # 10,000 records of ~1 KB each, with room
-_HEX12: Final = re.compile(TERMINAL_ID_PATTERN)
 
 
 class ApiError(Exception):
@@ -113,8 +112,7 @@ class ApiDeps:
         from clearing import db
 
         engine = db.ensure_migrated(settings.database_url)
-        prefix = getattr(settings, "redis_prefix", "ykt:")
-        bus = RedisBus.from_url(settings.redis_url, prefix=prefix) if settings.redis_url else None
+        bus = RedisBus.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else None
         return cls(engine=engine, keystore=KeyStore.from_settings(settings), bus=bus)
 
     def denylist_mirror_stale(self) -> bool:
@@ -185,17 +183,19 @@ def _bearer(authorization: str | None) -> str:
 
 
 def authenticate(engine: Engine, terminal_id: str, authorization: str | None) -> None:
-    """Raise 401/403 unless the bearer token is ``terminal_id``'s (runs the scrypt check)."""
+    """Raise 401/403 unless the bearer token is ``terminal_id``'s (runs the scrypt check).
+
+    Tokens are ``<terminal_id>.<secret>`` (``clearing.registry``): one that names another
+    terminal and verifies for it is ``403 E_FORBIDDEN``; every other failure is ``401``.
+    """
     token = _bearer(authorization)
     with Session(engine) as session:
-        if registry.verify_terminal_token(session, terminal_id, token) is not None:
-            return
-        named, sep, _secret = token.partition(".")
-        owner = named if sep and named != terminal_id and _HEX12.match(named) else None
-        if owner is not None and registry.verify_terminal_token(session, owner, token) is not None:
-            raise ApiError(
-                403, Code.E_FORBIDDEN.value, f"the token is terminal {owner}'s, not terminal {terminal_id}'s"
-            )
+        verdict, _ = registry.check_terminal_token(session, terminal_id, token)
+    if verdict is registry.TokenCheck.OK:
+        return
+    if verdict is registry.TokenCheck.OTHER_TERMINAL:
+        owner = token.partition(registry.TOKEN_SEPARATOR)[0]
+        raise ApiError(403, Code.E_FORBIDDEN.value, f"the token is terminal {owner}'s, not terminal {terminal_id}'s")
     raise ApiError(401, Code.E_UNAUTHORIZED.value, f"the token does not verify for terminal {terminal_id}")
 
 

@@ -75,7 +75,11 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False, **kw
         return engine
     if url.startswith("postgresql"):
         connect_args = dict(kwargs.pop("connect_args", {}))
-        options = ["-c timezone=UTC"]
+        # libpq ``options`` given in the URL (``?options=-csearch_path%3Dt_x``: how a process
+        # configured only by YIKATONG_DATABASE_URL is pointed at a schema) are kept; ours follow.
+        url_options = make_url(url).query.get("options")
+        options = [url_options] if isinstance(url_options, str) else list(url_options or ())
+        options.append("-c timezone=UTC")
         if schema is not None:
             options.append(f"-c search_path={check_schema_name(schema)}")
         connect_args["options"] = " ".join(options)

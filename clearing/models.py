@@ -506,6 +506,8 @@ class DenylistEntryRow(Base):
         CheckConstraint("removed_version IS NULL OR removed_version > added_version", name="versions_ordered"),
         Index("ix_denylist_entries_added_version", "added_version"),
         Index("ix_denylist_entries_removed_version", "removed_version"),
+        # every entry of a card, live or removed (ingest's per-card lookups; migration 0002)
+        Index("ix_denylist_entries_card", "issuer_id", "card_asn"),
         Index(
             "uq_denylist_entries_live_card",
             "issuer_id",

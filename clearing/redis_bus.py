@@ -6,10 +6,16 @@ The database stays the source of truth. A stream entry is only a *reference*
 lost entry is recovered by the terminal's retry (which enqueues again) and a duplicate
 entry finds the batch ``done`` and is acknowledged without work.
 
-Stream protocol: ``XADD <prefix>ingest``; workers of the consumer group ``clearing``
-``XREADGROUP`` new entries, process, ``XACK``. An entry whose consumer died stays pending;
-any live worker takes it over with ``XAUTOCLAIM`` once it has been idle longer than the
-claim timeout, and the batch transaction (which never committed) runs again.
+Every key is ``<prefix>:<name>``, the prefix being ``Settings.redis_prefix`` (default
+``yikatong``), so several deployments or test runs can share one Redis: the stream
+``<prefix>:ingest`` and its consumer group ``<prefix>:clearing``, the "done" lists
+``<prefix>:done:<terminal_id>:<batch_seq>``, the denylist mirror ``<prefix>:denylist:version``
+and ``<prefix>:denylist:cards``.
+
+Stream protocol: ``XADD <prefix>:ingest``; workers of the consumer group ``XREADGROUP``
+new entries, process, ``XACK``. An entry whose consumer died stays pending; any live
+worker takes it over with ``XAUTOCLAIM`` once it has been idle longer than the claim
+timeout, and the batch transaction (which never committed) runs again.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import redis
 GROUP: Final = "clearing"
 STREAM_MAXLEN: Final = 1_000_000  # approximate trim; an entry is tiny, pending entries are never trimmed first
 DONE_TTL_S: Final = 120
-PREFIX_DEFAULT: Final = "ykt:"
+PREFIX_DEFAULT: Final = "yikatong"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +46,17 @@ class RedisBus:
     """The Redis side of clearing, under one key prefix (tests use a random one per session)."""
 
     def __init__(self, client: redis.Redis, prefix: str = PREFIX_DEFAULT) -> None:
+        prefix = prefix.rstrip(":")
+        if not prefix:
+            raise ValueError("the Redis key prefix must not be empty")
         self.client = client
         self.prefix = prefix
-        self.stream = f"{prefix}ingest"
+        self.stream = self.key("ingest")
+        self.group = self.key(GROUP)
+
+    def key(self, *parts: object) -> str:
+        """``<prefix>:<part>:<part>…``: every Redis name clearing uses is built here."""
+        return ":".join([self.prefix, *(str(p) for p in parts)])
 
     @classmethod
     def from_url(cls, url: str, prefix: str = PREFIX_DEFAULT) -> RedisBus:
@@ -55,7 +69,7 @@ class RedisBus:
 
     def ensure_group(self) -> None:
         try:
-            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -77,7 +91,7 @@ class RedisBus:
 
     def read(self, consumer: str, *, count: int = 4, block_ms: int = 1000) -> list[Entry]:
         """New entries for this consumer (blocks up to ``block_ms``)."""
-        reply = self.client.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        reply = self.client.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
         entries: list[Entry] = []
         for item in reply or []:
             entries.extend(self._entries(item[1]))
@@ -85,20 +99,22 @@ class RedisBus:
 
     def claim_stale(self, consumer: str, *, idle_ms: int, count: int = 4) -> list[Entry]:
         """Entries of dead consumers, idle longer than ``idle_ms``, now this consumer's."""
-        reply = self.client.xautoclaim(self.stream, GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count)
+        reply = self.client.xautoclaim(
+            self.stream, self.group, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
+        )
         return self._entries(reply[1])
 
     def ack(self, entry_id: str) -> None:
-        self.client.xack(self.stream, GROUP, entry_id)
+        self.client.xack(self.stream, self.group, entry_id)
 
     def pending_count(self) -> int:
-        info = self.client.xpending(self.stream, GROUP)
+        info = self.client.xpending(self.stream, self.group)
         return int(info["pending"])
 
     # --- "your batch is done" for the API request that waits -------------------------------
 
     def _done_key(self, terminal_id: str, batch_seq: int) -> str:
-        return f"{self.prefix}done:{terminal_id}:{batch_seq}"
+        return self.key("done", terminal_id, batch_seq)
 
     def notify_done(self, terminal_id: str, batch_seq: int) -> None:
         key = self._done_key(terminal_id, batch_seq)
@@ -116,11 +132,11 @@ class RedisBus:
 
     @property
     def _denylist_key(self) -> str:
-        return f"{self.prefix}denylist:cards"
+        return self.key("denylist", "cards")
 
     @property
     def _version_key(self) -> str:
-        return f"{self.prefix}denylist:version"
+        return self.key("denylist", "version")
 
     def denylist_version(self) -> int | None:
         value = self.client.get(self._version_key)
@@ -128,7 +144,7 @@ class RedisBus:
 
     def publish_denylist(self, version: int, cards: list[tuple[str, str]]) -> None:
         """Replace the mirrored set (``issuer:asn``) and version, atomically for readers."""
-        staging = f"{self._denylist_key}:next"
+        staging = self.key("denylist", "cards", "next")
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(staging)
         if cards:
@@ -143,4 +159,4 @@ class RedisBus:
         return bool(self.client.sismember(self._denylist_key, f"{issuer_id}:{card_asn}"))
 
 
-__all__ = ["GROUP", "Entry", "RedisBus"]
+__all__ = ["GROUP", "PREFIX_DEFAULT", "Entry", "RedisBus"]

@@ -1,20 +1,27 @@
 """Registry of issuers, cards, operators and terminals, and terminal bearer tokens.
 
-A terminal's token is shown once, at registration, and stored only as a salted scrypt hash
-(``docs/ledger.md``). Tokens are 256 random bits, so the KDF is not what protects them
-against guessing; scrypt is used so that a leaked table is useless even for a weak
-token, and successful verifications are remembered in a small in-process cache so the
-terminal API does not pay the KDF on every upload.
+A terminal's token is ``<terminal_id>.<secret>``: the terminal it belongs to (12 lower-case
+hex) and a secret of 256 random bits (urlsafe base64). It is shown once, at registration;
+only a salted scrypt hash of the *secret* is stored (``docs/ledger.md``). The prefix lets
+the terminal API tell a wrong token (401) from another terminal's valid token (403): it
+verifies the secret against the terminal the token names (``check_terminal_token``).
+
+The secrets are 256 random bits, so the KDF is not what protects them against guessing;
+scrypt is used so that a leaked table is useless even for a weak token, and successful
+verifications are remembered in a small in-process cache so the terminal API does not pay
+the KDF on every upload.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import re
 import secrets
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Final
 
 from sqlalchemy import select
@@ -29,6 +36,7 @@ SCRYPT_R: Final = 8
 SCRYPT_P: Final = 1
 SCRYPT_DKLEN: Final = 32
 TOKEN_BYTES: Final = 32
+TOKEN_SEPARATOR: Final = "."  # noqa: S105 (a separator, not a secret)
 _VERIFIED_MAX: Final = 4096
 _TERMINAL_ID_RE: Final = re.compile(r"^[0-9a-f]{12}$")
 _OPERATOR_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
@@ -102,7 +110,8 @@ def get_terminal(session: Session, terminal_id: str) -> Terminal | None:
 def register_terminal(
     session: Session, terminal_id: str, operator: str, route: str | None = None, *, replace_token: bool = False
 ) -> str:
-    """Register a terminal and return its bearer token, which is not stored and cannot be shown again.
+    """Register a terminal and return its bearer token ``<terminal_id>.<secret>``; only the secret's
+    hash is stored, so the token cannot be shown again.
 
     A terminal already registered is refused unless ``replace_token`` (then it gets a new
     token, its old one stops working, and operator/route are updated).
@@ -113,12 +122,12 @@ def register_terminal(
     if route is not None and not 0 < len(route) <= 64:
         raise RegistryError("E_BAD_ROUTE", "route must be 1-64 characters")
     op = ensure_operator(session, operator)
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token, secret = new_token(terminal_id)
     existing = session.get(Terminal, terminal_id)
     if existing is not None:
         if not replace_token:
             raise RegistryError("E_TERMINAL_EXISTS", f"terminal {terminal_id} is already registered")
-        existing.token_hash = hash_token(token)
+        existing.token_hash = hash_token(secret)
         existing.operator_id = op.operator_id
         existing.payable_account_id = op.payable_account_id
         existing.route = route
@@ -130,7 +139,7 @@ def register_terminal(
                 operator_id=op.operator_id,
                 payable_account_id=op.payable_account_id,
                 route=route,
-                token_hash=hash_token(token),
+                token_hash=hash_token(secret),
                 active=True,
             )
         )
@@ -138,18 +147,79 @@ def register_terminal(
     return token
 
 
-def verify_terminal_token(session: Session, terminal_id: str, token: str) -> Terminal | None:
-    """The active terminal whose token this is, or None (unknown, inactive or wrong token)."""
-    terminal = session.get(Terminal, terminal_id.lower())
-    if terminal is None or not terminal.active:
+class TokenCheck(enum.Enum):
+    """What a bearer token is for a terminal's path: the API answers 200, 403 or 401."""
+
+    OK = "ok"
+    OTHER_TERMINAL = "other_terminal"  # verifies, but for the terminal it names, not this one
+    INVALID = "invalid"  # missing, malformed, unknown or inactive terminal, wrong secret
+
+
+def new_token(terminal_id: str) -> tuple[str, str]:
+    """A fresh ``(token, secret)`` for a terminal; only the secret's hash is stored."""
+    secret = secrets.token_urlsafe(TOKEN_BYTES)
+    return f"{terminal_id.lower()}{TOKEN_SEPARATOR}{secret}", secret
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    """``(terminal_id, secret)`` of a well-formed ``<terminal_id>.<secret>`` token, else None."""
+    named, sep, secret = token.partition(TOKEN_SEPARATOR)
+    if not sep or not secret or not _TERMINAL_ID_RE.match(named):
         return None
-    return terminal if check_token(terminal.token_hash, token) else None
+    return named, secret
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def _verify_secret(session: Session, terminal_id: str, secret: str) -> Terminal | None:
+    """The active terminal if ``secret`` is its; always pays one scrypt check, so an unknown or
+    inactive terminal cannot be told from a wrong secret by timing."""
+    terminal = session.get(Terminal, terminal_id)
+    if terminal is None or not terminal.active:
+        check_token(_dummy_hash(), secret)
+        return None
+    return terminal if check_token(terminal.token_hash, secret) else None
+
+
+def check_terminal_token(session: Session, terminal_id: str, token: str) -> tuple[TokenCheck, Terminal | None]:
+    """Judge a bearer token presented on ``terminal_id``'s path.
+
+    ``OK`` with the terminal when the token is its own; ``OTHER_TERMINAL`` (no terminal)
+    when the token names another terminal *and its secret verifies for that terminal*;
+    ``INVALID`` for everything else (a prefix naming another terminal with a wrong secret
+    is just a wrong token).
+    """
+    terminal_id = terminal_id.lower()
+    parts = split_token(token)
+    if parts is None:
+        check_token(_dummy_hash(), token)  # same cost as a wrong secret
+        return TokenCheck.INVALID, None
+    named, secret = parts
+    if _same(named, terminal_id):
+        terminal = _verify_secret(session, terminal_id, secret)
+        return (TokenCheck.OK, terminal) if terminal is not None else (TokenCheck.INVALID, None)
+    if _verify_secret(session, named, secret) is not None:
+        return TokenCheck.OTHER_TERMINAL, None
+    return TokenCheck.INVALID, None
+
+
+def verify_terminal_token(session: Session, terminal_id: str, token: str) -> Terminal | None:
+    """The active terminal whose token this is, or None (another terminal's, unknown, inactive, wrong)."""
+    verdict, terminal = check_terminal_token(session, terminal_id, token)
+    return terminal if verdict is TokenCheck.OK else None
 
 
 # --- token hashing ------------------------------------------------------------------------
 
 _verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
 _verified_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return hash_token(secrets.token_urlsafe(TOKEN_BYTES))
 
 
 def hash_token(token: str, *, salt: bytes | None = None) -> str:
@@ -189,7 +259,10 @@ def check_token(stored: str, token: str) -> bool:
 
 
 __all__ = [
+    "TOKEN_SEPARATOR",
     "RegistryError",
+    "TokenCheck",
+    "check_terminal_token",
     "check_token",
     "ensure_issuers",
     "ensure_operator",
@@ -198,6 +271,8 @@ __all__ = [
     "get_issuer",
     "get_terminal",
     "hash_token",
+    "new_token",
     "register_terminal",
+    "split_token",
     "verify_terminal_token",
 ]

@@ -128,7 +128,7 @@ def worker_main(settings: Any, index: int, claim_idle_ms: int = CLAIM_IDLE_MS_DE
     keystore = KeyStore.from_settings(settings)
     keys = TacKeys(keystore_dtk(keystore), keystore.issuers())
     assert settings.redis_url, "workers need Redis"
-    bus = RedisBus.from_url(settings.redis_url, prefix=getattr(settings, "redis_prefix", "ykt:"))
+    bus = RedisBus.from_url(settings.redis_url, prefix=settings.redis_prefix)
     worker = Worker(engine, bus, keys, consumer_name(index), claim_idle_ms=claim_idle_ms)
     tune_gc()
     log.info("clearing worker %s consuming %s", worker.name, bus.stream)

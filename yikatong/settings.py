@@ -15,6 +15,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./yikatong.db"
     redis_url: str | None = None
+    # Every Redis key, stream and consumer group clearing uses is "<redis_prefix>:<name>",
+    # so several deployments (or test runs) can share one Redis.
+    redis_prefix: str = "yikatong"
     keystore: Path = Path("./var/keystore.json")
     # Key-encryption key (hex, 32 bytes). Unset: a KEK file next to the key store is
     # created on first use (development only; production injects it from a secret store).

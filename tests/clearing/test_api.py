@@ -17,14 +17,13 @@ from tapfactory import OWN_ISSUER, T0, Card, Terminal, body, make_keystore, regi
 from cardos.apdu import split_response
 from cardos.card import Card as EmulatedCard
 from cardos.profile import AID_PURSE
-from clearing import denylist, loads, registry
+from clearing import denylist, loads
 from clearing.api import ApiDeps, create_app
 from clearing.contract import Batch, LoadAuthorizeRequest
 from clearing.issuance import issue_card
 from clearing.ledger import account_balance, trial_balance
 from clearing.models import BatchRow, PendingLoad, Tap
 from clearing.models import Card as CardRow
-from clearing.models import Terminal as TerminalRow
 
 NOW = T0 + dt.timedelta(days=1)
 TERMINAL = "0000aa000001"
@@ -118,22 +117,54 @@ def test_a_record_replayed_in_a_later_batch_is_rejected(api: Api) -> None:
     assert verdicts(response) == [("rejected", "E_DUPLICATE_TERMINAL_SEQ")]
 
 
-def test_missing_or_wrong_token_is_401_and_another_terminals_token_is_403(api: Api) -> None:
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_upload_without_a_token_is_401(api: Api) -> None:
     batch = Terminal(TERMINAL).batch([])
-    assert api.upload(batch, headers={}).status_code == 401
-    assert api.upload(batch, headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert api.upload(batch, headers={"Authorization": "Basic abc"}).status_code == 401
-    # a token that names its terminal (<terminal_id>.<secret>) used on another terminal's path
-    named = f"{OTHER}.s3cret-token"
-    with Session(api.engine) as session:
-        session.get(TerminalRow, OTHER).token_hash = registry.hash_token(named)  # type: ignore[union-attr]
-        session.commit()
-    forbidden = api.upload(batch, headers={"Authorization": f"Bearer {named}"})
-    assert forbidden.status_code == 403
-    assert forbidden.json()["code"] == "E_FORBIDDEN"
-    # the unnamed token of the other terminal cannot be told from a wrong one
-    assert api.upload(batch, headers=api.headers(OTHER)).status_code == 401
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}):
+        response = api.upload(batch, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["code"] == "E_UNAUTHORIZED"
+        assert response.headers["WWW-Authenticate"] == "Bearer"
     assert api.count(BatchRow) == 0
+
+
+def test_upload_with_a_wrong_secret_is_401(api: Api) -> None:
+    batch = Terminal(TERMINAL).batch([])
+    own = api.tokens[TERMINAL]
+    assert own.startswith(f"{TERMINAL}.")
+    wrong = [
+        f"{TERMINAL}.{'A' * 43}",  # own prefix, wrong secret
+        own + "x",
+        own.partition(".")[2],  # the secret without its prefix
+        "nope",
+        f"{OTHER}.{own.partition('.')[2]}",  # another terminal's prefix, a secret that is not its
+        f"ffffffffffff.{own.partition('.')[2]}",  # a terminal that does not exist
+    ]
+    for token in wrong:
+        response = api.upload(batch, headers=_bearer(token))
+        assert response.status_code == 401, token
+        assert response.json()["code"] == "E_UNAUTHORIZED"
+    assert api.count(BatchRow) == 0
+
+
+def test_upload_with_another_terminals_valid_token_is_403(api: Api) -> None:
+    batch = Terminal(TERMINAL).batch([])
+    response = api.upload(batch, headers=api.headers(OTHER))
+    assert response.status_code == 403
+    assert response.json()["code"] == "E_FORBIDDEN"
+    assert OTHER in response.json()["message"]
+    assert api.count(BatchRow) == 0
+
+
+def test_upload_with_its_own_token_is_200(api: Api) -> None:
+    term, card = Terminal(TERMINAL), Card(0, balance_fen=5000)
+    response = api.upload(term.batch([term.tap(card)]), headers=_bearer(api.tokens[TERMINAL]))
+    assert response.status_code == 200
+    assert verdicts(response) == [("accepted", "OK")]
+    assert api.count(BatchRow) == 1
 
 
 @pytest.mark.parametrize(

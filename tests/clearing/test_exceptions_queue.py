@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 
 import pytest
@@ -17,6 +18,9 @@ from clearing.ledger import account_balance, trial_balance
 from clearing.models import Card, Tap, TapKey, Terminal, Transfer
 from clearing.registry import (
     RegistryError,
+    TokenCheck,
+    check_terminal_token,
+    check_token,
     ensure_issuers,
     register_terminal,
     verify_terminal_token,
@@ -120,10 +124,17 @@ def test_terminal_token_is_shown_once_and_stored_hashed(db_session: Session, car
     token = register_terminal(db_session, "0000000000B2", "xy-bus-1")
     db_session.commit()
     terminal = db_session.get(Terminal, "0000000000b2")
-    assert terminal is not None and token not in terminal.token_hash and terminal.token_hash.startswith("scrypt$")
+    assert terminal is not None and terminal.token_hash.startswith("scrypt$")
+    named, sep, secret = token.partition(".")
+    assert (named, sep) == ("0000000000b2", ".")  # <terminal_id>.<secret>
+    assert len(base64.urlsafe_b64decode(secret + "=")) == 32  # 256 random bits, urlsafe
+    assert secret not in terminal.token_hash and check_token(terminal.token_hash, secret)  # the secret's hash only
     assert verify_terminal_token(db_session, "0000000000b2", token) is terminal
     assert verify_terminal_token(db_session, "0000000000b2", token + "x") is None
+    assert verify_terminal_token(db_session, "0000000000b2", secret) is None  # the prefix is part of the token
     assert verify_terminal_token(db_session, TERMINAL, token) is None
+    assert check_terminal_token(db_session, TERMINAL, token) == (TokenCheck.OTHER_TERMINAL, None)
+    assert check_terminal_token(db_session, TERMINAL, token + "x") == (TokenCheck.INVALID, None)
     with pytest.raises(RegistryError, match="E_TERMINAL_EXISTS"):
         register_terminal(db_session, "0000000000b2", "xy-bus-1")
     new_token = register_terminal(db_session, "0000000000b2", "xy-bus-2", replace_token=True)

@@ -35,10 +35,10 @@ TERMINAL = "0000aa000001"
 
 @pytest.fixture
 def bus(redis_url: str) -> Iterator[RedisBus]:
-    prefix = f"ykt-test-{secrets.token_hex(6)}:"
+    prefix = f"ykt-test-{secrets.token_hex(6)}"
     bus = RedisBus.from_url(redis_url, prefix=prefix)
     yield bus
-    keys = list(bus.client.scan_iter(match=f"{prefix}*", count=1000))
+    keys = list(bus.client.scan_iter(match=f"{prefix}:*", count=1000))
     if keys:
         bus.client.delete(*keys)
     bus.close()
@@ -186,7 +186,7 @@ def test_denylist_version_and_set_are_mirrored_for_terminals(world: Any, bus: Re
 
 
 def test_redis_is_isolated_by_prefix(bus: RedisBus, redis_url: str) -> None:
-    other = RedisBus(redis.Redis.from_url(redis_url), prefix=bus.prefix + "other:")
+    other = RedisBus(redis.Redis.from_url(redis_url), prefix=bus.prefix + "-other")
     bus.ensure_group()
     other.ensure_group()
     bus.enqueue(TERMINAL, 1)
