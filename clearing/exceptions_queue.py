@@ -8,6 +8,8 @@ accounting:
   operator's payable, transfer id ``tap:<terminal_id>:<terminal_seq>`` — the same id
   ingest would have used, so a tap can never be paid twice. A record without a tap row
   gets one (and claims its natural keys; a key already held by another tap is refused).
+  A record whose TAC was never verified (``UNVERIFIED_CODES``: forged, unknown card,
+  issuer or terminal, unreadable time) is never accepted: it is written off with amount 0.
 * **write off**: the card's value is released to write-off income (card liability →
   ``WRITE_OFF_INCOME``, id ``exc:<item_id>:write-off``), for a genuine record we will not
   pay; with amount 0 (a record that was never genuine) the item is closed with no transfer.
@@ -34,6 +36,12 @@ from clearing.models import Card, ExceptionItem, ExceptionState, Tap, TapKey, Te
 
 LIST_LIMIT_MAX: Final = 10_000
 NOTE_LEN_MAX: Final = 2000
+# Codes of records ingest refused before their TAC was verified (``clearing.validation`` steps
+# 1-4). Without a tap row nothing proves the card was debited: accepting one would take card
+# value for a purchase that may never have happened. A genuine one comes back as a new upload.
+UNVERIFIED_CODES: Final = frozenset(
+    {"E_TAC_MISMATCH", "E_UNKNOWN_CARD", "E_UNKNOWN_ISSUER", "E_UNKNOWN_TERMINAL", "E_BAD_TIME"}
+)
 
 
 class ExceptionQueueError(Exception):
@@ -205,6 +213,12 @@ def accept(
     """Accept a queued record: post it as the tap it is (see the module docstring)."""
     item = _open_item(session, item_id)
     tap = _tap_of(session, item)
+    if tap is None and item.code in UNVERIFIED_CODES:
+        raise ExceptionQueueError(
+            "E_UNVERIFIED_RECORD",
+            f"exception {item.id} ({item.code}): the record's TAC was never verified, so it cannot be paid; "
+            "write it off with amount 0, or have the terminal upload a verified record",
+        )
     rec = _rec_of(item, tap)
     card = _card(session, rec)
     terminal = session.get(Terminal, rec.terminal_id)
@@ -299,13 +313,21 @@ def write_off(
     """Write a queued record off: release ``amount_fen`` (default: the record's amount) of the card's value.
 
     Amount 0 closes the item with no transfer (a record that never took money from the card).
+    A record whose TAC was never verified proves no debit, so it can only be closed with 0
+    (the default for it): releasing its amount would move real card value on a forger's word.
     """
     if not note.strip():
         raise ExceptionQueueError("E_NOTE_REQUIRED", "a write-off needs a note saying why")
     item = _open_item(session, item_id)
     tap = _tap_of(session, item)
     rec = _rec_of(item, tap)
-    amount = rec.amount_fen if amount_fen is None else amount_fen
+    unverified = tap is None and item.code in UNVERIFIED_CODES
+    amount = (0 if unverified else rec.amount_fen) if amount_fen is None else amount_fen
+    if unverified and amount != 0:
+        raise ExceptionQueueError(
+            "E_UNVERIFIED_RECORD",
+            f"{item.code} record {item.id} never had its TAC verified: it can only be written off with amount 0",
+        )
     if not 0 <= amount <= rec.amount_fen:
         raise ExceptionQueueError("E_BAD_AMOUNT", f"write-off amount must be 0..{rec.amount_fen} fen")
     if amount > 0:
@@ -326,4 +348,4 @@ def write_off(
     return item
 
 
-__all__ = ["ExceptionQueueError", "accept", "add_item", "list_items", "write_off"]
+__all__ = ["UNVERIFIED_CODES", "ExceptionQueueError", "accept", "add_item", "list_items", "write_off"]

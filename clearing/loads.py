@@ -139,8 +139,12 @@ def authorize(
     """Check MAC1 and answer MAC2 (in the caller's transaction; the load becomes ``authorized``).
 
     Asking again with the same card session (random, counter) returns the same MAC2 and
-    time: a reader that lost the answer can retry. Another session replaces the first if
-    the load was never completed (the card never got MAC2 or never used it).
+    time: a reader that lost the answer can retry. Another session replaces the first only
+    when the card provably never used the first MAC2: its online counter has not moved
+    (CREDIT FOR LOAD increments it at commit), or another posted load of this card consumed
+    that counter. Otherwise the first credit may have happened with its TAC withheld, and a
+    second MAC2 would credit the card twice: ``E_LOAD_IN_DOUBT``, resolved from the card's
+    log, never by a new MAC2.
     """
     load = _locked_load(session, load_id)
     if (load.issuer_id, load.card_asn) != (req.issuer_id, req.card_asn):
@@ -156,6 +160,16 @@ def authorize(
         return LoadAuthorizeResponse(load.mac2, host_time(load.tx_time).iso_local)
     if load.state not in (LoadState.PENDING.value, LoadState.AUTHORIZED.value):
         raise _conflict("E_LOAD_STATE", f"load {load_id} is {load.state}")
+    if (
+        load.state == LoadState.AUTHORIZED.value
+        and req.online_counter != load.online_counter
+        and not _counter_used_by_another_load(session, load)
+    ):
+        raise _conflict(
+            "E_LOAD_IN_DOUBT",
+            f"load {load_id} was authorized at online counter {load.online_counter} and the card is now at "
+            f"{req.online_counter}: it may already be credited; resolve it from the card's log",
+        )
     if req.alg_id not in crypto.ALGORITHMS:
         raise _conflict("E_BAD_ALGORITHM", f"unknown algorithm id {req.alg_id:#04x}")
     dlk = _card_key(keystore, "dlk", req.issuer_id, req.card_asn, req.key_version)
@@ -183,6 +197,20 @@ def authorize(
     load.updated_at = utcnow()
     session.flush()
     return LoadAuthorizeResponse(mac2, when.iso_local)
+
+
+def _counter_used_by_another_load(session: Session, load: PendingLoad) -> bool:
+    """A posted load of the same card at the counter this load was authorized at."""
+    other = session.execute(
+        select(PendingLoad.id).where(
+            PendingLoad.issuer_id == load.issuer_id,
+            PendingLoad.card_asn == load.card_asn,
+            PendingLoad.online_counter == load.online_counter,
+            PendingLoad.state == LoadState.POSTED.value,
+            PendingLoad.id != load.id,
+        )
+    ).first()
+    return other is not None
 
 
 def complete(session: Session, keystore: KeyStore, load_id: str, req: LoadCompleteRequest) -> LoadCompleteResponse:

@@ -17,7 +17,9 @@ Order of checks for one record; the first failing check decides the verdict:
    1–4 claim a key, so a forged record can never squat the key of a genuine one that
    arrives later. Peer cards stop here: ``forwarded`` / ``I_FORWARDED_INTEROP``;
 6. time — ``E_BAD_TIME`` (after now + skew, or a card-local date before the card's start date);
-7. amount — ``E_AMOUNT_LIMIT`` (above ``Limits.amount_fen_max``; a ``blocked`` record must be 0);
+7. amount — ``E_AMOUNT_LIMIT`` (above ``Limits.amount_fen_max``; a ``blocked`` record must be 0;
+   a tap-off's ``fare.refund_due_fen``, which the TAC does not cover, above the same limit or
+   on a tap that debited money);
 8. denylist as of the tap time — ``E_DENYLISTED``, except the ``blocked`` record that *is* the
    block (the zero-value purchase a validator makes before APPLICATION BLOCK, section 9);
 9. counter and balance continuity, per card in offline-counter order (not upload order) —
@@ -360,6 +362,17 @@ def _judge_one(
         return _rejected(
             Code.E_AMOUNT_LIMIT,
             f"amount {record.amount_fen} fen is above the limit {limit} fen, card {asn}, counter {counter}",
+            authentic=True,
+        ), False
+    # The tap-off refund is not covered by the TAC (only amount, type, terminal, sequence and
+    # time are): bound it like an amount, or one record could credit the card any sum.
+    # A refund belongs only to a tap-off, which debits nothing (docs/fares.md).
+    refund = record.fare.refund_due_fen if record.fare is not None else 0
+    if refund > ctx.limits.amount_fen_max or (refund > 0 and record.amount_fen > 0):
+        return _rejected(
+            Code.E_AMOUNT_LIMIT,
+            f"refund {refund} fen on a tap of {record.amount_fen} fen (refunds are only for zero-amount tap-offs, "
+            f"at most {ctx.limits.amount_fen_max} fen), card {asn}, counter {counter}",
             authentic=True,
         ), False
     if not blocked and any(interval.covers(when.at) for interval in ctx.denylist.get((issuer, asn), ())):

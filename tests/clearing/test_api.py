@@ -333,3 +333,43 @@ def test_a_tap_off_refund_becomes_a_pending_credit_paid_by_the_operator(api: Api
         payable = session.execute(select(Account).where(Account.owner_ref == "operator:bus-1")).scalar_one()
         assert (payable.credits_posted, payable.debits_posted) == (300, 100)
         trial_balance(session)
+
+
+def test_a_load_credited_with_its_tac_withheld_is_never_authorized_again(api: Api) -> None:
+    """The card used the first MAC2 (its online counter moved); a second MAC2 would credit it twice."""
+    card, asn = _issued(api, 1000)
+    _pending(api, "L3", asn, 400)
+    first = _initialize_load(card, 400, asn)
+    answer = api.client.post("/v1/loads/L3/authorize", content=msgspec.json.encode(first), headers=api.headers())
+    assert answer.status_code == 200, answer.text
+    local = dt.datetime.fromisoformat(answer.json()["tx_time"])
+    _apdu(card, "805200000B" + local.strftime("%Y%m%d%H%M%S") + answer.json()["mac2"] + "04")  # TAC withheld
+    assert card.registers.balance_fen == 1400
+    second = _initialize_load(card, 400, asn)
+    assert second.online_counter == first.online_counter + 1
+    again = api.client.post("/v1/loads/L3/authorize", content=msgspec.json.encode(second), headers=api.headers())
+    assert again.status_code == 409 and again.json()["code"] == "E_LOAD_IN_DOUBT"
+    with Session(api.engine) as session:
+        assert session.get(PendingLoad, "L3").state == "authorized"  # type: ignore[union-attr]
+
+
+def test_a_load_whose_card_never_credited_may_be_authorized_again(api: Api) -> None:
+    """The card left before CREDIT FOR LOAD: same counter, new random, a fresh MAC2 is safe."""
+    card, asn = _issued(api, 1000)
+    _pending(api, "L4", asn, 250)
+    first = _initialize_load(card, 250, asn)
+    assert (
+        api.client.post("/v1/loads/L4/authorize", content=msgspec.json.encode(first), headers=api.headers()).status_code
+        == 200
+    )
+    card.power_off()
+    card.power_on()
+    _apdu(card, "00A40400" + f"{len(AID_PURSE):02X}" + AID_PURSE.hex())
+    second = _initialize_load(card, 250, asn)
+    assert second.online_counter == first.online_counter and second.card_random != first.card_random
+    again = api.client.post("/v1/loads/L4/authorize", content=msgspec.json.encode(second), headers=api.headers())
+    assert again.status_code == 200, again.text
+    local = dt.datetime.fromisoformat(again.json()["tx_time"])
+    tac = _apdu(card, "805200000B" + local.strftime("%Y%m%d%H%M%S") + again.json()["mac2"] + "04").hex()
+    done = api.client.post("/v1/loads/L4/complete", json={"tac": tac}, headers=api.headers())
+    assert done.status_code == 200 and card.registers.balance_fen == 1250

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from cardos.profile import ISSUER_XIANYANG
 from clearing import accounts
-from clearing.exceptions_queue import ExceptionQueueError, accept, add_item, list_items, write_off
+from clearing.exceptions_queue import UNVERIFIED_CODES, ExceptionQueueError, accept, add_item, list_items, write_off
 from clearing.issuance import issue_card
 from clearing.keystore import KeyStore
 from clearing.ledger import account_balance, trial_balance
@@ -58,11 +58,11 @@ def _record(card: Card, *, seq: int = 7, counter: int = 3, amount: int = 200, be
 
 
 def test_accepting_a_rejected_record_posts_it_as_its_tap(db_session: Session, card: Card) -> None:
-    item = add_item(db_session, code="E_TAC_MISMATCH", message="TAC does not verify", record=_record(card))
+    item = add_item(db_session, code="E_AMOUNT_LIMIT", message="above the limit", record=_record(card))
     db_session.commit()
     assert [i.id for i in list_items(db_session)] == [item.id]
 
-    accept(db_session, item.id, now=NOW, note="terminal clock was wrong", decided_by="ops")
+    accept(db_session, item.id, now=NOW, note="limit was set too low", decided_by="ops")
     db_session.commit()
     transfer = db_session.get(Transfer, f"tap:{TERMINAL}:7")
     terminal = db_session.get(Terminal, TERMINAL)
@@ -84,6 +84,25 @@ def test_accepting_a_rejected_record_posts_it_as_its_tap(db_session: Session, ca
         accept(db_session, item.id, now=NOW)
 
 
+@pytest.mark.parametrize("code", sorted(UNVERIFIED_CODES))
+def test_a_record_whose_tac_was_never_verified_cannot_be_accepted(db_session: Session, card: Card, code: str) -> None:
+    item = add_item(db_session, code=code, message="forged?", record=_record(card))
+    db_session.commit()
+    transfers_before = db_session.scalar(select(func.count()).select_from(Transfer))
+    with pytest.raises(ExceptionQueueError, match="E_UNVERIFIED_RECORD"):
+        accept(db_session, item.id, now=NOW)
+    db_session.rollback()
+    assert db_session.get(Transfer, f"tap:{TERMINAL}:7") is None
+    assert db_session.scalar(select(func.count()).select_from(Transfer)) == transfers_before
+    assert db_session.get(TapKey, (TERMINAL, 7)) is None
+    db_session.refresh(card)
+    assert (card.shadow_balance_fen, card.last_offline_counter) == (1000, None)
+    assert account_balance(db_session, card.account_id).credit_balance_fen == 1000
+    write_off(db_session, item.id, now=NOW, note="forged record", amount_fen=0)
+    db_session.commit()
+    assert item.state == "written_off" and item.decision_transfer_id is None
+
+
 def test_a_duplicate_cannot_be_accepted_but_can_be_closed_without_money(db_session: Session, card: Card) -> None:
     first = add_item(db_session, code="S_BALANCE_DISCONTINUITY", record=_record(card))
     accept(db_session, first.id, now=NOW)
@@ -100,7 +119,8 @@ def test_a_duplicate_cannot_be_accepted_but_can_be_closed_without_money(db_sessi
 
 
 def test_write_off_releases_card_value_to_write_off_income(db_session: Session, card: Card) -> None:
-    item = add_item(db_session, code="E_UNKNOWN_TERMINAL", record=_record(card, amount=300))
+    # a verified debit (its TAC checked) that no operator may be paid for: over the limit
+    item = add_item(db_session, code="E_AMOUNT_LIMIT", record=_record(card, amount=300))
     write_off(db_session, item.id, now=NOW, note="operator suspended")
     db_session.commit()
     transfer = db_session.get(Transfer, f"exc:{item.id}:write-off")
@@ -110,6 +130,19 @@ def test_write_off_releases_card_value_to_write_off_income(db_session: Session, 
     trial_balance(db_session)
     with pytest.raises(ExceptionQueueError, match="E_NOTE_REQUIRED"):
         write_off(db_session, item.id, now=NOW, note=" ")
+
+
+@pytest.mark.parametrize("code", ["E_TAC_MISMATCH", "E_UNKNOWN_TERMINAL"])
+def test_writing_off_an_unverified_record_releases_no_card_value(db_session: Session, card: Card, code: str) -> None:
+    item = add_item(db_session, code=code, record=_record(card, amount=300))
+    with pytest.raises(ExceptionQueueError) as info:
+        write_off(db_session, item.id, now=NOW, note="forged", amount_fen=300)
+    assert info.value.code == "E_UNVERIFIED_RECORD"
+    write_off(db_session, item.id, now=NOW, note="forged")  # closes with amount 0
+    db_session.commit()
+    assert db_session.get(Transfer, f"exc:{item.id}:write-off") is None
+    assert account_balance(db_session, card.account_id).credit_balance_fen == 1000
+    trial_balance(db_session)
 
 
 def test_accepting_more_than_the_card_holds_is_refused(db_session: Session, card: Card) -> None:

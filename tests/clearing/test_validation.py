@@ -10,7 +10,7 @@ import pytest
 from tapfactory import OWN_ISSUER, PEER_ISSUER, T0, Card, Terminal, dtk_for, dtk_lookup
 
 from cardos import crypto
-from clearing.contract import TapRecord
+from clearing.contract import FareInfo, TapRecord
 from clearing.ingest import MalformedBatch, TacKeys, decode_upload
 from clearing.validation import (
     CardState,
@@ -187,6 +187,30 @@ def test_amount_limit_and_blocked_records_must_be_zero(term: Terminal) -> None:
     assert codes(run([big], ctx)) == [("rejected", "E_AMOUNT_LIMIT")]
     blocked_with_amount = term.tap(card, 1, status="blocked")
     assert codes(run([blocked_with_amount], ctx)) == [("rejected", "E_AMOUNT_LIMIT")]
+
+
+def test_a_refund_above_the_amount_limit_is_rejected(term: Terminal) -> None:
+    """``fare.refund_due_fen`` is not under the TAC: a genuine tap-off must not carry any refund it likes."""
+    card = Card(1)
+    ctx = context(term, {card: state(card)}, limits=Limits(amount_fen_max=500))
+
+    def tap_off(refund_fen: int) -> TapRecord:
+        fare = FareInfo("metro", "adult", None, 200, 0, None, refund_due_fen=refund_fen)
+        return msgspec.structs.replace(term.tap(card, 0), fare=fare)  # the fare is not under the TAC
+
+    j = run([tap_off(500), tap_off(0xFFFFFFFF)], ctx)
+    assert codes(j) == [("accepted", "OK"), ("rejected", "E_AMOUNT_LIMIT")]
+    assert j.outcomes[1].claims_keys and not j.outcomes[1].posts
+
+
+def test_a_refund_on_a_tap_that_debited_money_is_rejected(term: Terminal) -> None:
+    """Only a tap-off, which debits nothing, is owed a refund (docs/fares.md)."""
+    card = Card(1, balance_fen=1000)
+    ctx = context(term, {card: state(card, shadow=1000)})
+    fare = FareInfo("metro", "adult", None, 200, 0, None, refund_due_fen=100)
+    j = run([msgspec.structs.replace(term.tap(card, 200), fare=fare)], ctx)
+    assert codes(j) == [("rejected", "E_AMOUNT_LIMIT")]
+    assert not j.outcomes[0].posts
 
 
 def test_denylist_applies_as_of_the_tap_time_and_not_to_the_block_itself(term: Terminal) -> None:
