@@ -46,6 +46,7 @@ Decisions (``docs/clearing.md`` explains them at length):
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -237,7 +238,7 @@ def verify_tacs(
         data = crypto.purchase_tac_data(
             record.amount_fen, record.tx_type, terminal, record.terminal_seq, when.date4, when.time3
         )
-        results.append(key.mac(data) == bytes.fromhex(record.tac))
+        results.append(hmac.compare_digest(key.mac(data), bytes.fromhex(record.tac)))
     return results
 
 
