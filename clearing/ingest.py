@@ -456,8 +456,8 @@ def enqueue(
     return Enqueued(True, None)
 
 
-def stored_answer(engine: Engine, terminal_id: str, batch_seq: int) -> bytes | None:
-    """The answer of a batch once it is done, else None."""
+def _batch_field(engine: Engine, terminal_id: str, batch_seq: int, status: str, field: str) -> bytes | None:
+    """One column (``answer`` or ``body``) of a batch in ``status``, else None."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
@@ -465,31 +465,25 @@ def stored_answer(engine: Engine, terminal_id: str, batch_seq: int) -> bytes | N
 
     with Session(engine) as session:
         row = session.execute(
-            select(BatchRow.status, BatchRow.answer).where(
+            select(BatchRow.status, getattr(BatchRow, field)).where(
                 BatchRow.terminal_id == terminal_id, BatchRow.batch_seq == batch_seq
             )
         ).one_or_none()
-    if row is None or row[0] != "done" or row[1] is None:
+    if row is None or row[0] != status or row[1] is None:
         return None
-    return answer_bytes(row[1])
+    return row[1]  # type: ignore[no-any-return]
+
+
+def stored_answer(engine: Engine, terminal_id: str, batch_seq: int) -> bytes | None:
+    """The answer of a batch once it is done, else None."""
+    answer = _batch_field(engine, terminal_id, batch_seq, "done", "answer")
+    return None if answer is None else answer_bytes(answer)
 
 
 def queued_body(engine: Engine, terminal_id: str, batch_seq: int) -> bytes | None:
     """The body of a queued batch (None if unknown or already done)."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
-
-    from clearing.models import BatchRow
-
-    with Session(engine) as session:
-        row = session.execute(
-            select(BatchRow.status, BatchRow.body).where(
-                BatchRow.terminal_id == terminal_id, BatchRow.batch_seq == batch_seq
-            )
-        ).one_or_none()
-    if row is None or row[0] != "queued" or row[1] is None:
-        return None
-    return bytes(row[1])
+    body = _batch_field(engine, terminal_id, batch_seq, "queued", "body")
+    return None if body is None else bytes(body)
 
 
 def make_ingestor(
