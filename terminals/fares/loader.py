@@ -521,15 +521,19 @@ class _Builder:
                 self.product_rows[product] = row
         return products
 
+    def _names(self, table: str, id_column: str, name_column: str) -> dict[str, str]:
+        """A table of unique ids with optional names (networks, areas)."""
+        names: dict[str, str] = {}
+        keys = _Keys((id_column,))
+        for row in self.rows(table):
+            ident = row.required(id_column)
+            name = row.optional(name_column) or ""
+            if row.ok and ident is not None and keys.fresh(row, (ident,)):
+                names[ident] = name
+        return names
+
     def networks(self) -> dict[str, str]:
-        networks: dict[str, str] = {}
-        keys = _Keys(("network_id",))
-        for row in self.rows("networks"):
-            network_id = row.required("network_id")
-            name = row.optional("network_name") or ""
-            if row.ok and network_id is not None and keys.fresh(row, (network_id,)):
-                networks[network_id] = name
-        return networks
+        return self._names("networks", "network_id", "network_name")
 
     def route_networks(self, networks: Mapping[str, str], routes: Mapping[str, int]) -> dict[str, str]:
         result: dict[str, str] = {}
@@ -544,14 +548,7 @@ class _Builder:
         return result
 
     def areas(self) -> dict[str, str]:
-        areas: dict[str, str] = {}
-        keys = _Keys(("area_id",))
-        for row in self.rows("areas"):
-            area_id = row.required("area_id")
-            name = row.optional("area_name") or ""
-            if row.ok and area_id is not None and keys.fresh(row, (area_id,)):
-                areas[area_id] = name
-        return areas
+        return self._names("areas", "area_id", "area_name")
 
     def stop_areas(self, areas: Mapping[str, str], stops: Mapping[str, int]) -> dict[str, frozenset[str]]:
         result: dict[str, set[str]] = {}
