@@ -10,10 +10,9 @@ throwaway SQLite databases.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -205,70 +204,6 @@ def isolated_schema(url: str, prefix: str = "t_") -> Iterator[str]:
         drop_schema(url, schema)
 
 
-# --- taps partitions (PostgreSQL) ---------------------------------------------------------
-
-
-def create_tap_partitions(engine: Engine, first_day: dt.date, days: int) -> list[str]:
-    """Create daily partitions ``taps_YYYYMMDD`` for ``days`` business days from ``first_day``.
-
-    Run ahead of time (e.g. daily for the next week): a day whose rows already sit in the
-    default partition cannot get its own partition until they are moved. No-op on SQLite.
-    """
-    assert 0 < days <= 366, "create at most a year of partitions at a time"
-    if not is_postgres(engine):
-        return []
-    created: list[str] = []
-    with engine.begin() as conn:
-        for offset in range(days):
-            day = first_day + dt.timedelta(days=offset)
-            name = f"taps_{day:%Y%m%d}"
-            conn.execute(
-                text(
-                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF taps "
-                    f"FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + dt.timedelta(days=1)).isoformat()}')"
-                )
-            )
-            created.append(name)
-    return created
-
-
-# --- tap natural keys ---------------------------------------------------------------------
-
-TAP_KEY_FIELDS: Final = ("terminal_id", "terminal_seq", "issuer_id", "card_asn", "offline_counter", "tx_type")
-_CLAIM_CHUNK: Final = 1000  # rows per INSERT: 7 parameters each, far under SQLite's limit
-
-
-def claim_tap_keys(session: Session, keys: Sequence[Mapping[str, Any]]) -> set[tuple[str, int]]:
-    """Claim taps' natural keys; return the (terminal_id, terminal_seq) that were new.
-
-    Each mapping holds ``TAP_KEY_FIELDS`` and ``business_day``. One
-    ``INSERT … ON CONFLICT DO NOTHING RETURNING`` per 1,000 keys: a key that collides on
-    either natural key (with an earlier tap or an earlier row of the same call) is not
-    returned, which is the duplicate verdict (E_DUPLICATE_TERMINAL_SEQ or
-    E_DUPLICATE_CARD_COUNTER; the caller tells which by looking the key up). Runs in the
-    caller's transaction; insert the tap rows of the claimed keys in the same one.
-    """
-    from clearing.models import TapKey
-
-    claimed: set[tuple[str, int]] = set()
-    dialect = session.get_bind().dialect.name
-    insert_fn: Any
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as insert_fn
-    else:
-        from sqlalchemy.dialects.sqlite import insert as insert_fn
-    for start in range(0, len(keys), _CLAIM_CHUNK):
-        rows = [
-            {**{f: k[f] for f in TAP_KEY_FIELDS}, "business_day": k["business_day"]}
-            for k in keys[start : start + _CLAIM_CHUNK]
-        ]
-        stmt = (
-            insert_fn(TapKey).values(rows).on_conflict_do_nothing().returning(TapKey.terminal_id, TapKey.terminal_seq)
-        )
-        claimed.update((str(t), int(q)) for t, q in session.execute(stmt))
-    return claimed
-
-
 # --- counters -----------------------------------------------------------------------------
 
 
@@ -298,10 +233,8 @@ __all__ = [
     "MIGRATIONS_DIR",
     "alembic_config",
     "bump_counter",
-    "claim_tap_keys",
     "create_all",
     "create_schema",
-    "create_tap_partitions",
     "current_revision",
     "downgrade",
     "drop_schema",

@@ -30,9 +30,8 @@ from sqlalchemy.orm import Session
 
 from cardos.records import SHANGHAI_TZ
 from clearing import accounts
-from clearing.db import claim_tap_keys
 from clearing.ledger import LedgerBatchError, TransferSpec, post_transfers
-from clearing.models import Card, ExceptionItem, ExceptionState, Tap, TapKey, Terminal, TransferCode
+from clearing.models import Card, ExceptionItem, ExceptionState, Tap, Terminal, TransferCode
 
 LIST_LIMIT_MAX: Final = 10_000
 NOTE_LEN_MAX: Final = 2000
@@ -228,16 +227,10 @@ def accept(
 
     if tap is None:
         day = business_day or now.astimezone(SHANGHAI_TZ).date()
-        key = {
-            "terminal_id": rec.terminal_id, "terminal_seq": rec.terminal_seq, "issuer_id": rec.issuer_id,
-            "card_asn": rec.card_asn, "offline_counter": rec.offline_counter, "tx_type": rec.tx_type,
-            "business_day": day,
-        }  # fmt: skip
-        if not claim_tap_keys(session, [key]):
-            holder = session.get(TapKey, (rec.terminal_id, rec.terminal_seq))
-            what = "terminal sequence" if holder is not None else "card counter"
+        held = _key_held(session, rec)
+        if held is not None:
             raise ExceptionQueueError(
-                "E_DUPLICATE_TAP", f"exception {item.id}: another tap already holds this record's {what}"
+                "E_DUPLICATE_TAP", f"exception {item.id}: another tap already holds this record's {held}"
             )
         tap = _tap_row(item, rec, day, now)
         session.add(tap)
@@ -260,6 +253,24 @@ def accept(
     _decide(item, ExceptionState.ACCEPTED, note, decided_by, now)
     session.flush()
     return item
+
+
+def _key_held(session: Session, rec: _Rec) -> str | None:
+    """Which natural key of the record another tap already holds, if any.
+
+    The unique indexes on ``taps`` are the guarantee (a concurrent insert of the same key
+    fails the flush); this check gives the usual case a clear error.
+    """
+    by_seq = select(Tap.id).where(Tap.terminal_id == rec.terminal_id, Tap.terminal_seq == rec.terminal_seq)
+    if session.scalar(by_seq) is not None:
+        return "terminal sequence"
+    by_counter = select(Tap.id).where(
+        Tap.issuer_id == rec.issuer_id,
+        Tap.card_asn == rec.card_asn,
+        Tap.offline_counter == rec.offline_counter,
+        Tap.tx_type == rec.tx_type,
+    )
+    return "card counter" if session.scalar(by_counter) is not None else None
 
 
 def _tap_row(item: ExceptionItem, rec: _Rec, day: dt.date, now: dt.datetime) -> Tap:

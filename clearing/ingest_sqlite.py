@@ -45,7 +45,6 @@ from clearing.models import (
     LoadState,
     PendingLoad,
     Tap,
-    TapKey,
     Terminal,
     Transfer,
     TransferCode,
@@ -184,15 +183,15 @@ class SqlIngestor:
             seen_seq.update(
                 (t, s)
                 for t, s in session.execute(
-                    select(TapKey.terminal_id, TapKey.terminal_seq).where(
-                        tuple_(TapKey.terminal_id, TapKey.terminal_seq).in_(seq_chunk)
+                    select(Tap.terminal_id, Tap.terminal_seq).where(
+                        tuple_(Tap.terminal_id, Tap.terminal_seq).in_(seq_chunk)
                     )
                 )
             )
         counters = sorted({(r.issuer_id, r.card_asn, r.offline_counter, r.tx_type) for r in records})
         seen_counter: set[tuple[str, str, int, int]] = set()
         for ctr_chunk in _chunks(counters):
-            columns = (TapKey.issuer_id, TapKey.card_asn, TapKey.offline_counter, TapKey.tx_type)
+            columns = (Tap.issuer_id, Tap.card_asn, Tap.offline_counter, Tap.tx_type)
             seen_counter.update(
                 (i, a, c, t) for i, a, c, t in session.execute(select(*columns).where(tuple_(*columns).in_(ctr_chunk)))
             )
@@ -231,7 +230,6 @@ class SqlIngestor:
         next_id = int(session.execute(select(func.coalesce(func.max(Tap.id), 0))).scalar_one()) + 1
         accounts = {t.id: t for t in plan.transfers}
         tap_rows: list[dict[str, Any]] = []
-        key_rows: list[dict[str, Any]] = []
         exception_rows: list[dict[str, Any]] = []
         for tap in plan.taps:
             r = tap.record
@@ -271,15 +269,7 @@ class SqlIngestor:
                     "transfer_id": tap.transfer_id, "received_at": received_at,
                 }
             )  # fmt: skip
-            key_rows.append(
-                {
-                    "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "issuer_id": r.issuer_id,
-                    "card_asn": r.card_asn, "offline_counter": r.offline_counter, "tx_type": r.tx_type,
-                    "business_day": tap.business_day,
-                }
-            )  # fmt: skip
         _insert(session, Tap, tap_rows)
-        _insert(session, TapKey, key_rows)
         _insert(session, ExceptionItem, exception_rows)
         _insert(
             session,

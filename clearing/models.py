@@ -1,8 +1,9 @@
 """Clearing's database model: SQLAlchemy 2.0 typed mappings, the same on SQLite and PostgreSQL.
 
 ``ARCHITECTURE.md`` ("Data model") fixes the shape; ``docs/ledger.md`` explains the choices.
-The database enforces what it can (CHECK, UNIQUE, foreign keys); the rest is asserted in
-code where money is written (``clearing.ledger``) and read back (``trial_balance``).
+The database enforces what it can (CHECK, UNIQUE, foreign keys, and triggers where a
+row-level foreign key costs too much on the ingest path); the rest is asserted in code
+where money is written (``clearing.ledger``) and read back (``trial_balance``).
 
 Conventions:
 * money is ``BIGINT`` integer fen (``*_fen``), never a float;
@@ -10,10 +11,10 @@ Conventions:
 * hex identifiers are lowercase strings exactly as on the wire (``issuer_id`` 16 hex chars,
   ``card_asn`` 20, ``terminal_id`` 12), so ingest can compare without conversions.
 
-The taps table is range-partitioned by ``business_day`` on PostgreSQL (done by the Alembic
-migration, not by ``create_all``). PostgreSQL cannot enforce a UNIQUE constraint across
-partitions unless it contains the partition key, so the two natural keys of a tap are
-enforced in the small non-partitioned guard table ``tap_keys`` (see ``TapKey``).
+Hot references checked per statement, not per row (migration 0003): ``transfers`` to its
+accounts and ``taps`` to its batch are checked by triggers (one anti-join per statement on
+PostgreSQL), and ``accounts`` and ``batches`` rows can never be deleted, so the references
+cannot dangle. Those columns therefore carry no ``ForeignKey`` here.
 """
 
 from __future__ import annotations
@@ -247,8 +248,9 @@ class Transfer(Base):
     __tablename__ = "transfers"
 
     id: Mapped[str] = mapped_column(String(80), primary_key=True)
-    debit_account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("accounts.id"))
-    credit_account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("accounts.id"))
+    # accounts exist: checked per statement by a trigger (module docstring), not a row-level FK
+    debit_account_id: Mapped[int] = mapped_column(BigInteger)
+    credit_account_id: Mapped[int] = mapped_column(BigInteger)
     amount_fen: Mapped[int] = mapped_column(BigInteger)
     ledger: Mapped[int] = mapped_column(Integer, default=LEDGER_CNY)
     code: Mapped[int] = mapped_column(Integer)
@@ -401,9 +403,11 @@ class Tap(Base):
 
     All ``TapRecord`` fields of ``clearing.contract`` (``fare`` flattened into ``fare_*``;
     ``tx_time`` in UTC plus ``tx_utc_offset_min`` so the card-local time that the TAC covers
-    can be rebuilt), the verdict, and where it came from. Partitioned by ``business_day`` on
-    PostgreSQL (primary key ``(id, business_day)`` there), so the natural keys cannot be
-    UNIQUE here: ``TapKey`` enforces them. Policy (ingest): only authentic records (TAC
+    can be rebuilt), the verdict, and where it came from. The two natural keys are unique
+    indexes: the database refuses a second (terminal, seq) or (card, counter, type), which
+    is what makes concurrent workers safe (the loser's COPY fails and its batch is judged
+    again). Not partitioned: those keys are unique for all time, which a partitioned table
+    cannot enforce (``docs/decisions.md``). Policy (ingest): only authentic records (TAC
     verified, or forwarded foreign cards) get a tap row and a key; duplicates and forgeries
     go to the exception queue with the raw record, so a forgery never squats a genuine key.
     """
@@ -412,7 +416,7 @@ class Tap(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     business_day: Mapped[dt.date] = mapped_column(Date)
-    batch_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("batches.id"))
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)  # batch exists: statement trigger
     batch_seq: Mapped[int | None] = mapped_column(BigInteger)
     terminal_id: Mapped[str] = mapped_column(String(12))
     terminal_seq: Mapped[int] = mapped_column(BigInteger)
@@ -451,33 +455,9 @@ class Tap(Base):
         CheckConstraint("offline_counter BETWEEN 0 AND 65535", name="offline_counter_u16"),
         CheckConstraint(_in("verdict", VERDICT_VALUES), name="verdict_valid"),
         CheckConstraint(_in("status", TAP_STATUSES), name="status_valid"),
-        Index("ix_taps_terminal_seq", "terminal_id", "terminal_seq"),
-        Index("ix_taps_card_counter", "issuer_id", "card_asn", "offline_counter"),
-        Index("ix_taps_batch_id", "batch_id"),
+        Index("uq_taps_terminal_seq", "terminal_id", "terminal_seq", unique=True),
+        Index("uq_taps_card_counter", "issuer_id", "card_asn", "offline_counter", "tx_type", unique=True),
     )
-
-
-class TapKey(Base):
-    """Natural-key guard of taps: the database refuses a second (terminal, seq) or (card, counter, type).
-
-    Claim the key in the same transaction as inserting the ``Tap`` row (first claim wins);
-    a conflict is the duplicate verdict. ``clearing.db.claim_tap_keys`` does it for a
-    whole batch in one ``INSERT … ON CONFLICT DO NOTHING RETURNING`` and tells which
-    records are new. Not partitioned, so the uniqueness is global; ``business_day``
-    says which taps partition holds the row.
-    """
-
-    __tablename__ = "tap_keys"
-
-    terminal_id: Mapped[str] = mapped_column(String(12), primary_key=True)
-    terminal_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    issuer_id: Mapped[str] = mapped_column(String(16))
-    card_asn: Mapped[str] = mapped_column(String(20))
-    offline_counter: Mapped[int] = mapped_column(Integer)
-    tx_type: Mapped[int] = mapped_column(SmallInteger)
-    business_day: Mapped[dt.date] = mapped_column(Date)
-
-    __table_args__ = (UniqueConstraint("issuer_id", "card_asn", "offline_counter", "tx_type"),)
 
 
 # --- denylist, loads, exceptions ---------------------------------------------------------------
@@ -612,7 +592,6 @@ __all__ = [
     "Operator",
     "PendingLoad",
     "Tap",
-    "TapKey",
     "Terminal",
     "Transfer",
     "TransferCode",

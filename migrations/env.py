@@ -40,14 +40,26 @@ def run_migrations_online() -> None:
     engine = make_engine(_url(), schema=schema)
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode rebuilds a table by copy, drop and rename; with foreign keys on,
+                # dropping a table that other rows refer to fails. Off outside the transaction
+                # (SQLite ignores the pragma inside one), checked again once migrated.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
-                render_as_batch=connection.dialect.name == "sqlite",
+                render_as_batch=sqlite,
                 compare_type=True,
             )
             with context.begin_transaction():
                 context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                if broken:
+                    raise RuntimeError(f"migration left rows that refer to missing rows: {broken[:5]}")
     finally:
         engine.dispose()
 

@@ -14,7 +14,7 @@ from tapfactory import OWN_ISSUER, PEER_ISSUER, T0, Card, Terminal, dtk_lookup, 
 from clearing.contract import Batch
 from clearing.ingest import BatchConflict, IngestResult, TacKeys, make_ingestor, prepare
 from clearing.ledger import trial_balance
-from clearing.models import Account, BatchRow, ExceptionItem, Tap, TapKey, Transfer
+from clearing.models import Account, BatchRow, ExceptionItem, Tap, Transfer
 from clearing.models import Card as CardRow
 
 NOW = T0 + dt.timedelta(days=1)
@@ -74,7 +74,6 @@ def test_accepted_batch_posts_transfers_and_moves_the_shadow(clearing: Clearing)
     assert clearing.verdicts(result) == [("accepted", "OK")] * 6
     assert clearing.scalar(select(func.count()).select_from(Transfer).where(Transfer.id.like("tap:%"))) == 6
     assert clearing.scalar(select(func.count()).select_from(Tap)) == 6
-    assert clearing.scalar(select(func.count()).select_from(TapKey)) == 6
     row = clearing.card(cards[0])
     assert (row.shadow_balance_fen, row.last_offline_counter) == (700, 1)
     payable = clearing.scalar(select(Account.credits_posted).where(Account.owner_ref == "operator:bus-1"))
@@ -224,7 +223,6 @@ def _snapshot(engine: Engine) -> dict[str, Any]:
                 "amount_fen, balance_before_fen, business_day, verdict, code, message, transfer_id, fare_product_id, "
                 "tx_utc_offset_min FROM taps ORDER BY terminal_id, terminal_seq"
             ),
-            "keys": rows("SELECT terminal_id, terminal_seq, business_day FROM tap_keys ORDER BY 1, 2"),
             "transfers": rows(
                 "SELECT t.id, d.owner_ref, c.owner_ref, t.amount_fen, t.code, t.state, t.source_ref FROM transfers t "
                 "JOIN accounts d ON d.id = t.debit_account_id JOIN accounts c ON c.id = t.credit_account_id "

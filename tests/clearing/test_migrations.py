@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,28 @@ def test_sqlite_upgrade_matches_models_and_downgrade_removes_everything(tmp_path
 
 
 @pytest.mark.postgres
-def test_postgres_upgrade_partitions_taps_matches_models_and_downgrades(pg_url: str) -> None:
+def test_postgres_upgrade_matches_models_and_downgrades(pg_url: str) -> None:
     with db.isolated_schema(pg_url, prefix="t_mig_") as schema:
         db.upgrade(pg_url, schema=schema)
         engine = db.make_engine(pg_url, schema=schema)
         try:
             assert _diff(engine) == []
+            db.downgrade(pg_url, "base", schema=schema)
+            assert _tables(engine) == {"alembic_version"}
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_0003_moves_partitioned_taps_into_the_plain_table(pg_url: str) -> None:
+    """Taps written under 0002 (partitioned, keys in tap_keys) survive the upgrade, and back."""
+    with db.isolated_schema(pg_url, prefix="t_mig3_") as schema:
+        db.upgrade(pg_url, revision="0002", schema=schema)
+        engine = db.make_engine(pg_url, schema=schema)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(_SEED_0002))
+            db.upgrade(pg_url, schema=schema)
             with engine.connect() as conn:
                 kind = conn.execute(
                     text(
@@ -58,13 +73,28 @@ def test_postgres_upgrade_partitions_taps_matches_models_and_downgrades(pg_url: 
                     ),
                     {"s": schema},
                 ).scalar_one()
-                assert kind == "p"  # partitioned table
-            made = db.create_tap_partitions(engine, dt.date(2026, 11, 24), 2)
-            assert made == ["taps_20261124", "taps_20261125"]
-            db.downgrade(pg_url, "base", schema=schema)
-            assert _tables(engine) == {"alembic_version"}
+                assert kind == "r"  # a plain table now
+                assert conn.execute(text("SELECT id, terminal_seq FROM taps")).all() == [(1, 7)]
+                next_id = conn.execute(text("SELECT nextval(pg_get_serial_sequence('taps', 'id'))")).scalar_one()
+                assert next_id > 1
+            db.downgrade(pg_url, "0002", schema=schema)
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT terminal_id, terminal_seq FROM tap_keys")).all() == [
+                    ("0000000000a1", 7)
+                ]
+                assert conn.execute(text("SELECT id FROM taps")).all() == [(1,)]
         finally:
             engine.dispose()
+
+
+_SEED_0002 = """
+INSERT INTO taps (id, business_day, terminal_id, terminal_seq, psam_serial, issuer_id, card_asn, card_type, tx_type,
+                  amount_fen, balance_before_fen, offline_counter, tx_time, tx_utc_offset_min, key_version, alg_id,
+                  tac, status, verdict, code, message, received_at)
+VALUES (nextval('taps_id_seq'), '2026-11-24', '0000000000a1', 7, '0102', '01007120ffffffff', '71200000000000000001',
+        'ordinary', 9, 200, 1000, 3, now(), 480, 1, 0, '01020304', 'normal', 'accepted', 'OK', '', now());
+INSERT INTO tap_keys VALUES ('0000000000a1', 7, '01007120ffffffff', '71200000000000000001', 3, 9, '2026-11-24');
+"""
 
 
 def test_ensure_migrated_migrates_only_when_behind(tmp_path: Path) -> None:
@@ -75,3 +105,38 @@ def test_ensure_migrated_migrates_only_when_behind(tmp_path: Path) -> None:
     again = db.ensure_migrated(url)  # at head: no-op
     assert db.current_revision(again) == db.head_revision()
     again.dispose()
+
+
+def test_sqlite_0003_rebuilds_tables_that_other_rows_refer_to(tmp_path: Path) -> None:
+    """Batch mode copies ``transfers``; rows referring to a transfer keep pointing at it."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db.upgrade(url, "0002")
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(_SEED_SQLITE_0002))
+            conn.execute(
+                text(
+                    "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount_fen, ledger, code, state,"
+                    " created_at) VALUES ('t1', 2, 1, 5, 156, 1, 'posted', '2026-01-01')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO exception_items (kind, code, message, state, decision_transfer_id, created_at,"
+                    " decided_at) VALUES ('tap', 'X', '', 'accepted', 't1', '2026-01-01', '2026-01-01')"
+                )
+            )
+        db.upgrade(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT decision_transfer_id FROM exception_items")).all() == [("t1",)]
+            assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+    finally:
+        engine.dispose()
+
+
+_SEED_SQLITE_0002 = """
+INSERT INTO accounts (id, ledger, code, owner_ref, flags, debits_pending, debits_posted, credits_pending,
+                      credits_posted, created_at)
+VALUES (1, 156, 1, 'a', 0, 0, 0, 0, 5, '2026-01-01'), (2, 156, 1, 'b', 0, 0, 5, 0, 0, '2026-01-01');
+"""

@@ -5,18 +5,18 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from clearing import accounts, db
+from clearing import accounts
 from clearing.models import (
+    Account,
     Card,
     DenylistEntryRow,
     ExceptionItem,
     Issuer,
     Tap,
-    TapKey,
     Transfer,
     utcnow,
 )
@@ -68,52 +68,6 @@ def test_db_refuses_a_transfer_to_an_unknown_account(db_session: Session) -> Non
         )
 
 
-def _key(**over: object) -> dict[str, object]:
-    row: dict[str, object] = {
-        "terminal_id": "0000000000a1",
-        "terminal_seq": 7,
-        "issuer_id": ISSUER,
-        "card_asn": ASN,
-        "offline_counter": 3,
-        "tx_type": 9,
-        "business_day": DAY,
-    }
-    row.update(over)
-    return row
-
-
-def test_db_refuses_a_duplicate_terminal_sequence(db_session: Session) -> None:
-    db_session.execute(insert(TapKey).values(**_key()))
-    with pytest.raises(IntegrityError):
-        db_session.execute(insert(TapKey).values(**_key(offline_counter=4)))
-
-
-def test_db_refuses_a_duplicate_card_counter_and_type(db_session: Session) -> None:
-    db_session.execute(insert(TapKey).values(**_key()))
-    with pytest.raises(IntegrityError):
-        db_session.execute(insert(TapKey).values(**_key(terminal_seq=8)))
-
-
-def test_same_card_counter_with_another_type_is_a_different_tap(db_session: Session) -> None:
-    db_session.execute(insert(TapKey).values(**_key()))
-    db_session.execute(insert(TapKey).values(**_key(terminal_seq=8, tx_type=6)))
-    db_session.commit()
-
-
-def test_claim_tap_keys_returns_only_new_keys_of_a_batch(db_session: Session) -> None:
-    assert db.claim_tap_keys(db_session, [_key()]) == {("0000000000a1", 7)}
-    batch = [
-        _key(),  # same terminal seq as before
-        _key(terminal_seq=8),  # same card counter as before
-        _key(terminal_seq=9, offline_counter=4),  # new
-        _key(terminal_seq=10, offline_counter=4),  # same card counter as the previous row
-        _key(terminal_id="0000000000a2", terminal_seq=7, offline_counter=5),  # new
-    ]
-    assert db.claim_tap_keys(db_session, batch) == {("0000000000a1", 9), ("0000000000a2", 7)}
-    db_session.commit()
-    assert len(db_session.scalars(select(TapKey)).all()) == 3
-
-
 def _tap(**over: object) -> Tap:
     fields: dict[str, object] = {
         "business_day": DAY,
@@ -139,13 +93,45 @@ def _tap(**over: object) -> Tap:
     return Tap(**fields)
 
 
-def test_taps_store_duplicates_but_refuse_negative_amounts(db_session: Session) -> None:
-    db_session.add_all([_tap(), _tap(verdict="rejected", code="E_DUPLICATE_TERMINAL_SEQ")])
+def test_db_refuses_a_duplicate_terminal_sequence(db_session: Session) -> None:
+    db_session.add(_tap())
+    db_session.commit()
+    db_session.add(_tap(offline_counter=4))
+    with pytest.raises(IntegrityError):
+        db_session.flush()
+
+
+def test_db_refuses_a_duplicate_card_counter_and_type(db_session: Session) -> None:
+    db_session.add(_tap())
+    db_session.commit()
+    db_session.add(_tap(terminal_seq=8))
+    with pytest.raises(IntegrityError):
+        db_session.flush()
+
+
+def test_same_card_counter_with_another_type_is_a_different_tap(db_session: Session) -> None:
+    db_session.add_all([_tap(), _tap(terminal_seq=8, tx_type=6)])
     db_session.commit()
     assert len(db_session.scalars(select(Tap)).all()) == 2
+
+
+def test_taps_refuse_negative_amounts(db_session: Session) -> None:
     db_session.add(_tap(amount_fen=-1))
     with pytest.raises(IntegrityError):
         db_session.flush()
+
+
+def test_a_tap_naming_an_unknown_batch_is_refused(db_session: Session) -> None:
+    """The statement-level check that replaced the row-level foreign key (migration 0003)."""
+    db_session.add(_tap(batch_id=424242))
+    with pytest.raises(IntegrityError, match="batch that does not exist"):
+        db_session.flush()
+
+
+def test_ledger_accounts_are_never_deleted(db_session: Session) -> None:
+    a, _ = _two_accounts(db_session)
+    with pytest.raises(IntegrityError, match="never deleted"):
+        db_session.execute(delete(Account).where(Account.id == a))
 
 
 def test_times_are_stored_utc_and_read_back_aware(db_session: Session) -> None:
