@@ -286,13 +286,21 @@ class PgIngestor:
                     for i, r in enumerate(records)
                 )
             )
-        issuers = cur.execute("SELECT issuer_id, own FROM issuers").fetchall()
+        # The four reads go out together (one round trip): they need nothing from each other.
+        conn = cur.connection
+        with conn.pipeline():
+            issuers_cur = conn.execute("SELECT issuer_id, own FROM issuers")
+            cards_cur = conn.execute(_CARDS)
+            seen_cur = conn.execute(_SEEN)
+            version_cur = conn.execute(_DENYLIST_VERSION)
+        issuers = issuers_cur.fetchall()
         own = frozenset(i for i, is_own in issuers if is_own)
         peers = frozenset(i for i, is_own in issuers if not is_own)
-        cards, versions = _card_states(cur, _CARDS)
+        cards, versions = _card_states(cards_cur.fetchall())
+        version_row = version_cur.fetchone()
         seen_seq: set[tuple[str, int]] = set()
         seen_counter: set[tuple[str, str, int, int]] = set()
-        for index, kind in cur.execute(_SEEN):
+        for index, kind in seen_cur.fetchall():
             r = records[index]
             if kind == 1:
                 seen_seq.add((r.terminal_id, r.terminal_seq))
@@ -308,15 +316,13 @@ class PgIngestor:
             seen_card_counters=seen_counter,
             now=now,
             limits=self.limits,
-            denylist=self._denylist(cur),
+            denylist=self._denylist(cur, int(version_row[0]) if version_row is not None else 0),
             neighbours=_neighbours(cur, records, cards, batch_id),
         )
         return ctx, Parties(operator_account_id, {k: s.account_id for k, s in cards.items()}), versions
 
-    def _denylist(self, cur: psycopg.Cursor[Any]) -> Mapping[CardKey, list[DenyInterval]]:
+    def _denylist(self, cur: psycopg.Cursor[Any], version: int) -> Mapping[CardKey, list[DenyInterval]]:
         """The whole denylist (with removed entries, for "as of the tap time"), cached per version."""
-        row = cur.execute(_DENYLIST_VERSION).fetchone()
-        version = int(row[0]) if row is not None else 0
         if self._denylist_cache is None or self._denylist_cache[0] != version:
             entries: dict[CardKey, list[DenyInterval]] = {}
             for issuer_id, asn, effective_at, removed_at in cur.execute(_DENYLIST):
@@ -352,7 +358,7 @@ class PgIngestor:
         ]
         if not moved:
             return plan
-        locked, _ = _card_states(cur, _CARDS)  # already locked: a plain read of the current rows
+        locked, _ = _card_states(cur.execute(_CARDS).fetchall())  # already locked: a plain read
         ctx = replace(ctx, cards=locked, neighbours=_neighbours(cur, prepared.batch.records, locked, batch_id))
         final = decide(prepared, ctx, parties, received_at)
         if [t.transfer_id for t in final.taps] != [t.transfer_id for t in plan.taps] or [
@@ -414,7 +420,14 @@ class PgIngestor:
                     )  # fmt: skip
 
     def _write_state(self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, received_at: dt.datetime) -> None:
-        """Under the card locks: exception items of stored taps, account totals, cards, the answer."""
+        """Under the card locks: exception items of stored taps, account totals, cards, the answer.
+
+        Pipelined: the statements are independent writes, sent in one round trip.
+        """
+        with cur.connection.pipeline():
+            self._send_state(cur, plan, batch_id, received_at)
+
+    def _send_state(self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, received_at: dt.datetime) -> None:
         queued = [tap.record for tap in plan.taps if tap.exception and tap.stored]
         if queued:
             terminal_id = queued[0].terminal_id
@@ -510,7 +523,7 @@ def _update_cards(cur: psycopg.Cursor[Any], cards: list[CardRow]) -> None:
     )
 
 
-def _card_states(cur: psycopg.Cursor[Any], sql: str) -> tuple[dict[CardKey, CardState], dict[CardKey, str]]:
+def _card_states(rows: Iterable[tuple[Any, ...]]) -> tuple[dict[CardKey, CardState], dict[CardKey, str]]:
     cards: dict[CardKey, CardState] = {}
     versions: dict[CardKey, str] = {}
     for (
@@ -526,7 +539,7 @@ def _card_states(cur: psycopg.Cursor[Any], sql: str) -> tuple[dict[CardKey, Card
         load_at,
         last_tx_at,
         xmin,
-    ) in cur.execute(sql):
+    ) in rows:
         key = (issuer_id, asn)
         limited = bool(flags & ACCOUNT_FLAG_DEBITS_LIMITED)
         cards[key] = CardState(
