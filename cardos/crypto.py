@@ -31,6 +31,7 @@ TX_CAPP_PURCHASE: Final = 0x09
 
 KEY_LEN: Final = 16
 MAC_LEN: Final = 4
+_INVERT: Final = bytes(range(255, -1, -1))  # translation table: byte b -> b XOR FF
 
 
 class CryptoInputError(ValueError):
@@ -81,7 +82,7 @@ def pad_iso9797_m2(data: bytes, block: int) -> bytes:
 
 
 def _not(data: bytes) -> bytes:
-    return bytes(b ^ 0xFF for b in data)
+    return data.translate(_INVERT)
 
 
 def diversify(key: bytes, factor: bytes, alg: int = ALG_3DES) -> bytes:
@@ -92,9 +93,9 @@ def diversify(key: bytes, factor: bytes, alg: int = ALG_3DES) -> bytes:
     _check_alg(alg)
     _check_len("key", key, KEY_LEN)
     _check_len("diversification factor", factor, 8)
-    if alg == ALG_SM4:
-        return _encrypt_ecb(key, factor + _not(factor), alg)
-    return _encrypt_ecb(key, factor, alg) + _encrypt_ecb(key, _not(factor), alg)
+    # ECB enciphers each block on its own, so one call gives both 3DES halves (one cipher
+    # context instead of two: a cold TAC key cache derives a key per card) and the SM4 block.
+    return _encrypt_ecb(key, factor + _not(factor), alg)
 
 
 def derive_card_key(master_key: bytes, issuer_id: bytes, asn: bytes, alg: int = ALG_3DES) -> bytes:
@@ -180,7 +181,7 @@ def tac_key(dtk: bytes, alg: int = ALG_3DES) -> bytes:
     _check_len("DTK", dtk, KEY_LEN)
     if alg == ALG_SM4:
         return dtk
-    return bytes(a ^ b for a, b in zip(dtk[:8], dtk[8:], strict=True))
+    return (int.from_bytes(dtk[:8], "big") ^ int.from_bytes(dtk[8:], "big")).to_bytes(8, "big")
 
 
 # --- MAC and TAC inputs (section 6, "MAC inputs") --------------------------------

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 from sqlalchemy import Engine
@@ -56,6 +56,7 @@ MAC_KEYS_CACHED_MAX: Final = 200_000  # ~1.1 KB each (one OpenSSL context): ~220
 INGEST_ATTEMPTS_MAX: Final = 6
 RETRY_BACKOFF_S: Final = (0.05, 0.2, 0.5, 1.0, 2.0)
 EXCEPTION_CODES_AUTHENTIC: Final = frozenset({Code.E_BAD_TIME, Code.E_AMOUNT_LIMIT, Code.E_DENYLISTED})
+_SHANGHAI_OFFSET: Final = dt.timedelta(hours=8)
 
 
 # --- errors the API maps to HTTP answers ------------------------------------------------
@@ -95,6 +96,9 @@ class RetryableIngestError(Exception):
 
 def decode_upload(body: bytes) -> Batch:
     """Decode an upload or raise ``MalformedBatch`` with ``{path, code, message}`` items."""
+    if b"\\u0000" in body:  # JSON's only way to carry NUL, which no database text can hold
+        message = "a string in the batch contains the NUL character (\\u0000)"
+        raise MalformedBatch(message, [ErrorItem("$", "E_NUL", message)])
     try:
         return decode_batch(body)
     except msgspec.ValidationError as exc:
@@ -115,6 +119,10 @@ def content_hash(batch: Batch) -> str:
 
 def business_day(moment: dt.datetime) -> dt.date:
     """The Asia/Shanghai calendar day (cut-off 00:00) a tap belongs to."""
+    # A tap time at +08:00 (almost all of them) already shows the Shanghai date. Year 1 goes
+    # through astimezone, which refuses the instants before 0001-01-01T00:00Z as it always did.
+    if moment.utcoffset() == _SHANGHAI_OFFSET and moment.year > 1:
+        return moment.date()
     return moment.astimezone(SHANGHAI_TZ).date()
 
 
@@ -186,8 +194,7 @@ class Parties:
     card_accounts: Mapping[CardKey, int]
 
 
-@dataclass(frozen=True, slots=True)
-class TapRow:
+class TapRow(NamedTuple):
     """One judged record: a ``taps`` row when ``stored``, an exception item when ``exception``.
 
     Only authentic records (TAC verified, or forwarded peer cards) are stored as taps and
@@ -195,7 +202,7 @@ class TapRow:
     the raw record (``record_json``), so they can never squat a genuine record's key.
     """
 
-    index: int
+    position: int  # in the upload
     business_day: dt.date
     record: TapRecord
     tx_at: dt.datetime
@@ -209,8 +216,7 @@ class TapRow:
     record_json: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class TransferRow:
+class TransferRow(NamedTuple):
     id: str
     debit_account_id: int
     credit_account_id: int
@@ -218,8 +224,7 @@ class TransferRow:
     source_ref: str
 
 
-@dataclass(frozen=True, slots=True)
-class CardRow:
+class CardRow(NamedTuple):
     card_id: int
     shadow_balance_fen: int
     last_offline_counter: int
@@ -228,8 +233,7 @@ class CardRow:
     blocked: bool
 
 
-@dataclass(frozen=True, slots=True)
-class RefundRow:
+class RefundRow(NamedTuple):
     """A tap-off's ``fare.refund_due_fen``: a pending credit for the card (``docs/fares.md``).
 
     An offline validator cannot credit a purse, so the refund waits as a pending load
@@ -266,6 +270,8 @@ def tap_transfer_id(terminal_id: str, terminal_seq: int) -> str:
 
 
 def _utc_offset_min(tx_time: str) -> int:
+    if tx_time.endswith("+08:00"):
+        return 480  # the usual form
     if tx_time.endswith("Z"):
         return 0
     sign = -1 if tx_time[-6] == "-" else 1
@@ -289,45 +295,53 @@ def make_plan(
     source = f"batch:{terminal_id}:{batch.batch_seq}"
     verdicts: list[Verdict] = []
     refunds: list[RefundRow] = []
-    for index, (record, outcome) in enumerate(zip(records, judgement.outcomes, strict=True)):
-        tx_at = judgement.tx_times[index]
-        if outcome.posts and record.fare is not None and record.fare.refund_due_fen > 0:
-            refunds.append(
-                RefundRow(
-                    refund_load_id(record.terminal_id, record.terminal_seq),
-                    record.issuer_id,
-                    record.card_asn,
-                    record.fare.refund_due_fen,
-                )
-            )
+    operator_account_id = parties.operator_account_id
+    outcomes_and_times = zip(judgement.outcomes, judgement.tx_times, strict=True)
+    for index, (record, (outcome, tx_at)) in enumerate(zip(records, outcomes_and_times, strict=True)):
+        verdict, message, stored = outcome.verdict, outcome.message, outcome.claims_keys
+        code = outcome.code.value
         transfer_id = None
-        if outcome.posts and record.amount_fen > 0:
-            transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
-            card_account = parties.card_accounts[(record.issuer_id, record.card_asn)]
-            transfers.append(
-                TransferRow(transfer_id, card_account, parties.operator_account_id, record.amount_fen, source)
-            )
-            debits[card_account] = debits.get(card_account, 0) + record.amount_fen
-            credit_total += record.amount_fen
-        moment = tx_at if tx_at is not None else received_at
-        exception = outcome.verdict in ("rejected", "suspect")
+        if outcome.posts:
+            fare = record.fare
+            if fare is not None and fare.refund_due_fen > 0:
+                refunds.append(
+                    RefundRow(
+                        refund_load_id(record.terminal_id, record.terminal_seq),
+                        record.issuer_id,
+                        record.card_asn,
+                        fare.refund_due_fen,
+                    )
+                )
+            amount = record.amount_fen
+            if amount > 0:
+                transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
+                card_account = parties.card_accounts[(record.issuer_id, record.card_asn)]
+                transfers.append(TransferRow(transfer_id, card_account, operator_account_id, amount, source))
+                debits[card_account] = debits.get(card_account, 0) + amount
+                credit_total += amount
+        if tx_at is None:
+            moment, utc_offset_min = received_at, 480
+        else:
+            moment, utc_offset_min = tx_at, _utc_offset_min(record.tx_time)
+        exception = verdict in ("rejected", "suspect")
         taps.append(
             TapRow(
-                index=index,
+                position=index,
                 business_day=business_day(moment),
                 record=record,
                 tx_at=moment,
-                tx_utc_offset_min=_utc_offset_min(record.tx_time) if tx_at is not None else 480,
-                verdict=outcome.verdict,
-                code=outcome.code.value,
-                message=outcome.message,
+                tx_utc_offset_min=utc_offset_min,
+                verdict=verdict,
+                code=code,
+                message=message,
                 transfer_id=transfer_id,
-                stored=outcome.claims_keys,
+                stored=stored,
                 exception=exception,
-                record_json=None if outcome.claims_keys or not exception else encode(record).decode(),
+                # only unstored exceptions keep the raw record (the exception queue's copy)
+                record_json=encode(record).decode() if exception and not stored else None,
             )
         )
-        verdicts.append(Verdict(record.terminal_seq, outcome.verdict, outcome.code.value, outcome.message))  # type: ignore[arg-type]
+        verdicts.append(Verdict(record.terminal_seq, verdict, code, message))  # type: ignore[arg-type]
     deltas: dict[int, tuple[int, int]] = {account: (fen, 0) for account, fen in debits.items()}
     if credit_total:
         assert parties.operator_account_id not in deltas, "an operator payable is never a card account"

@@ -49,7 +49,8 @@ import datetime as dt
 import hmac
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from functools import lru_cache
+from typing import Final, NamedTuple
 
 from cardos import crypto
 from cardos.records import SHANGHAI_TZ
@@ -69,8 +70,7 @@ class Limits:
     future_skew_s: int = FUTURE_SKEW_S_DEFAULT
 
 
-@dataclass(frozen=True, slots=True)
-class CardState:
+class CardState(NamedTuple):
     """What clearing knows of one of its own cards before the batch."""
 
     card_id: int
@@ -85,8 +85,7 @@ class CardState:
     last_tx_at: dt.datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Neighbour:
+class Neighbour(NamedTuple):
     """An already cleared purchase of the same card, next to a late record's counter."""
 
     counter: int
@@ -126,9 +125,11 @@ class Context:
     neighbours: Mapping[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Outcome:
-    """The verdict for one record and what the shell must write for it."""
+class Outcome(NamedTuple):
+    """The verdict for one record and what the shell must write for it.
+
+    Never changed once made: the plain accept is one shared instance (``_ACCEPTED``).
+    """
 
     verdict: str
     code: Code
@@ -137,8 +138,7 @@ class Outcome:
     posts: bool = False  # post card liability -> operator payable
 
 
-@dataclass(frozen=True, slots=True)
-class CardUpdate:
+class CardUpdate(NamedTuple):
     """A card's state after the batch; emitted for every card with a posted record, even if unchanged.
 
     Writing the row even when nothing changed is deliberate: a concurrent batch of the same
@@ -162,8 +162,7 @@ class Judgement:
 # --- time --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TapTime:
+class TapTime(NamedTuple):
     at: dt.datetime  # aware
     date4: bytes  # card-local (Asia/Shanghai) BCD date the TAC covers
     time3: bytes  # card-local BCD time
@@ -183,7 +182,7 @@ def parse_tap_time(tx_time: str) -> TapTime | None:
     if moment.tzinfo is None:
         return None
     if len(tx_time) == 25 and tx_time.endswith("+08:00"):  # the usual form: the digits are card-local
-        date4 = bytes.fromhex(tx_time[0:4] + tx_time[5:7] + tx_time[8:10])
+        date4 = _bcd_date(tx_time[0:10])
         time3 = bytes.fromhex(tx_time[11:13] + tx_time[14:16] + tx_time[17:19])
         return TapTime(moment, date4, time3, moment.date())
     if not tx_time.endswith("+08:00"):
@@ -194,6 +193,12 @@ def parse_tap_time(tx_time: str) -> TapTime | None:
     except ValueError:
         return None
     return TapTime(moment, date4, time3, moment.date())
+
+
+@lru_cache(maxsize=1024)
+def _bcd_date(yyyy_mm_dd: str) -> bytes:
+    """The BCD date of ``YYYY-MM-DD``; cached, as a batch holds only a few dates."""
+    return bytes.fromhex(yyyy_mm_dd[0:4] + yyyy_mm_dd[5:7] + yyyy_mm_dd[8:10])
 
 
 # --- TAC ---------------------------------------------------------------------------------
@@ -253,6 +258,9 @@ def _accepted(message: str = "") -> Outcome:
     return Outcome(ACCEPTED, Code.OK, message, claims_keys=True, posts=True)
 
 
+_ACCEPTED: Final = _accepted()  # the verdict of most records: made once, shared, never changed
+
+
 def _suspect(code: Code, message: str) -> Outcome:
     return Outcome(SUSPECT, code, f"{code.value}: {message}", claims_keys=True, posts=True)
 
@@ -277,11 +285,14 @@ def judge(
     claimed_seq: set[TerminalSeqKey] = set()
     claimed_counter: set[CardCounterKey] = set()
     latest = ctx.now + dt.timedelta(seconds=ctx.limits.future_skew_s)
+    if latest.tzinfo is not None:
+        # the same instant at the taps' usual offset: comparing equal offsets is cheaper
+        latest = latest.astimezone(SHANGHAI_TZ)
     by_card: dict[CardKey, list[int]] = {}
 
-    for index, record in enumerate(records):
-        outcome, continuity = _judge_one(record, times[index], tacs[index], ctx, latest, claimed_seq, claimed_counter)
-        if continuity:
+    for index, (record, when, tac_ok) in enumerate(zip(records, times, tacs, strict=True)):
+        outcome = _judge_one(record, when, tac_ok, ctx, latest, claimed_seq, claimed_counter)
+        if outcome is None:
             by_card.setdefault((record.issuer_id, record.card_asn), []).append(index)
         else:
             outcomes[index] = outcome
@@ -294,7 +305,7 @@ def judge(
 
     final = [o for o in outcomes if o is not None]
     assert len(final) == len(records), "every record has a verdict"
-    return Judgement(final, card_updates, [t.at if t else None for t in times])
+    return Judgement(final, card_updates, [None if t is None else t.at for t in times])
 
 
 def _judge_one(
@@ -305,37 +316,38 @@ def _judge_one(
     latest: dt.datetime,
     claimed_seq: set[TerminalSeqKey],
     claimed_counter: set[CardCounterKey],
-) -> tuple[Outcome | None, bool]:
-    """Steps 1–8 for one record; (outcome, False) when decided, (None, True) for step 9."""
+) -> Outcome | None:
+    """Steps 1–8 for one record: its outcome, or None when step 9 (per card) decides."""
     asn, counter = record.card_asn, record.offline_counter
     if record.terminal_id != ctx.uploader or record.terminal_id not in ctx.known_terminals:
         why = "is not registered" if record.terminal_id not in ctx.known_terminals else "is not the uploading terminal"
-        return _rejected(Code.E_UNKNOWN_TERMINAL, f"terminal {record.terminal_id} {why} ({ctx.uploader})"), False
+        return _rejected(Code.E_UNKNOWN_TERMINAL, f"terminal {record.terminal_id} {why} ({ctx.uploader})")
     issuer = record.issuer_id
     own = issuer in ctx.own_issuers
     if not own and issuer not in ctx.peer_issuers:
-        return _rejected(Code.E_UNKNOWN_ISSUER, f"issuer {issuer} is not known, card {asn}, counter {counter}"), False
+        return _rejected(Code.E_UNKNOWN_ISSUER, f"issuer {issuer} is not known, card {asn}, counter {counter}")
     if when is None:
-        return _rejected(Code.E_BAD_TIME, f"time {record.tx_time} is not a valid date-time, card {asn}"), False
-    state = ctx.cards.get((issuer, asn)) if own else None
+        return _rejected(Code.E_BAD_TIME, f"time {record.tx_time} is not a valid date-time, card {asn}")
+    card = (issuer, asn)
+    state = ctx.cards.get(card) if own else None
     if own:
         if state is None:
-            return _rejected(Code.E_UNKNOWN_CARD, f"card {asn} of issuer {issuer} is not registered"), False
+            return _rejected(Code.E_UNKNOWN_CARD, f"card {asn} of issuer {issuer} is not registered")
         if not tac_ok:
-            return _rejected(Code.E_TAC_MISMATCH, f"TAC does not verify for card {asn}, counter {counter}"), False
+            return _rejected(Code.E_TAC_MISMATCH, f"TAC does not verify for card {asn}, counter {counter}")
 
     seq_key = (record.terminal_id, record.terminal_seq)
     if seq_key in claimed_seq or seq_key in ctx.seen_terminal_seqs:
         return _rejected(
             Code.E_DUPLICATE_TERMINAL_SEQ,
             f"terminal {record.terminal_id} sequence {record.terminal_seq} was already received",
-        ), False
+        )
     counter_key = (issuer, asn, counter, record.tx_type)
     if counter_key in claimed_counter or counter_key in ctx.seen_card_counters:
         return _rejected(
             Code.E_DUPLICATE_CARD_COUNTER,
             f"card {asn}, counter {counter}, type {record.tx_type} was already received",
-        ), False
+        )
     claimed_seq.add(seq_key)
     claimed_counter.add(counter_key)
 
@@ -345,18 +357,18 @@ def _judge_one(
             Code.I_FORWARDED_INTEROP,
             f"{Code.I_FORWARDED_INTEROP.value}: card {asn} of issuer {issuer} is forwarded to its issuer",
             claims_keys=True,
-        ), False
+        )
     assert state is not None
     if when.at > latest:
         return _rejected(
             Code.E_BAD_TIME, f"time {record.tx_time} is in the future, card {asn}, counter {counter}", authentic=True
-        ), False
+        )
     if when.local_date < state.start_date:
         return _rejected(
             Code.E_BAD_TIME,
             f"time {record.tx_time} is before the card's start date {state.start_date}, card {asn}, counter {counter}",
             authentic=True,
-        ), False
+        )
     blocked = record.status == "blocked"
     if record.amount_fen > ctx.limits.amount_fen_max or (blocked and record.amount_fen != 0):
         limit = 0 if blocked else ctx.limits.amount_fen_max
@@ -364,7 +376,7 @@ def _judge_one(
             Code.E_AMOUNT_LIMIT,
             f"amount {record.amount_fen} fen is above the limit {limit} fen, card {asn}, counter {counter}",
             authentic=True,
-        ), False
+        )
     # The tap-off refund is not covered by the TAC (only amount, type, terminal, sequence and
     # time are): bound it like an amount, or one record could credit the card any sum.
     # A refund belongs only to a tap-off, which debits nothing (docs/fares.md).
@@ -375,12 +387,13 @@ def _judge_one(
             f"refund {refund} fen on a tap of {record.amount_fen} fen (refunds are only for zero-amount tap-offs, "
             f"at most {ctx.limits.amount_fen_max} fen), card {asn}, counter {counter}",
             authentic=True,
-        ), False
-    if not blocked and any(interval.covers(when.at) for interval in ctx.denylist.get((issuer, asn), ())):
+        )
+    denied = ctx.denylist.get(card)
+    if denied and not blocked and any(interval.covers(when.at) for interval in denied):
         return _rejected(
             Code.E_DENYLISTED, f"card {asn} was denylisted at {record.tx_time}, counter {counter}", authentic=True
-        ), False
-    return None, True
+        )
+    return None
 
 
 def _judge_card(
@@ -392,7 +405,8 @@ def _judge_card(
     outcomes: list[Outcome | None],
 ) -> CardUpdate | None:
     """Step 9 for one card's surviving records, in (offline counter, type) order."""
-    indices.sort(key=lambda i: (records[i].offline_counter, records[i].tx_type))
+    if len(indices) > 1:
+        indices.sort(key=lambda i: (records[i].offline_counter, records[i].tx_type))
     shadow = state.shadow_balance_fen
     last = state.last_counter
     load_at = state.shadow_load_at
@@ -400,7 +414,7 @@ def _judge_card(
     blocked = False
     posted = False
     # cleared purchases of this batch by counter, so two late records in one batch see each other
-    cleared_here: dict[int, Neighbour] = {}
+    cleared_here: dict[int, TapRecord] = {}
     available = state.available_fen
     for index in indices:
         record = records[index]
@@ -435,7 +449,7 @@ def _judge_card(
                     f"shadow balance after the last cleared record {shadow} fen",
                 )
             else:
-                outcome = _accepted()
+                outcome = _ACCEPTED
         if not outcome.posts:
             outcomes[index] = outcome
             continue
@@ -459,7 +473,7 @@ def _judge_card(
                 load_at = None
             last_tx_at = when.at
         posted = True
-        cleared_here[counter] = Neighbour(counter, before, amount)
+        cleared_here[counter] = record
         blocked = blocked or record.status == "blocked"
         outcomes[index] = outcome
     if not posted:
@@ -468,7 +482,7 @@ def _judge_card(
     return CardUpdate(shadow, last, last_tx_at, load_at, blocked)
 
 
-def _late(record: TapRecord, ctx: Context, cleared_here: Mapping[int, Neighbour], last: int) -> Outcome:
+def _late(record: TapRecord, ctx: Context, cleared_here: Mapping[int, TapRecord], last: int) -> Outcome:
     """A record below the last cleared counter: fills a gap, checked against its neighbours."""
     counter, asn = record.offline_counter, record.card_asn
     before, after = record.balance_before_fen, record.balance_before_fen - record.amount_fen
@@ -477,10 +491,10 @@ def _late(record: TapRecord, ctx: Context, cleared_here: Mapping[int, Neighbour]
         return _counter_reused(record)
     here_below = cleared_here.get(counter - 1)
     if here_below is not None:
-        below = here_below
+        below = _neighbour(here_below)
     here_above = cleared_here.get(counter + 1)
     if here_above is not None:
-        above = here_above
+        above = _neighbour(here_above)
     if below is not None and below.counter == counter - 1 and before < below.balance_after_fen:
         return _suspect(
             Code.S_BALANCE_DISCONTINUITY,
@@ -494,6 +508,10 @@ def _late(record: TapRecord, ctx: Context, cleared_here: Mapping[int, Neighbour]
             f"{above.balance_before_fen} fen before counter {above.counter}",
         )
     return _accepted(f"late record: card {asn}, counter {counter} is below the last cleared counter {last}")
+
+
+def _neighbour(cleared: TapRecord) -> Neighbour:
+    return Neighbour(cleared.offline_counter, cleared.balance_before_fen, cleared.amount_fen)
 
 
 def _counter_reused(record: TapRecord) -> Outcome:

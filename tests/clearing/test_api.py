@@ -186,6 +186,17 @@ def test_malformed_or_truncated_bodies_are_422_and_store_nothing(api: Api, data:
     assert api.count(BatchRow) == 0 and api.count(Tap) == 0
 
 
+def test_a_nul_character_in_any_string_is_422_and_stores_nothing(api: Api) -> None:
+    """PostgreSQL text cannot hold NUL: refused at the door, not halfway through a COPY."""
+    term, card = Terminal(TERMINAL), Card(0)
+    data = body(term.batch([term.tap(card)])).replace(b'"normal"', b'"nor\\u0000mal"')
+    assert b"\\u0000" in data
+    response = api.upload(data)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["code"] == "E_NUL"
+    assert api.count(BatchRow) == 0 and api.count(Tap) == 0
+
+
 def test_a_truncated_valid_batch_stores_nothing(api: Api) -> None:
     term, card = Terminal(TERMINAL), Card(0)
     data = body(term.batch([term.tap(card), term.tap(card)]))
