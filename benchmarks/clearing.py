@@ -14,9 +14,10 @@ What runs (``python -m benchmarks clearing [--quick]``):
 3. timed: ``WORKERS`` spawned clearing workers take the batches in upload order and
    ingest them exactly as ``yikatong clear`` does (decode, TAC, validate, COPY, set-based
    SQL, one transaction per batch);
-4. timed baseline, same run: one COPY of the same rows into a table made ``LIKE taps
-   INCLUDING ALL`` (same columns, checks, primary key and unique indexes; no triggers),
-   no validation;
+4. timed baseline, same run: one COPY of the same rows (less the injected duplicates,
+   which the unique keys refuse) into a table made ``LIKE taps INCLUDING ALL`` (same
+   columns, checks, primary key and unique indexes; no triggers), no validation; the
+   median of three runs;
 5. the SQLite path on a smaller day (single process, embedded database).
 
 Figures: records/s, the ratio ingest/raw COPY, peak RSS of a clearing worker, and a check
@@ -31,6 +32,7 @@ import os
 import random
 import resource
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ TAPS_PER_CARD = 5
 RECORDS_PER_TERMINAL = 1_000  # a busy city bus validator's day
 UPLOADS_PER_DAY = 2  # midday and end of service
 WORKERS = int(os.environ.get("YIKATONG_BENCH_WORKERS", "2"))
+RAW_COPY_RUNS = 3
 DUPLICATE_RATE = 0.01
 FORGED_RATE = 0.001
 FOREIGN_RATE = 0.005
@@ -259,12 +262,15 @@ def _worker(
 
     engine = db.make_engine(url, schema=schema, pool_size=1)
     ingestor = make_ingestor(engine)
+    with engine.connect() as conn:
+        backend = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
     keys = TacKeys(keystore_dtk(KeyStore.open(keystore_path, kek)), [OWN])
     fd = os.open(uploads, os.O_RDONLY)
     tune_gc()  # as `yikatong clear` does
     verdicts: Counter[str] = Counter()
     busy = 0.0
     ready.wait()
+    cpu_started, backend_started = time.process_time(), process_cpu_s(backend)
     while True:
         item = queue.get()
         if item is None:
@@ -276,9 +282,20 @@ def _worker(
         for v in msgspec.json.decode(result.answer)["verdicts"]:
             verdicts[v["code"] if v["verdict"] != "accepted" else "accepted"] += 1
         busy += time.perf_counter() - started
+    cpu = (time.process_time() - cpu_started, process_cpu_s(backend) - backend_started)
     os.close(fd)
     engine.dispose()
-    results.put((dict(verdicts), busy, peak_rss_mb()))
+    results.put((dict(verdicts), busy, peak_rss_mb(), (*cpu, getattr(ingestor, "rejudged", 0))))
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process on this host, e.g. a PostgreSQL backend; 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb() -> float:
@@ -316,18 +333,25 @@ def ingest_pg(url: str, schema: str, keystore_path: Path, kek: bytes, day: Day, 
     for p in procs:
         p.join()
     verdicts: Counter[str] = Counter()
-    for counts, _, _ in outcome:
+    for counts, *_ in outcome:
         verdicts.update(counts)
     return {
         "elapsed_s": elapsed,
         "verdicts": dict(verdicts),
-        "rss_mb_max": max(r for _, _, r in outcome),
-        "busy_s": [round(b, 1) for _, b, _ in outcome],
+        "rss_mb_max": max(r for _, _, r, _ in outcome),
+        "busy_s": [round(b, 1) for _, b, _, _ in outcome],
+        "worker_cpu_s": sum(c[0] for *_, c in outcome),
+        "backend_cpu_s": sum(c[1] for *_, c in outcome),
+        "rejudged": sum(c[2] for *_, c in outcome),
     }
 
 
-def raw_copy(engine: Any, day: Day) -> float:
-    """The same rows, COPY'd into an identical table without any validation (one stream)."""
+def raw_copy(engine: Any, day: Day) -> tuple[float, int]:
+    """The same rows, COPY'd into an identical table without any validation (one stream).
+
+    The injected duplicates are left out: the identical table refuses them, as ``taps`` does.
+    Returns (median seconds of ``RAW_COPY_RUNS`` runs, rows).
+    """
     from clearing.ingest import business_day, decode_upload
     from clearing.validation import parse_tap_time
 
@@ -336,9 +360,13 @@ def raw_copy(engine: Any, day: Day) -> float:
     with day.path.open("rb") as f:
         data = f.read()
     seq_id = 0
+    seen: set[tuple[str, int]] = set()
     for terminal_id, offset, length in day.batches:
         batch = decode_upload(data[offset : offset + length])
         for r in batch.records:
+            if (r.terminal_id, r.terminal_seq) in seen:
+                continue
+            seen.add((r.terminal_id, r.terminal_seq))
             seq_id += 1
             when = parse_tap_time(r.tx_time)
             assert when is not None
@@ -355,22 +383,28 @@ def raw_copy(engine: Any, day: Day) -> float:
     raw = engine.raw_connection()
     try:
         conn = raw.driver_connection
+        times = []
         with conn.cursor() as cur:
-            # identical to taps: same columns, defaults, checks, primary key and unique indexes (no triggers)
-            cur.execute("CREATE TABLE bench_raw_taps (LIKE taps INCLUDING ALL)")
-            conn.commit()
-            started = time.perf_counter()
-            with cur.copy(
-                "COPY bench_raw_taps (id, business_day, batch_id, batch_seq, terminal_id, terminal_seq, psam_serial,"
-                " issuer_id, card_asn, card_type, tx_type, amount_fen, balance_before_fen, offline_counter, tx_time,"
-                " tx_utc_offset_min, key_version, alg_id, tac, route_id, stop_id, vehicle_id, fare_product_id,"
-                " fare_rider_category_id, fare_leg_group_id, fare_full_fen, fare_discount_fen, fare_transfer_of,"
-                " status, verdict, code, message, transfer_id, received_at) FROM STDIN"
-            ) as copy:
-                for row in rows:
-                    copy.write_row(row)
-            conn.commit()
-            return time.perf_counter() - started
+            for run in range(RAW_COPY_RUNS):  # the median of a few: one short COPY is at the mercy of the host
+                # identical to taps: same columns, defaults, checks, primary key and unique indexes (no triggers)
+                table = f"bench_raw_taps_{run}"
+                cur.execute(f"CREATE TABLE {table} (LIKE taps INCLUDING ALL)")
+                conn.commit()
+                started = time.perf_counter()
+                with cur.copy(
+                    f"COPY {table} (id, business_day, batch_id, batch_seq, terminal_id, terminal_seq, psam_serial,"
+                    " issuer_id, card_asn, card_type, tx_type, amount_fen, balance_before_fen, offline_counter,"
+                    " tx_time, tx_utc_offset_min, key_version, alg_id, tac, route_id, stop_id, vehicle_id,"
+                    " fare_product_id, fare_rider_category_id, fare_leg_group_id, fare_full_fen, fare_discount_fen,"
+                    " fare_transfer_of, status, verdict, code, message, transfer_id, received_at) FROM STDIN"
+                ) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                conn.commit()
+                times.append(time.perf_counter() - started)
+                cur.execute(f"DROP TABLE {table}")
+                conn.commit()
+        return statistics.median(times), len(rows)
     finally:
         raw.close()
 
@@ -485,8 +519,8 @@ def main(quick: bool = False) -> None:
             problems = check(engine, day, result["verdicts"])
             with engine.begin() as conn:
                 conn.execute(text("ANALYZE"))
-            copy_s = raw_copy(engine, day)
-            copy_rate = day.records / copy_s
+            copy_s, copy_rows = raw_copy(engine, day)
+            copy_rate = copy_rows / copy_s
             engine.dispose()
         finally:
             db.drop_schema(PG_URL, schema)
@@ -494,10 +528,21 @@ def main(quick: bool = False) -> None:
             f"PostgreSQL ingest, {WORKERS} workers, all checks on: {day.records:,} records in "
             f"{result['elapsed_s']:.1f} s = {rate:,.0f} records/s (worker busy {result['busy_s']} s)"
         )
-        print(f"raw COPY of the same rows into LIKE taps INCLUDING ALL: {copy_s:.1f} s = {copy_rate:,.0f} rows/s")
+        print(
+            f"raw COPY of the same rows (less duplicates: {copy_rows:,}) into LIKE taps INCLUDING ALL, median of "
+            f"{RAW_COPY_RUNS}: "
+            f"{copy_s:.1f} s = {copy_rate:,.0f} rows/s"
+        )
         print(f"ratio ingest / raw COPY: {rate / copy_rate:.2f}")
+        per_record = 1e6 / day.records
+        print(
+            f"CPU per record: clearing workers {result['worker_cpu_s'] * per_record:.0f} µs, their PostgreSQL "
+            f"backends {result['backend_cpu_s'] * per_record:.0f} µs; {os.cpu_count()} cores x elapsed = "
+            f"{(os.cpu_count() or 1) * result['elapsed_s'] * per_record:.0f} µs"
+        )
         print(f"peak RSS of a clearing worker: {result['rss_mb_max']:.0f} MB")
         print(f"verdicts: {result['verdicts']}")
+        print(f"batches whose cards moved under them (another worker cleared them), judged again: {result['rejudged']}")
         verdict = "; ".join(problems) if problems else "ledger balances; every duplicate and forgery caught"
         print("checks: " + verdict)
         n_sqlite = min(n_records, SQLITE_RECORDS_FULL)

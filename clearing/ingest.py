@@ -47,6 +47,7 @@ from clearing.validation import (
     TapTime,
     judge,
     parse_tap_time,
+    rejudge_cards,
     verify_tacs,
 )
 
@@ -227,7 +228,7 @@ class TransferRow(NamedTuple):
 class CardRow(NamedTuple):
     card_id: int
     shadow_balance_fen: int
-    last_offline_counter: int
+    last_offline_counter: int | None
     last_tx_at: dt.datetime | None
     shadow_load_at: dt.datetime | None
     blocked: bool
@@ -256,6 +257,7 @@ class WritePlan:
     cards: list[CardRow]
     answer: bytes
     refunds: list[RefundRow] = field(default_factory=list)
+    judgement: Judgement | None = None  # what the plan was made from (``redecide`` starts there)
 
 
 REFUND_PREFIX: Final = "refund:"
@@ -361,7 +363,7 @@ def make_plan(
         for key, update in judgement.card_updates.items()
     ]
     answer = encode(BatchAnswer(batch.batch_seq, iso(received_at), verdicts))
-    return WritePlan(taps, transfers, deltas, cards, answer, refunds)
+    return WritePlan(taps, transfers, deltas, cards, answer, refunds, judgement)
 
 
 def answer_bytes(stored: str | bytes) -> bytes:
@@ -396,6 +398,24 @@ def decide(
     received_at: dt.datetime,
 ) -> WritePlan:
     judgement = judge(prepared.batch.records, ctx, prepared.tacs, prepared.times)
+    return make_plan(prepared.terminal_id, prepared.batch, received_at, ctx, judgement, parties)
+
+
+def redecide(
+    prepared: Prepared,
+    plan: WritePlan,
+    ctx: Context,
+    parties: Parties,
+    received_at: dt.datetime,
+    moved: Iterable[CardKey],
+) -> WritePlan:
+    """The plan again after the cards ``moved`` changed under the batch; ``ctx`` has their new state.
+
+    Only those cards' records are judged again (``validation.rejudge_cards``): the same
+    result as deciding the whole batch afresh, at a fraction of the cost.
+    """
+    assert plan.judgement is not None, "a plan made by decide() carries its judgement"
+    judgement = rejudge_cards(prepared.batch.records, prepared.times, plan.judgement, ctx, moved)
     return make_plan(prepared.terminal_id, prepared.batch, received_at, ctx, judgement, parties)
 
 
@@ -570,6 +590,7 @@ __all__ = [
     "make_plan",
     "prepare",
     "queued_body",
+    "redecide",
     "refund_load_id",
     "stored_answer",
     "tap_transfer_id",

@@ -12,8 +12,8 @@ Per batch (``clearing.ingest`` explains the shared plan):
    ``transfers`` (and the exception items of unstored records);
 3. *phase 2, under the card locks*: ``SELECT … FOR UPDATE`` the cards by id, in id order
    (two workers sharing cards queue instead of deadlocking). If a card's row version moved
-   since the snapshot (another worker cleared it, or a load posted), judge again against
-   the locked state and correct the verdicts of the rows written in phase 1 (invisible to
+   since the snapshot (another worker cleared it, or a load posted), judge that card's
+   records again against the locked state and correct the verdicts of the rows written in phase 1 (invisible to
    anyone else until COMMIT); if what is *posted* would change, run the batch again. Then
    exception items of stored taps, the aggregated account deltas (one ``UPDATE … FROM
    unnest``), the cards, the answer; COMMIT.
@@ -55,6 +55,7 @@ from clearing.ingest import (
     WritePlan,
     answer_bytes,
     decide,
+    redecide,
     with_retries,
 )
 from clearing.models import LEDGER_CNY, TransferCode, TransferState
@@ -98,14 +99,17 @@ RETURNING id
 _STORED: Final = """
 SELECT id, content_hash, status, answer FROM batches WHERE terminal_id = %s AND batch_seq = %s FOR UPDATE
 """
-_CARDS: Final = """
+# xmin is the row version: it differs from the snapshot's if another transaction wrote the card since.
+_CARD_STATE: Final = """
 SELECT c.issuer_id, c.card_asn, c.id, c.account_id, c.start_date, c.shadow_balance_fen,
        c.last_offline_counter, a.flags, a.credits_posted - a.debits_posted - a.debits_pending,
        c.shadow_load_at, c.last_tx_at, c.xmin::text
 FROM cards c JOIN accounts a ON a.id = c.account_id
-WHERE (c.issuer_id, c.card_asn) IN (SELECT DISTINCT issuer_id, card_asn FROM ingest_keys)
 """
-# xmin is the row version: it differs from the snapshot's if another transaction wrote the card since.
+_CARDS: Final = (
+    _CARD_STATE + "WHERE (c.issuer_id, c.card_asn) IN (SELECT DISTINCT issuer_id, card_asn FROM ingest_keys)"  # noqa: S608
+)
+_CARDS_BY_ID: Final = _CARD_STATE + "WHERE c.id = ANY(%s::bigint[])"
 _FIX_VERDICTS: Final = """
 UPDATE taps AS t SET verdict = v.verdict, code = v.code, message = v.message
 FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS v(seq, verdict, code, message)
@@ -204,6 +208,8 @@ class PgIngestor:
         self._denylist_cache: tuple[int, dict[CardKey, list[DenyInterval]]] | None = None
         # Test hook: called between phase 1 (rows written) and phase 2 (cards locked).
         self.between_phases: Callable[[Prepared], None] | None = None
+        # Batches judged again in phase 2 because a card moved since the snapshot (an operations figure).
+        self.rejudged = 0
 
     def ingest(self, prepared: Prepared) -> IngestResult:
         return with_retries(lambda: self._attempt(prepared), is_transient)
@@ -344,7 +350,9 @@ class PgIngestor:
         """Lock the batch's cards (id order) and make the verdicts final.
 
         A card whose row version changed since the snapshot was cleared meanwhile by another
-        worker (or loaded): judge the batch again against the locked state. Verdicts may move
+        worker (or loaded): read it again and judge its records again against the locked
+        state (``redecide``; nearly every batch has one such card when workers share cards,
+        so only those are redone). Verdicts may move
         between accepted and suspect (the rows written in phase 1, not yet visible to anyone,
         are corrected); if what is *posted* would change, the batch is run again from scratch.
         """
@@ -352,15 +360,22 @@ class PgIngestor:
         if not ids:
             return plan
         moved = [
-            ids[card_id]
+            card_id
             for card_id, xmin in cur.execute(_LOCK_VERSIONS, (int_array(sorted(ids)),))
             if versions[ids[card_id]] != xmin
         ]
         if not moved:
             return plan
-        locked, _ = _card_states(cur.execute(_CARDS).fetchall())  # already locked: a plain read
-        ctx = replace(ctx, cards=locked, neighbours=_neighbours(cur, prepared.batch.records, locked, batch_id))
-        final = decide(prepared, ctx, parties, received_at)
+        self.rejudged += 1
+        # Only the moved cards are read again (already locked: a plain read) and judged again.
+        fresh, _ = _card_states(cur.execute(_CARDS_BY_ID, (int_array(sorted(moved)),)).fetchall())
+        moved_records = [r for r in prepared.batch.records if (r.issuer_id, r.card_asn) in fresh]
+        ctx = replace(
+            ctx,
+            cards={**ctx.cards, **fresh},
+            neighbours={**ctx.neighbours, **_neighbours(cur, moved_records, fresh, batch_id)},
+        )
+        final = redecide(prepared, plan, ctx, parties, received_at, fresh.keys())
         if [t.transfer_id for t in final.taps] != [t.transfer_id for t in plan.taps] or [
             t.stored for t in final.taps
         ] != [t.stored for t in plan.taps]:
@@ -515,7 +530,9 @@ def _update_cards(cur: psycopg.Cursor[Any], cards: list[CardRow]) -> None:
         (
             int_array(c.card_id for c in cards),
             int_array(c.shadow_balance_fen for c in cards),
-            int_array(c.last_offline_counter for c in cards),
+            "{"
+            + ",".join("NULL" if c.last_offline_counter is None else str(c.last_offline_counter) for c in cards)
+            + "}",
             text_array(_time_literal(c.last_tx_at) for c in cards),
             text_array(_time_literal(c.shadow_load_at) for c in cards),
             "{" + ",".join("t" if c.blocked else "f" for c in cards) + "}",

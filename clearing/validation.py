@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final, NamedTuple
@@ -146,7 +146,7 @@ class CardUpdate(NamedTuple):
     """
 
     shadow_balance_fen: int
-    last_counter: int
+    last_counter: int | None  # None: no record moved it yet (only an over-balance suspect posted)
     last_tx_at: dt.datetime | None
     shadow_load_at: dt.datetime | None
     blocked: bool = False
@@ -157,6 +157,8 @@ class Judgement:
     outcomes: list[Outcome]
     card_updates: dict[CardKey, CardUpdate]
     tx_times: list[dt.datetime | None]  # parsed tap times (UTC-aware), None if unparseable
+    # per card, the records that reached step 9 (the only verdicts a card's state decides)
+    card_records: dict[CardKey, list[int]] = field(default_factory=dict)
 
 
 # --- time --------------------------------------------------------------------------------
@@ -305,7 +307,37 @@ def judge(
 
     final = [o for o in outcomes if o is not None]
     assert len(final) == len(records), "every record has a verdict"
-    return Judgement(final, card_updates, [None if t is None else t.at for t in times])
+    return Judgement(final, card_updates, [None if t is None else t.at for t in times], by_card)
+
+
+def rejudge_cards(
+    records: Sequence[TapRecord],
+    times: Sequence[TapTime | None],
+    judgement: Judgement,
+    ctx: Context,
+    keys: Iterable[CardKey],
+) -> Judgement:
+    """``judgement`` with step 9 run again for the cards ``keys`` against a newer ``ctx``.
+
+    For when those cards moved after the batch was judged (another worker cleared them):
+    steps 1–8 never read a card's changing state (shadow, counters, available value,
+    neighbours), and step 9 of one card reads only that card's, so re-running step 9 for the
+    moved cards gives exactly what ``judge`` would give against ``ctx`` (a property test
+    holds it to that).
+    """
+    outcomes: list[Outcome | None] = list(judgement.outcomes)
+    updates = dict(judgement.card_updates)
+    for key in keys:
+        indices = judgement.card_records.get(key)
+        if not indices:
+            continue
+        updates.pop(key, None)
+        update = _judge_card(records, times, list(indices), ctx.cards[key], ctx, outcomes)
+        if update is not None:
+            updates[key] = update
+    final = [o for o in outcomes if o is not None]
+    assert len(final) == len(records), "every record has a verdict"
+    return Judgement(final, updates, judgement.tx_times, judgement.card_records)
 
 
 def _judge_one(
@@ -478,7 +510,9 @@ def _judge_card(
         outcomes[index] = outcome
     if not posted:
         return None
-    assert last is not None and shadow >= 0
+    # ``last`` stays None when only an amount-above-balance suspect posted: the balance before
+    # is not covered by the TAC, so a genuine TAC can arrive with it understated.
+    assert shadow >= 0
     return CardUpdate(shadow, last, last_tx_at, load_at, blocked)
 
 
@@ -554,6 +588,7 @@ __all__ = [
     "judge",
     "late_record_keys",
     "parse_tap_time",
+    "rejudge_cards",
     "tac_data",
     "verify_tacs",
 ]

@@ -349,3 +349,13 @@ def _resign(record: TapRecord) -> TapRecord:
 
     assert dtk_for(record.issuer_id, record.card_asn)
     return sign(record)
+
+
+def test_an_understated_balance_on_a_card_never_cleared_is_suspect_not_a_crash(term: Terminal) -> None:
+    """The TAC does not cover the balance before: a genuine record can claim less than the amount."""
+    card = Card(1, balance_fen=1000)
+    record = _resign(msgspec.structs.replace(term.tap(card, 300), balance_before_fen=100))
+    j = run([record], context(term, {card: state(card, last=None, shadow=1000)}))
+    assert codes(j) == [("suspect", "S_BALANCE_DISCONTINUITY")]
+    update = j.card_updates[(OWN_ISSUER, card.asn)]
+    assert (update.shadow_balance_fen, update.last_counter) == (1000, None)
