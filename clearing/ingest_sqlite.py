@@ -8,12 +8,13 @@ before anything is read and the reads cannot go stale.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
-from sqlalchemy import Engine, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import Engine, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -208,7 +209,7 @@ class SqlIngestor:
                 )
             ):
                 denylist.setdefault((issuer_id, asn), []).append(DenyInterval(effective_at, removed_at))
-        neighbours = {key: _neighbours_of(session, *key) for key in late_record_keys(records, cards)}
+        neighbours = _neighbours(session, late_record_keys(records, cards))
         ctx = Context(
             uploader=terminal_id,
             known_terminals=frozenset({terminal_id}),
@@ -296,16 +297,19 @@ class SqlIngestor:
             ],
         )  # fmt: skip
         apply_account_deltas(session, plan.account_deltas)
-        for card in plan.cards:
-            values: dict[str, Any] = {
+        card_rows = [
+            {
+                "id": card.card_id,
                 "shadow_balance_fen": card.shadow_balance_fen,
                 "last_offline_counter": card.last_offline_counter,
                 "last_tx_at": card.last_tx_at,
                 "shadow_load_at": card.shadow_load_at,
+                **({"status": CardStatus.BLOCKED.value} if card.blocked else {}),
             }
-            if card.blocked:
-                values["status"] = CardStatus.BLOCKED.value
-            session.execute(update(Card).where(Card.id == card.card_id).values(**values))
+            for card in plan.cards
+        ]
+        if card_rows:  # ORM bulk UPDATE by primary key: one executemany per set of columns
+            session.execute(update(Card), card_rows)
         session.execute(
             update(BatchRow)
             .where(BatchRow.id == batch_id)
@@ -319,25 +323,36 @@ def _insert(session: Session, model: type[Any], rows: Iterable[dict[str, Any]]) 
         session.execute(insert(model), rows)
 
 
-def _neighbours_of(
-    session: Session, issuer_id: str, asn: str, counter: int
-) -> tuple[Neighbour | None, Neighbour | None]:
-    cleared = and_(
-        Tap.issuer_id == issuer_id,
-        Tap.card_asn == asn,
-        or_(Tap.verdict == "accepted", Tap.verdict == "suspect"),
-    )
-    columns = (Tap.offline_counter, Tap.balance_before_fen, Tap.amount_fen)
-    below = session.execute(
-        select(*columns).where(cleared, Tap.offline_counter <= counter).order_by(Tap.offline_counter.desc()).limit(1)
-    ).one_or_none()
-    above = session.execute(
-        select(*columns).where(cleared, Tap.offline_counter > counter).order_by(Tap.offline_counter.asc()).limit(1)
-    ).one_or_none()
-    return (
-        Neighbour(*below) if below is not None else None,
-        Neighbour(*above) if above is not None else None,
-    )
+def _neighbours(
+    session: Session, late: Sequence[tuple[str, str, int]]
+) -> dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]]:
+    """The cleared purchases next to each late record's counter: one read per card, not two per record.
+
+    A card's cleared taps come back in counter order; the nearest at or below and the nearest
+    above each late counter are found by bisection.
+    """
+    if not late:
+        return {}
+    history: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    card_keys = sorted({(issuer_id, asn) for issuer_id, asn, _ in late})
+    for chunk in _chunks(card_keys):
+        rows = session.execute(
+            select(Tap.issuer_id, Tap.card_asn, Tap.offline_counter, Tap.balance_before_fen, Tap.amount_fen)
+            .where(
+                tuple_(Tap.issuer_id, Tap.card_asn).in_(chunk), or_(Tap.verdict == "accepted", Tap.verdict == "suspect")
+            )
+            .order_by(Tap.issuer_id, Tap.card_asn, Tap.offline_counter)
+        )
+        for issuer_id, asn, counter, before, amount in rows:
+            history.setdefault((issuer_id, asn), []).append((counter, before, amount))
+    out: dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]] = {}
+    for issuer_id, asn, counter in late:
+        taps = history.get((issuer_id, asn), [])
+        split = bisect.bisect_right(taps, counter, key=lambda t: t[0])  # taps[:split] are at or below
+        below = Neighbour(*taps[split - 1]) if split > 0 else None
+        above = Neighbour(*taps[split]) if split < len(taps) else None
+        out[(issuer_id, asn, counter)] = (below, above)
+    return out
 
 
 __all__ = ["SqlIngestor", "is_transient"]
