@@ -242,7 +242,7 @@ class Transfer(Base):
 
     Two-phase: a ``pending`` transfer reserves the amount; a later transfer with
     ``pending_id`` set and state ``posted`` or ``voided`` resolves it. The pending row is
-    never edited; ``UNIQUE(pending_id)`` makes the database refuse a second resolution.
+    never edited; a unique index on ``pending_id`` makes the database refuse a second resolution.
     """
 
     __tablename__ = "transfers"
@@ -255,7 +255,7 @@ class Transfer(Base):
     ledger: Mapped[int] = mapped_column(Integer, default=LEDGER_CNY)
     code: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(8))
-    pending_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("transfers.id"), unique=True)
+    pending_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("transfers.id"))
     source_ref: Mapped[str | None] = mapped_column(String(120))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -266,6 +266,14 @@ class Transfer(Base):
         CheckConstraint("state <> 'pending' OR pending_id IS NULL", name="pending_has_no_parent"),
         Index(None, "debit_account_id"),
         Index(None, "credit_account_id"),
+        # partial: the tap transfers (nearly all rows) have no pending_id and skip the index
+        Index(
+            "uq_transfers_pending_id",
+            "pending_id",
+            unique=True,
+            postgresql_where=text("pending_id IS NOT NULL"),
+            sqlite_where=text("pending_id IS NOT NULL"),
+        ),
     )
 
     def __repr__(self) -> str:

@@ -183,3 +183,22 @@ def test_exception_item_decided_at_goes_with_state(db_session: Session) -> None:
     db_session.add(ExceptionItem(code="E_TAC_MISMATCH", state="accepted"))
     with pytest.raises(IntegrityError):
         db_session.flush()
+
+
+def test_db_refuses_a_second_resolution_of_a_pending_transfer(db_session: Session) -> None:
+    """The partial unique index on pending_id (migration 0003) still refuses a second resolution."""
+    a, b = _two_accounts(db_session)
+
+    def transfer(id: str, state: str, pending_id: str | None = None) -> Transfer:
+        return Transfer(
+            id=id, debit_account_id=a, credit_account_id=b, amount_fen=5, ledger=156, code=1, state=state,
+            pending_id=pending_id, created_at=utcnow(),
+        )  # fmt: skip
+
+    db_session.add_all([transfer("p", "pending"), transfer("x1", "posted"), transfer("x2", "posted")])
+    db_session.flush()
+    db_session.add(transfer("post", "posted", pending_id="p"))
+    db_session.flush()
+    db_session.add(transfer("void", "voided", pending_id="p"))
+    with pytest.raises(IntegrityError):
+        db_session.flush()
