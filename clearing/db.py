@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -210,18 +210,19 @@ def isolated_schema(url: str, prefix: str = "t_") -> Iterator[str]:
 def bump_counter(session: Session, name: str, by: int = 1) -> int:
     """Increment the named counter and return its new value, in the caller's transaction.
 
-    The UPDATE takes the row lock on PostgreSQL (and the write lock on SQLite), so two
-    transactions never get the same value.
+    One upsert: the first use of a counter creates it, and two transactions that both use a
+    new counter first queue on the row instead of one failing on the primary key. The row
+    lock (PostgreSQL) or write lock (SQLite) means no two transactions get the same value.
     """
     assert by > 0
-    new_value = session.execute(
-        update(Counter).where(Counter.name == name).values(value=Counter.value + by).returning(Counter.value)
-    ).scalar_one_or_none()
-    if new_value is None:
-        session.add(Counter(name=name, value=by))
-        session.flush()
-        return by
-    return int(new_value)
+    insert_fn: Any
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as insert_fn
+    else:
+        from sqlalchemy.dialects.sqlite import insert as insert_fn
+    stmt = insert_fn(Counter).values(name=name, value=by)
+    stmt = stmt.on_conflict_do_update(index_elements=[Counter.name], set_={"value": Counter.value + by})
+    return int(session.execute(stmt.returning(Counter.value)).scalar_one())
 
 
 def read_counter(session: Session, name: str) -> int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from clearing import accounts
+from clearing import accounts, db
 from clearing.models import (
     Account,
     Card,
@@ -202,3 +203,32 @@ def test_db_refuses_a_second_resolution_of_a_pending_transfer(db_session: Sessio
     db_session.add(transfer("void", "voided", pending_id="p"))
     with pytest.raises(IntegrityError):
         db_session.flush()
+
+
+def test_first_uses_of_a_new_counter_at_once_get_different_values(
+    db_sessions: sessionmaker[Session],
+) -> None:
+    """The first use of a counter (an issuer's first ASN) used to race: all but one failed on the key."""
+    n = 8
+    barrier = threading.Barrier(n)
+    values: list[int] = []
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            with db_sessions() as session:
+                barrier.wait(timeout=10)
+                values.append(db.bump_counter(session, "asn:race"))
+                session.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert sorted(values) == list(range(1, n + 1))
+    with db_sessions() as session:
+        assert db.read_counter(session, "asn:race") == n
