@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cardos.records import SHANGHAI_TZ
@@ -233,8 +234,14 @@ def accept(
                 "E_DUPLICATE_TAP", f"exception {item.id}: another tap already holds this record's {held}"
             )
         tap = _tap_row(item, rec, day, now)
-        session.add(tap)
-        session.flush()
+        try:
+            with session.begin_nested():  # a savepoint: losing the key to a concurrent batch is a clear refusal
+                session.add(tap)
+                session.flush()
+        except IntegrityError as exc:
+            raise ExceptionQueueError(
+                "E_DUPLICATE_TAP", f"exception {item.id}: another tap took this record's key meanwhile"
+            ) from exc
         item.tap_id, item.tap_business_day = tap.id, tap.business_day
 
     if rec.amount_fen > 0:

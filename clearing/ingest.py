@@ -97,7 +97,7 @@ class RetryableIngestError(Exception):
 
 def decode_upload(body: bytes) -> Batch:
     """Decode an upload or raise ``MalformedBatch`` with ``{path, code, message}`` items."""
-    if b"\\u0000" in body:  # JSON's only way to carry NUL, which no database text can hold
+    if b"\\u0000" in body and _carries_nul(body):  # JSON's only way to carry NUL, which no database text holds
         message = "a string in the batch contains the NUL character (\\u0000)"
         raise MalformedBatch(message, [ErrorItem("$", "E_NUL", message)])
     try:
@@ -111,6 +111,25 @@ def decode_upload(body: bytes) -> Batch:
         raise MalformedBatch(f"batch does not match the contract: {text}", [ErrorItem(path, "E_SCHEMA", text)]) from exc
     except msgspec.DecodeError as exc:
         raise MalformedBatch(f"body is not valid JSON: {exc}", [ErrorItem("$", "E_JSON", str(exc))]) from exc
+
+
+def _carries_nul(body: bytes) -> bool:
+    """Whether a decoded string holds NUL (the bytes ``\\u0000`` may be an escaped backslash + ``u0000``)."""
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return False  # not JSON at all: decode_batch says so
+
+    def walk(value: object) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(walk(k) or walk(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(walk(v) for v in value)
+        return False
+
+    return walk(document)
 
 
 def content_hash(batch: Batch) -> str:

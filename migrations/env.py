@@ -55,11 +55,12 @@ def run_migrations_online() -> None:
             )
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite:  # inside the transaction: a broken reference rolls the migration back
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration left rows that refer to missing rows: {broken[:5]}")
             if sqlite:
-                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-                if broken:
-                    raise RuntimeError(f"migration left rows that refer to missing rows: {broken[:5]}")
     finally:
         engine.dispose()
 

@@ -9,16 +9,27 @@ from msgspec import Meta, Struct
 
 BATCH_RECORDS_MAX = 10_000
 
-Hex12 = Annotated[str, Meta(pattern="^[0-9a-f]{12}$")]
-Hex16 = Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
-Hex20 = Annotated[str, Meta(pattern="^[0-9a-f]{20}$")]
-Hex8 = Annotated[str, Meta(pattern="^[0-9a-f]{8}$")]
-HexAny = Annotated[str, Meta(pattern="^([0-9a-f]{2}){0,32}$")]
+
+def _whole(regex: str) -> str:
+    """A pattern for the whole string, the same in Python and in the published JSON Schema.
+
+    msgspec matches with ``re.search``, where ``$`` also matches before a final newline, so
+    ``^[0-9a-f]{8}$`` would pass ``"deadbeef\\n"`` (and break a COPY later); the lookahead
+    refuses it. ``\\A``/``\\Z`` would do in Python but mean something else in ECMA-262.
+    """
+    return f"^(?:{regex})$(?!\\n)"
+
+
+Hex12 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{12}"))]
+Hex16 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{16}"))]
+Hex20 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{20}"))]
+Hex8 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{8}"))]
+HexAny = Annotated[str, Meta(pattern=_whole("([0-9a-f]{2}){0,32}"))]
 U32 = Annotated[int, Meta(ge=0, le=0xFFFFFFFF)]
 U16 = Annotated[int, Meta(ge=0, le=0xFFFF)]
 U8 = Annotated[int, Meta(ge=0, le=0xFF)]
 # ISO 8601 with an explicit offset, e.g. 2026-11-24T08:15:00+08:00
-IsoTime = Annotated[str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")]
+IsoTime = Annotated[str, Meta(pattern=_whole(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)"))]
 ShortText = Annotated[str, Meta(max_length=64)]
 
 

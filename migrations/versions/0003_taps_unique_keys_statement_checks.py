@@ -11,8 +11,10 @@ Why (measured server-side cost per row of the ingest COPYs, ``docs/clearing.md``
 - The row-level foreign keys ``transfers.debit_account_id``/``credit_account_id`` and
   ``taps.batch_id`` ran one locking lookup per row (transfers 25 → 8 µs without them).
   They are replaced by statement-level triggers that check the whole statement's rows with
-  one anti-join (PostgreSQL, about 2 µs a row) or by row triggers (SQLite), and accounts
-  and batches may no longer be deleted, so a checked reference cannot dangle later.
+  one anti-join (PostgreSQL, about 4 µs a row) or by row triggers (SQLite), and accounts
+  and batches may no longer be deleted or truncated, so a checked reference cannot dangle
+  later. The check functions carry the migration's ``search_path``, as a foreign key is
+  bound to its table.
 - ``cards`` and ``accounts`` are updated on every cleared tap: ``fillfactor`` leaves room
   on each page so those updates stay heap-only (no index writes).
 - ``ix_taps_batch_id`` goes: ingest finds a batch's taps by their natural key, and a batch
@@ -41,7 +43,7 @@ depends_on: str | Sequence[str] | None = None
 UPDATE_HEAVY_FILLFACTOR = 80
 
 _PG_FUNCTIONS = """
-CREATE FUNCTION yk_transfers_accounts_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION yk_transfers_accounts_exist() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF EXISTS (
         SELECT 1 FROM (SELECT debit_account_id AS id FROM new_rows UNION SELECT credit_account_id FROM new_rows) n
@@ -51,7 +53,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE FUNCTION yk_taps_batches_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION yk_taps_batches_exist() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF EXISTS (
         SELECT 1 FROM (SELECT DISTINCT batch_id AS id FROM new_rows WHERE batch_id IS NOT NULL) n
@@ -78,6 +80,10 @@ CREATE TRIGGER taps_batches_exist_upd AFTER UPDATE ON taps
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION yk_taps_batches_exist();
 CREATE TRIGGER accounts_never_deleted BEFORE DELETE ON accounts FOR EACH ROW EXECUTE FUNCTION yk_never_delete();
 CREATE TRIGGER batches_never_deleted BEFORE DELETE ON batches FOR EACH ROW EXECUTE FUNCTION yk_never_delete();
+CREATE TRIGGER accounts_never_truncated BEFORE TRUNCATE ON accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION yk_never_delete();
+CREATE TRIGGER batches_never_truncated BEFORE TRUNCATE ON batches
+    FOR EACH STATEMENT EXECUTE FUNCTION yk_never_delete();
 """
 _SQLITE_TRIGGERS = (
     """CREATE TRIGGER transfers_accounts_exist_ins BEFORE INSERT ON transfers
@@ -106,6 +112,8 @@ _TRIGGERS = (
     ("taps_batches_exist_upd", "taps"),
     ("accounts_never_deleted", "accounts"),
     ("batches_never_deleted", "batches"),
+    ("accounts_never_truncated", "accounts"),  # PostgreSQL only (SQLite has no TRUNCATE)
+    ("batches_never_truncated", "batches"),
 )
 _KEY_INDEXES = (
     ("uq_taps_terminal_seq", ["terminal_id", "terminal_seq"]),
@@ -181,6 +189,8 @@ def _upgrade_sqlite() -> None:
 
 
 def downgrade() -> None:
+    """Back to 0002's shape. Taps all return to the default partition (0002 had no others unless
+    ``create_tap_partitions`` made them; those days would need their rows moved first)."""
     postgres = op.get_bind().dialect.name == "postgresql"
     for trigger, table in _TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS {trigger}" + (f" ON {table}" if postgres else ""))
@@ -188,8 +198,9 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION yk_transfers_accounts_exist(), yk_taps_batches_exist(), yk_never_delete()")
         for table in ("cards", "accounts"):
             op.execute(f"ALTER TABLE {table} RESET (fillfactor)")
-        for column in ("answer", "body"):
-            op.execute(f"ALTER TABLE batches ALTER COLUMN {column} SET COMPRESSION default")
+        if _has_lz4():
+            for column in ("answer", "body"):
+                op.execute(f"ALTER TABLE batches ALTER COLUMN {column} SET COMPRESSION default")
     op.drop_index("uq_transfers_pending_id", table_name="transfers")
     with op.batch_alter_table("transfers") as batch:
         batch.create_foreign_key("fk_transfers_debit_account_id_accounts", "accounts", ["debit_account_id"], ["id"])

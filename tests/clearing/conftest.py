@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
+from tapfactory import truncate
 
 from clearing import db
 from clearing.models import Base
@@ -60,9 +61,8 @@ def sqlite_engine(_sqlite_template: Path, tmp_path: Path) -> Iterator[Engine]:
 
 
 def _truncate_all(engine: Engine) -> None:
-    names = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE TABLE {names} RESTART IDENTITY CASCADE"))
+        truncate(conn, [t.name for t in Base.metadata.sorted_tables])
 
 
 @pytest.fixture

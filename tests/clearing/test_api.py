@@ -197,6 +197,26 @@ def test_a_nul_character_in_any_string_is_422_and_stores_nothing(api: Api) -> No
     assert api.count(BatchRow) == 0 and api.count(Tap) == 0
 
 
+def test_a_backslash_before_u0000_is_text_not_nul(api: Api) -> None:
+    term, card = Terminal(TERMINAL), Card(0, balance_fen=5000)
+    record = msgspec.structs.replace(term.tap(card), route_id="R\\u0000")
+    data = body(term.batch([record]))
+    assert b"\\u0000" in data
+    response = api.upload(data)
+    assert response.status_code == 200
+    assert verdicts(response) == [("accepted", "OK")]
+
+
+def test_a_hex_field_with_a_trailing_newline_is_422_and_stores_nothing(api: Api) -> None:
+    """``$`` alone would let "…\\n" through the contract's hex patterns (and break the COPY)."""
+    term, card = Terminal(TERMINAL), Card(0)
+    record = msgspec.structs.replace(term.tap(card), psam_serial="0102030405060708\n")
+    response = api.upload(body(term.batch([record])))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["path"] == "$.records[0].psam_serial"
+    assert api.count(BatchRow) == 0 and api.count(Tap) == 0
+
+
 def test_a_truncated_valid_batch_stores_nothing(api: Api) -> None:
     term, card = Terminal(TERMINAL), Card(0)
     data = body(term.batch([term.tap(card), term.tap(card)]))

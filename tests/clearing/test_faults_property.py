@@ -18,9 +18,9 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
-from tapfactory import OWN_ISSUER, T0, Card, Terminal, dtk_lookup, register_world
+from tapfactory import OWN_ISSUER, T0, Card, Terminal, dtk_lookup, register_world, truncate
 
 from clearing import db
 from clearing.contract import Batch, TapRecord
@@ -164,8 +164,7 @@ def test_uploads_replays_and_crashes_keep_the_books_right_postgres(
     engine = db.make_engine(url, schema=schema)
     try:
         with engine.begin() as conn:
-            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE TABLE {names} RESTART IDENTITY CASCADE"))
+            truncate(conn, [t.name for t in Base.metadata.sorted_tables])
         _run(engine, steps)
     finally:
         engine.dispose()

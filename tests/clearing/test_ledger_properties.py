@@ -12,8 +12,9 @@ from collections import defaultdict
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
+from tapfactory import truncate
 
 from clearing import accounts, db
 from clearing.ledger import LedgerBatchError, TransferSpec, post_transfers, trial_balance
@@ -52,7 +53,7 @@ def _spec(raw: tuple[object, ...], ids: list[int]) -> TransferSpec:
 def _reset(engine: Engine) -> None:
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE TABLE transfers, accounts RESTART IDENTITY CASCADE"))
+            truncate(conn, ["transfers", "accounts"])
     else:
         Base.metadata.drop_all(engine, tables=[Transfer.__table__, Account.__table__])  # type: ignore[list-item]
         Base.metadata.create_all(engine, tables=[Account.__table__, Transfer.__table__])  # type: ignore[list-item]

@@ -6,8 +6,8 @@ import datetime as dt
 import threading
 
 import pytest
-from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, delete, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing import accounts, db
@@ -232,3 +232,22 @@ def test_first_uses_of_a_new_counter_at_once_get_different_values(
     assert sorted(values) == list(range(1, n + 1))
     with db_sessions() as session:
         assert db.read_counter(session, "asn:race") == n
+
+
+@pytest.mark.postgres
+def test_ledger_accounts_and_batches_cannot_be_truncated(pg_engine: Engine) -> None:
+    """TRUNCATE skips row triggers; a statement trigger refuses it, as the foreign keys did."""
+    for table in ("accounts", "batches"):
+        with pg_engine.begin() as conn, pytest.raises(DBAPIError, match="never deleted"):
+            conn.execute(text(f"TRUNCATE TABLE {table} CASCADE"))
+
+
+@pytest.mark.postgres
+def test_the_reference_checks_use_the_schema_they_were_made_in(pg_engine: Engine) -> None:
+    """A foreign key is bound to its table; the trigger functions carry their search_path."""
+    with pg_engine.begin() as conn:
+        config = conn.execute(
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'yk_transfers_accounts_exist' AND pronamespace = "
+                 "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())")
+        ).scalar_one()  # fmt: skip
+    assert any(item.startswith("search_path=") for item in config), config
