@@ -529,9 +529,8 @@ def main(quick: bool = False) -> None:
             f"{result['elapsed_s']:.1f} s = {rate:,.0f} records/s (worker busy {result['busy_s']} s)"
         )
         print(
-            f"raw COPY of the same rows (less duplicates: {copy_rows:,}) into LIKE taps INCLUDING ALL, median of "
-            f"{RAW_COPY_RUNS}: "
-            f"{copy_s:.1f} s = {copy_rate:,.0f} rows/s"
+            f"raw COPY of the same rows (less duplicates: {copy_rows:,}) into LIKE taps INCLUDING ALL, "
+            f"median of {RAW_COPY_RUNS}: {copy_s:.1f} s = {copy_rate:,.0f} rows/s"
         )
         print(f"ratio ingest / raw COPY: {rate / copy_rate:.2f}")
         per_record = 1e6 / day.records

@@ -21,10 +21,9 @@ from __future__ import annotations
 from typing import Final
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from clearing.db import conflict_insert
 from clearing.models import LEDGER_CNY, Account, AccountCode, AccountFlag, utcnow
 
 GATEWAY_REF: Final = "system:gateway_receivable"
@@ -72,13 +71,8 @@ def get_or_create_account(
         "credits_posted": 0,
         "created_at": utcnow(),
     }
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(pg_insert(Account).values(**values).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        session.execute(sqlite_insert(Account).values(**values).on_conflict_do_nothing())
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise RuntimeError(f"unsupported database dialect {dialect}")
+    insert = conflict_insert(session.get_bind().dialect.name)
+    session.execute(insert(Account).values(**values).on_conflict_do_nothing())
     account_id = session.execute(
         select(Account.id).where(Account.code == int(code), Account.owner_ref == owner_ref)
     ).scalar_one()

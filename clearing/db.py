@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -204,6 +204,25 @@ def isolated_schema(url: str, prefix: str = "t_") -> Iterator[str]:
         drop_schema(url, schema)
 
 
+# --- upserts ------------------------------------------------------------------------------
+
+
+def conflict_insert(dialect: str) -> Callable[..., Any]:
+    """The dialect's ``insert`` construct, the one with ``on_conflict_do_nothing``/``_do_update``.
+
+    PostgreSQL and SQLite both speak ``INSERT … ON CONFLICT``; SQLAlchemy spells it per dialect.
+    """
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise RuntimeError(f"unsupported database dialect {dialect}")
+
+
 # --- counters -----------------------------------------------------------------------------
 
 
@@ -215,11 +234,7 @@ def bump_counter(session: Session, name: str, by: int = 1) -> int:
     lock (PostgreSQL) or write lock (SQLite) means no two transactions get the same value.
     """
     assert by > 0
-    insert_fn: Any
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as insert_fn
-    else:
-        from sqlalchemy.dialects.sqlite import insert as insert_fn
+    insert_fn = conflict_insert(session.get_bind().dialect.name)
     stmt = insert_fn(Counter).values(name=name, value=by)
     stmt = stmt.on_conflict_do_update(index_elements=[Counter.name], set_={"value": Counter.value + by})
     return int(session.execute(stmt.returning(Counter.value)).scalar_one())
@@ -234,6 +249,7 @@ __all__ = [
     "MIGRATIONS_DIR",
     "alembic_config",
     "bump_counter",
+    "conflict_insert",
     "create_all",
     "create_schema",
     "current_revision",

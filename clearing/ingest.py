@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import msgspec
 from sqlalchemy import Engine
@@ -57,7 +57,7 @@ MAC_KEYS_CACHED_MAX: Final = 200_000  # ~1.1 KB each (one OpenSSL context): ~220
 INGEST_ATTEMPTS_MAX: Final = 6
 RETRY_BACKOFF_S: Final = (0.05, 0.2, 0.5, 1.0, 2.0)
 EXCEPTION_CODES_AUTHENTIC: Final = frozenset({Code.E_BAD_TIME, Code.E_AMOUNT_LIMIT, Code.E_DENYLISTED})
-_SHANGHAI_OFFSET: Final = dt.timedelta(hours=8)
+_SHANGHAI_OFFSET: Final = SHANGHAI_TZ.utcoffset(None)
 
 
 # --- errors the API maps to HTTP answers ------------------------------------------------
@@ -472,13 +472,10 @@ def enqueue(
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
+    from clearing.db import conflict_insert
     from clearing.models import BatchRow
 
-    insert_fn: Any
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as insert_fn
-    else:
-        from sqlalchemy.dialects.sqlite import insert as insert_fn
+    insert_fn = conflict_insert(engine.dialect.name)
     with Session(engine) as session, session.begin():
         claimed = session.execute(
             insert_fn(BatchRow)

@@ -13,10 +13,10 @@ Per batch (``clearing.ingest`` explains the shared plan):
 3. *phase 2, under the card locks*: ``SELECT … FOR UPDATE`` the cards by id, in id order
    (two workers sharing cards queue instead of deadlocking). If a card's row version moved
    since the snapshot (another worker cleared it, or a load posted), judge that card's
-   records again against the locked state and correct the verdicts of the rows written in phase 1 (invisible to
-   anyone else until COMMIT); if what is *posted* would change, run the batch again. Then
-   exception items of stored taps, the aggregated account deltas (one ``UPDATE … FROM
-   unnest``), the cards, the answer; COMMIT.
+   records again against the locked state and correct the verdicts of the rows written in
+   phase 1 (invisible to anyone else until COMMIT); if what is *posted* would change, run
+   the batch again. Then exception items of stored taps, the aggregated account deltas
+   (one ``UPDATE … FROM unnest``), the cards, the answer; COMMIT.
 
 Why two phases: the card locks are the only contended locks between workers (batches of
 different terminals share cards), and phase 1 is most of the work; holding the locks only
@@ -510,9 +510,9 @@ def _tap_line(tap: TapRow, batch_id: int, batch_seq: int, received: str) -> str:
     )
 
 
-def int_array(values: Iterable[int]) -> str:
-    """A PostgreSQL array literal of integers (psycopg's list dumper is pure Python and slow)."""
-    return "{" + ",".join(map(str, values)) + "}"
+def int_array(values: Iterable[int | None]) -> str:
+    """A PostgreSQL array literal of integers or NULL (psycopg's list dumper is pure Python and slow)."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
 
 
 def text_array(values: Iterable[str | None]) -> str:
@@ -530,9 +530,7 @@ def _update_cards(cur: psycopg.Cursor[Any], cards: list[CardRow]) -> None:
         (
             int_array(c.card_id for c in cards),
             int_array(c.shadow_balance_fen for c in cards),
-            "{"
-            + ",".join("NULL" if c.last_offline_counter is None else str(c.last_offline_counter) for c in cards)
-            + "}",
+            int_array(c.last_offline_counter for c in cards),
             text_array(_time_literal(c.last_tx_at) for c in cards),
             text_array(_time_literal(c.shadow_load_at) for c in cards),
             "{" + ",".join("t" if c.blocked else "f" for c in cards) + "}",
