@@ -104,12 +104,14 @@ class Card(CardOS):
 
         self.registers = Registers.of(image.purse)
         self.prove = deque(image.prove, maxlen=PROVE_ENTRIES_MAX)
+        self.load_prove = deque(image.load_prove, maxlen=PROVE_ENTRIES_MAX)
         self.purse = Purse(
             keys=image.keys,
             registers=self.registers,
             log=self.log,
             transit=self.transit,
             prove=self.prove,
+            load_prove=self.load_prove,
             stage=self.stage,
             random_bytes=random_bytes,
         )
@@ -153,6 +155,7 @@ class Card(CardOS):
             transit_records=tuple(self.transit.records),
             auth=self.auth.snapshot() if self.auth is not None else None,
             prove=tuple(self.prove),
+            load_prove=tuple(self.load_prove),
         )
 
     @property

@@ -1,10 +1,11 @@
 """The card image: an emulated card's whole persistent memory as a versioned JSON document.
 
 ``card-profile.md``, "Card image": files, purse, per-card keys (the emulated secure
-memory), auth material, PIN state and the prove data of the last purchases. The schema
-is documented field by field in ``docs/card-image.md``; bump ``SCHEMA_VERSION`` (and
-write a migration note there) whenever its meaning changes. Loading refuses any other
-version and any malformed document with ``ImageError`` rather than guessing.
+memory), auth material, PIN state and the prove data of the last purchases and loads.
+The schema is documented field by field in ``docs/card-image.md``; bump ``SCHEMA_VERSION``
+(and write a migration note there) whenever its meaning changes. Loading reads the
+versions in ``READABLE_VERSIONS`` and refuses any other version and any malformed
+document with ``ImageError`` rather than guessing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any, Final
 from cardos.crypto import ALGORITHMS, KEY_LEN, MAC_LEN
 from cardos.profile import LOG_RECORDS, PIN_TRIES_MAX, PROVE_ENTRIES_MAX, PURSE_MAX_FEN, TRANSIT_RECORDS
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# Version 1 had no ``load_prove``; it reads as version 2 with none (docs/card-image.md).
+READABLE_VERSIONS: Final = frozenset({1, SCHEMA_VERSION})
 
 PUBLIC_LEN: Final = 30  # SFI 0x15
 HOLDER_LEN: Final = 55  # SFI 0x16
@@ -28,7 +31,9 @@ LOG_RECORD_LEN: Final = 23  # SFI 0x18
 TRANSIT_RECORD_LEN: Final = 48  # SFI 0x1E
 COUNTER_MAX: Final = 0xFFFF  # 2-byte transaction counters
 PIN_LEN: Final = 6
-PROVE_TYPES: Final = frozenset({0x06, 0x09})
+PURCHASE_PROVE_TYPES: Final = frozenset({0x06, 0x09})  # GET TRANSACTION PROVE P2 of ``prove``
+LOAD_PROVE_TYPES: Final = frozenset({0x02})  # P2 of ``load_prove`` (project-defined)
+PROVE_TYPES: Final = PURCHASE_PROVE_TYPES | LOAD_PROVE_TYPES
 
 
 class ImageError(ValueError):
@@ -96,10 +101,13 @@ class AuthState:
 
 @dataclass(frozen=True, slots=True)
 class ProveEntry:
-    """What GET TRANSACTION PROVE answers for one committed purchase.
+    """What GET TRANSACTION PROVE answers for one committed purchase or load.
 
-    ``counter`` is the offline counter INITIALIZE returned plus one (the value after
-    the commit), which is what validators send (section 8).
+    ``counter`` is the counter INITIALIZE returned plus one (the value after the
+    commit), which is what validators send (section 8): the offline counter for a
+    purchase (06, 09), the online counter for a load (02). ``mac2`` is the MAC2 the
+    DEBIT returned, or for a load the host's MAC2 that CREDIT FOR LOAD accepted; ``tac``
+    is the TAC the DEBIT or the CREDIT FOR LOAD returned.
     """
 
     tx_type: int
@@ -125,7 +133,8 @@ class CardImage:
     log_records: tuple[bytes, ...] = ()  # SFI 0x18
     transit_records: tuple[bytes, ...] = ()  # SFI 0x1E
     auth: AuthState | None = None
-    prove: tuple[ProveEntry, ...] = ()  # newest first
+    prove: tuple[ProveEntry, ...] = ()  # purchases, newest first
+    load_prove: tuple[ProveEntry, ...] = ()  # loads, newest first
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -144,6 +153,9 @@ class CardImage:
             f"transit records are {TRANSIT_RECORD_LEN} bytes",
         )
         _need(len(self.prove) <= PROVE_ENTRIES_MAX, f"more than {PROVE_ENTRIES_MAX} prove entries")
+        _need(all(p.tx_type in PURCHASE_PROVE_TYPES for p in self.prove), "prove holds purchases (06, 09) only")
+        _need(len(self.load_prove) <= PROVE_ENTRIES_MAX, f"more than {PROVE_ENTRIES_MAX} load_prove entries")
+        _need(all(p.tx_type in LOAD_PROVE_TYPES for p in self.load_prove), "load_prove holds loads (02) only")
 
     # --- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -174,10 +186,8 @@ class CardImage:
             },
             "keys": {name: getattr(self.keys, name).hex() for name in ("dpk", "dlk", "dtk", "damk")},
             "auth": auth,
-            "prove": [
-                {"tx_type": p.tx_type, "counter": p.counter, "mac2": p.mac2.hex(), "tac": p.tac.hex()}
-                for p in self.prove
-            ],
+            "prove": [_prove_dict(p) for p in self.prove],
+            "load_prove": [_prove_dict(p) for p in self.load_prove],
         }
 
     def to_json(self) -> str:
@@ -188,8 +198,8 @@ class CardImage:
         root = _obj(doc, "image")
         version = root.get("schema_version")
         _need(
-            version == SCHEMA_VERSION and type(version) is int,
-            f"unsupported schema_version {version!r} (this build reads {SCHEMA_VERSION})",
+            type(version) is int and version in READABLE_VERSIONS,
+            f"unsupported schema_version {version!r} (this build reads {sorted(READABLE_VERSIONS)})",
         )
         files = _obj(root.get("files"), "files")
         purse = _obj(root.get("purse"), "purse")
@@ -206,18 +216,6 @@ class CardImage:
                 pin=_str(a, "pin", "auth"),
                 pin_tries_left=_int(a, "pin_tries_left", "auth"),
             )
-        prove_doc = root.get("prove", [])
-        _need(isinstance(prove_doc, list), "prove must be a list")
-        assert isinstance(prove_doc, list)
-        prove = tuple(
-            ProveEntry(
-                tx_type=_int(p, "tx_type", "prove[]"),
-                counter=_int(p, "counter", "prove[]"),
-                mac2=_hex(p, "mac2", "prove[]"),
-                tac=_hex(p, "tac", "prove[]"),
-            )
-            for p in (_obj(item, "prove[]") for item in prove_doc)
-        )
         holder = _hex(files, "16", "files") if files.get("16") is not None else None
         return cls(
             public=_hex(files, "15", "files"),
@@ -240,7 +238,8 @@ class CardImage:
                 blocked=_bool(purse, "blocked", "purse"),
             ),
             auth=auth,
-            prove=prove,
+            prove=_prove_list(root, "prove"),
+            load_prove=_prove_list(root, "load_prove"),
         )
 
     @classmethod
@@ -321,6 +320,27 @@ def _hex(doc: dict[str, Any], key: str, where: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError as exc:
         raise ImageError(f"{where}.{key} is not hex") from exc
+
+
+def _prove_dict(entry: ProveEntry) -> dict[str, Any]:
+    return {"tx_type": entry.tx_type, "counter": entry.counter, "mac2": entry.mac2.hex(), "tac": entry.tac.hex()}
+
+
+def _prove_list(root: dict[str, Any], key: str) -> tuple[ProveEntry, ...]:
+    """``prove`` or ``load_prove``; absent means empty (a version 1 image has no ``load_prove``)."""
+    items = root.get(key, [])
+    _need(isinstance(items, list), f"{key} must be a list")
+    assert isinstance(items, list)
+    where = f"{key}[]"
+    return tuple(
+        ProveEntry(
+            tx_type=_int(p, "tx_type", where),
+            counter=_int(p, "counter", where),
+            mac2=_hex(p, "mac2", where),
+            tac=_hex(p, "tac", where),
+        )
+        for p in (_obj(item, where) for item in items)
+    )
 
 
 def _hex_list(files: dict[str, Any], key: str) -> tuple[bytes, ...]:

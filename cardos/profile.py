@@ -17,7 +17,9 @@ LOG_RECORDS: Final = 10  # SFI 0x18, cyclic, 23 bytes
 TRANSIT_RECORDS: Final = 30  # SFI 0x1E, cyclic, 48 bytes
 PIN_TRIES_MAX: Final = 3
 PURSE_KEY_INDEX: Final = 0x01  # the one key index INITIALIZE accepts (SH sends 01); others get 9403
-PROVE_ENTRIES_MAX: Final = 8  # committed purchases a card can still prove (GET TRANSACTION PROVE)
+# Committed transactions a card can still prove (GET TRANSACTION PROVE): the newest 8
+# purchases, and apart from them the newest 8 loads, so bus taps never evict a load's proof.
+PROVE_ENTRIES_MAX: Final = 8
 
 SFI_PUBLIC: Final = 0x15
 SFI_HOLDER: Final = 0x16

@@ -2,8 +2,9 @@
 
 Handlers take a parsed ``Command`` and return response data or raise ``StatusError``.
 They never write persistent state directly: every commit (balance, counters, 0x18 log,
-0x1E transit record, prove data, the block flag) is one closure handed to ``stage``,
-which ``CardOS`` runs at the commit point (``card-profile.md``, "Atomicity and tear").
+0x1E transit record, prove data of purchases and loads, the block flag) is one closure
+handed to ``stage``, which ``CardOS`` runs at the commit point (``card-profile.md``,
+"Atomicity and tear").
 The open INITIALIZE session, the CAPP cache and the challenge are volatile: they live
 here and are dropped by ``reset_volatile`` (power loss, reset, SELECT).
 
@@ -110,6 +111,7 @@ class Purse:
         log: CyclicEF,
         transit: CyclicEF,
         prove: deque[ProveEntry],
+        load_prove: deque[ProveEntry],
         stage: Callable[[Callable[[], None]], None],
         random_bytes: Callable[[int], bytes],
     ) -> None:
@@ -117,7 +119,8 @@ class Purse:
         self.registers = registers
         self.log = log
         self.transit = transit
-        self.prove = prove
+        self.prove = prove  # purchases (06, 09), newest first
+        self.load_prove = load_prove  # loads (02), newest first, bounded apart from purchases
         self._stage = stage
         self._random = random_bytes
         # TAC = mac(tac_key(DTK), data): one reusable cipher context per card (crypto.tac_mac_key).
@@ -283,25 +286,47 @@ class Purse:
         tac = self._tac_mac.mac(tac_data)
         new_counter = session.counter + 1
         log_record = LogRecord(session.counter, 0, amount, tx_type, terminal_id, date4, time3).encode()
-        log = self.log
+        # The host's MAC2 as accepted and this TAC: what a host that lost the response needs
+        # to post the load (GET TRANSACTION PROVE P2 02). Committed with the credit, or not at all.
+        proof = ProveEntry(tx_type, new_counter, bytes(mac2), tac)
+        log, load_prove = self.log, self.load_prove
 
         def commit() -> None:
             regs.balance_fen = new_balance
             regs.online_counter = new_counter
             log.push(log_record)
+            load_prove.appendleft(proof)
 
         self._stage(commit)
         return tac
 
     # --- GET TRANSACTION PROVE (section 8, card-profile.md) ---------------------------------------
+    def _proofs(self, tx_type: int) -> deque[ProveEntry] | None:
+        """The store GET TRANSACTION PROVE searches for P2 = ``tx_type``; None: not provable.
+
+        Purchases (06, 09) are named by the offline counter, loads (02, project-defined)
+        by the online counter: two counter spaces, so two stores.
+        """
+        if tx_type in (crypto.TX_EP_PURCHASE, crypto.TX_CAPP_PURCHASE):
+            return self.prove
+        if tx_type == crypto.TX_EP_LOAD:
+            return self.load_prove
+        return None
+
     def get_transaction_prove(self, cmd: Command) -> bytes:
-        """80 5A 00 P2 02 counter -> MAC2(4) TAC(4) (MAC2 first), or 6A83 if never committed."""
-        if cmd.p1 != 0x00 or cmd.p2 not in (crypto.TX_EP_PURCHASE, crypto.TX_CAPP_PURCHASE):
-            raise StatusError(SW_BAD_P1P2, "GET TRANSACTION PROVE needs P1 00 and P2 06 or 09")
+        """80 5A 00 P2 02 counter -> MAC2(4) TAC(4) (MAC2 first), or 6A83 if never committed.
+
+        P2 06/09: a purchase, counter = the offline counter INITIALIZE returned + 1.
+        P2 02 (project-defined): a load, counter = the online counter INITIALIZE FOR LOAD
+        returned + 1; MAC2 is the host's MAC2 the card accepted, TAC the CREDIT's TAC.
+        """
+        proofs = self._proofs(cmd.p2)
+        if cmd.p1 != 0x00 or proofs is None:
+            raise StatusError(SW_BAD_P1P2, "GET TRANSACTION PROVE needs P1 00 and P2 02, 06 or 09")
         _expect_lc(cmd, 2)
         _expect_le(cmd, 8)
         counter = int.from_bytes(cmd.data, "big")
-        for entry in self.prove:
+        for entry in proofs:
             if entry.counter == counter and entry.tx_type == cmd.p2:
                 return entry.mac2 + entry.tac
         raise StatusError(SW_RECORD_NOT_FOUND, f"no committed type {cmd.p2:02X} transaction with counter {counter}")

@@ -2,10 +2,11 @@
 
 The vpcd protocol (``card-profile.md``, "PC/SC"; vsmartcard's ``vicc``): the card side is
 a TCP client of vpcd. Every message is a frame of a 2-byte big-endian length and a
-payload. A 1-byte payload is a control message: 00 power off, 01 power on, 02 reset,
-04 get ATR (answered with the ATR). Any other payload is a command APDU answered by
-exactly one frame. Being connected means being in the reader; closing the socket removes
-the card.
+payload. A 1-byte payload 00, 01, 02 or 04 is a control message: 00 power off, 01 power
+on, 02 reset, 04 get ATR (answered with the ATR). Every other payload, whatever its length
+(0 bytes, another single byte), is a command APDU answered by exactly one frame: vpcd
+waits for that answer, so a frame we dropped would hang pcscd. Being connected means
+being in the reader; closing the socket removes the card.
 
 Latency (``card-profile.md``): vpcd writes the length and the payload in two ``send``
 calls, so it waits for our ACK of the first part; with delayed ACK that costs ~44 ms per
@@ -42,6 +43,7 @@ CTRL_OFF: Final = 0x00
 CTRL_ON: Final = 0x01
 CTRL_RESET: Final = 0x02
 CTRL_ATR: Final = 0x04
+CONTROL_BYTES: Final = frozenset({CTRL_OFF, CTRL_ON, CTRL_RESET, CTRL_ATR})
 
 FRAME_LEN_MAX: Final = 0xFFFF
 CONNECT_ATTEMPTS: Final = 50
@@ -99,30 +101,37 @@ def recv_frame(sock: socket.socket, *, quickack: bool = True) -> bytes | None:
     return _recv_exact(sock, size, quickack)
 
 
+def is_control(payload: bytes) -> bool:
+    """True for the four 1-byte control frames; anything else is an APDU."""
+    return len(payload) == 1 and payload[0] in CONTROL_BYTES
+
+
 def answer(card: SmartCard, payload: bytes, atr: bytes) -> bytes | None:
     """What the card sends back for one vpcd frame (``None``: nothing is sent).
 
+    Only the four control frames go unanswered (except get ATR). Every other frame goes
+    to ``card.transmit``, malformed ones included: an empty frame or an unknown single
+    byte is an APDU shorter than its header, which the card's own dispatcher refuses with
+    ``6700`` like any other bad APDU. vpcd waits for exactly one answer per APDU, so
+    ignoring such a frame would leave pcscd waiting for ever.
+
     Pure protocol logic, kept apart from the socket so that it can be tested alone.
-    ``CardTorn`` propagates to the caller.
+    ``CardTorn`` propagates to the caller (also for an APDU to an unpowered card: the
+    reader and the card disagree about power, and removing the card resolves that).
     """
-    if len(payload) == 1:
-        ctrl = payload[0]
-        if ctrl == CTRL_OFF:
-            card.power_off()
-        elif ctrl == CTRL_ON:
-            card.power_on()
-        elif ctrl == CTRL_RESET:
-            card.power_off()
-            card.power_on()
-        elif ctrl == CTRL_ATR:
-            return atr
-        else:
-            log.warning("vpcd: unknown control byte %02X ignored", ctrl)
-        return None
-    if not payload:
-        log.warning("vpcd: empty frame ignored")
-        return None
-    return card.transmit(payload)
+    if not is_control(payload):
+        return card.transmit(payload)
+    ctrl = payload[0]
+    if ctrl == CTRL_ATR:
+        return atr
+    if ctrl == CTRL_OFF:
+        card.power_off()
+    elif ctrl == CTRL_ON:
+        card.power_on()
+    else:  # CTRL_RESET
+        card.power_off()
+        card.power_on()
+    return None
 
 
 @dataclass(slots=True)

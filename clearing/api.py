@@ -21,9 +21,10 @@ does not verify is ``401``.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
@@ -33,8 +34,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clearing import denylist, loads, registry
 from clearing.contract import Batch as BatchMessage
@@ -47,41 +51,36 @@ from clearing.contract import (
     LoadAuthorizeResponse,
     LoadCompleteRequest,
     LoadCompleteResponse,
+    decode_request,
     encode,
 )
 from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 from clearing.ingest import (
-    IngestError,
     Ingestor,
     TacKeys,
+    clear_or_answer,
     content_hash,
     decode_upload,
     enqueue,
     keystore_dtk,
     make_ingestor,
-    prepare,
     stored_answer,
 )
 from clearing.keystore import KeyStore
 from clearing.models import PendingLoad
 from clearing.redis_bus import RedisBus
-from clearing.validation import Limits
+from clearing.refunds import default_refunds, tariff_refunds
+from clearing.validation import Limits, RefundPricer
 
-TERMINAL_ID_PATTERN: Final = "^[0-9a-f]{12}$"
+TERMINAL_ID_PATTERN: Final = "^[0-9a-fA-F]{12}$"
 LOAD_ID_PATTERN: Final = "^[A-Za-z0-9_.:-]{1,40}$"
 QUEUE_WAIT_S_DEFAULT: Final = 10.0
 RETRY_AFTER_S: Final = 2
 DENYLIST_MIRROR_CHECK_S: Final = 30.0
+log = logging.getLogger(__name__)
 BODY_BYTES_MAX: Final = 16 * 1024 * 1024  # 10,000 records of ~1 KB each, with room
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, errors: list[ErrorItem] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.errors = errors or []
+SMALL_BODY_BYTES_MAX: Final = 64 * 1024  # a load request is a few hundred bytes
 
 
 def _utcnow() -> dt.datetime:
@@ -100,12 +99,16 @@ class ApiDeps:
     queue_wait_s: float = QUEUE_WAIT_S_DEFAULT
     ingestor: Ingestor | None = None
     denylist_mirror_check_s: float = DENYLIST_MIRROR_CHECK_S
+    # Prices tap-off refunds from the verified entry leg; default: the demo city's example tariff.
+    refund_pricer: RefundPricer | None = field(default_factory=default_refunds)
     _local: threading.local = field(default_factory=threading.local)
     _mirror_checked_at: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ingestor is None:
-            self.ingestor = make_ingestor(self.engine, limits=self.limits, clock=self.clock)
+            self.ingestor = make_ingestor(
+                self.engine, limits=self.limits, clock=self.clock, refund_pricer=self.refund_pricer
+            )
 
     @classmethod
     def from_settings(cls, settings: Any) -> ApiDeps:
@@ -113,7 +116,8 @@ class ApiDeps:
 
         engine = db.ensure_migrated(settings.database_url)
         bus = RedisBus.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else None
-        return cls(engine=engine, keystore=KeyStore.from_settings(settings), bus=bus)
+        pricer = tariff_refunds(getattr(settings, "tariffs", None))
+        return cls(engine=engine, keystore=KeyStore.from_settings(settings), bus=bus, refund_pricer=pricer)
 
     def denylist_mirror_stale(self) -> bool:
         """True at most every ``denylist_mirror_check_s``: time to compare the Redis mirror with the DB.
@@ -136,10 +140,10 @@ class ApiDeps:
         return keys
 
 
-# --- errors -----------------------------------------------------------------------------------
+# --- errors: the contract's shape, scoped to this API's routes --------------------------------
 
 
-def _error_response(status: int, code: str, message: str, errors: list[ErrorItem] | None = None) -> Response:
+def error_response(status: int, code: str, message: str, errors: list[ErrorItem] | None = None) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return Response(
         encode(ErrorBody(code, message, errors or [])), status_code=status, media_type="application/json",
@@ -147,27 +151,54 @@ def _error_response(status: int, code: str, message: str, errors: list[ErrorItem
     )  # fmt: skip
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
-        return _error_response(exc.status, exc.code, exc.message, exc.errors)
+def _validation_items(exc: RequestValidationError) -> list[ErrorItem]:
+    return [
+        ErrorItem("$." + ".".join(str(p) for p in e.get("loc", ())), "E_SCHEMA", str(e.get("msg", "")))
+        for e in exc.errors()
+    ]
 
-    @app.exception_handler(IngestError)
-    async def _ingest_error(_: Request, exc: IngestError) -> Response:
-        status = {Code.E_MALFORMED: 422, Code.E_BATCH_CONFLICT: 409, Code.E_UNKNOWN_TERMINAL: 403}.get(exc.code, 400)
-        return _error_response(status, exc.code.value, exc.message, exc.errors)
 
-    @app.exception_handler(loads.LoadError)
-    async def _load_error(_: Request, exc: loads.LoadError) -> Response:
-        return _error_response(exc.status, exc.code, exc.message)
+def contract_error(exc: Exception) -> Response:
+    """Any exception of a terminal-API route as the contract's error body; never an unshaped 500.
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        items = [
-            ErrorItem("$." + ".".join(str(p) for p in e.get("loc", ())), "E_SCHEMA", str(e.get("msg", "")))
-            for e in exc.errors()
-        ]
-        return _error_response(422, Code.E_MALFORMED.value, "request does not match the contract", items)
+    Known refusals keep their code and status. A store that cannot be reached is ``503``
+    (the terminal's uploader retries it; nothing was committed). Anything else is a bug:
+    logged with its traceback and answered ``500 E_INTERNAL`` in the same shape.
+    """
+    if isinstance(exc, ClearingError):
+        return error_response(exc.status, exc.code.value, exc.message, exc.errors)
+    if isinstance(exc, RequestValidationError):
+        return error_response(
+            422, Code.E_MALFORMED.value, "request does not match the contract", _validation_items(exc)
+        )
+    if isinstance(exc, StarletteHTTPException):
+        code = {404: Code.E_NOT_FOUND, 405: Code.E_METHOD_NOT_ALLOWED}.get(exc.status_code, Code.E_MALFORMED)
+        return error_response(exc.status_code, code.value, str(exc.detail))
+    if isinstance(exc, OperationalError | DisconnectionError):
+        log.warning("store unavailable: %s", str(exc).splitlines()[0])
+        return error_response(503, Code.E_UNAVAILABLE.value, "a store is unreachable; nothing was committed, retry")
+    log.exception("unexpected fault in the terminal API")
+    return error_response(500, Code.E_INTERNAL.value, f"unexpected {type(exc).__name__}; nothing was committed")
+
+
+class ContractRoute(APIRoute):
+    """Routes of this API answer every failure in the contract's error shape.
+
+    The handlers are scoped to the route (FastAPI's custom ``APIRoute``), not installed on the
+    whole application, so the portal and interop APIs mounted beside this one keep their own
+    error shapes (``yikatong.app``).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:  # noqa: BLE001 - every failure gets the contract's shape
+                return contract_error(exc)
+
+        return handle
 
 
 # --- authentication ---------------------------------------------------------------------------
@@ -175,10 +206,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _bearer(authorization: str | None) -> str:
     if not authorization:
-        raise ApiError(401, Code.E_UNAUTHORIZED.value, "missing Authorization: Bearer <terminal token>")
+        raise ClearingError(Code.E_UNAUTHORIZED, "missing Authorization: Bearer <terminal token>")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, Code.E_UNAUTHORIZED.value, "Authorization must be: Bearer <terminal token>")
+        raise ClearingError(Code.E_UNAUTHORIZED, "Authorization must be: Bearer <terminal token>")
     return token.strip()
 
 
@@ -195,8 +226,8 @@ def authenticate(engine: Engine, terminal_id: str, authorization: str | None) ->
         return
     if verdict is registry.TokenCheck.OTHER_TERMINAL:
         owner = token.partition(registry.TOKEN_SEPARATOR)[0]
-        raise ApiError(403, Code.E_FORBIDDEN.value, f"the token is terminal {owner}'s, not terminal {terminal_id}'s")
-    raise ApiError(401, Code.E_UNAUTHORIZED.value, f"the token does not verify for terminal {terminal_id}")
+        raise ClearingError(Code.E_FORBIDDEN, f"the token is terminal {owner}'s, not terminal {terminal_id}'s")
+    raise ClearingError(Code.E_UNAUTHORIZED, f"the token does not verify for terminal {terminal_id}")
 
 
 # --- OpenAPI from the msgspec contract ----------------------------------------------------------
@@ -224,12 +255,13 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     texts = {
-        401: "missing or wrong token",
-        403: "another terminal's token",
-        404: "unknown load",
+        401: "missing or wrong token (E_UNAUTHORIZED)",
+        403: "another terminal's token (E_FORBIDDEN)",
+        404: "unknown load or card (E_UNKNOWN_LOAD, E_UNKNOWN_CARD)",
         409: "conflict (E_BATCH_CONFLICT, or a load for another card, amount or state)",
-        422: "malformed or truncated body; nothing stored",
-        503: "queued for a clearing worker; retry after Retry-After seconds",
+        413: "body larger than the contract allows (E_TOO_LARGE); nothing read",
+        422: "malformed or truncated body (E_MALFORMED); nothing stored",
+        503: "queued for a clearing worker (I_QUEUED), or a store unreachable (E_UNAVAILABLE); retry",
     }
     return {s: _json("ErrorBody", texts[s]) for s in statuses}
 
@@ -238,13 +270,20 @@ def _body(name: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(name)}}}}
 
 
-def _install_openapi(app: FastAPI) -> None:
+def openapi_components() -> dict[str, Any]:
+    """The contract's schemas, generated from the msgspec structs that decode the bodies."""
     _, components = msgspec.json.schema_components(_SCHEMA_TYPES, ref_template=_REF)
+    return components
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve OpenAPI with every schema component the mounted APIs registered (``app.state.openapi_components``)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            extra = getattr(app.state, "openapi_components", {})
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(extra)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -253,13 +292,13 @@ def _install_openapi(app: FastAPI) -> None:
 
 # --- routers ------------------------------------------------------------------------------------
 
-TerminalId = Annotated[str, Path(pattern=TERMINAL_ID_PATTERN, description="PSAM terminal number, 12 hex")]
+TerminalId = Annotated[str, Path(pattern=TERMINAL_ID_PATTERN, description="PSAM terminal number, 12 hex (either case)")]
 LoadId = Annotated[str, Path(pattern=LOAD_ID_PATTERN)]
 AuthHeader = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
 
 
 def _deps(request: Request) -> ApiDeps:
-    deps = request.app.state.deps
+    deps = request.app.state.clearing
     assert isinstance(deps, ApiDeps)
     return deps
 
@@ -273,23 +312,52 @@ def _json_response(content: bytes) -> Response:
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
     try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return decode_request(body, kind)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         text, _, where = str(exc).partition(" - at `")
-        raise ApiError(
-            422, Code.E_MALFORMED.value, f"body does not match the contract: {text}",
-            [ErrorItem(where.rstrip("`") or "$", "E_SCHEMA", text)],
+        raise ClearingError(
+            Code.E_MALFORMED, f"body does not match the contract: {text}",
+            errors=[ErrorItem(where.rstrip("`") or "$", "E_SCHEMA", text)],
         ) from exc  # fmt: skip
 
 
-def _upload_sync(deps: ApiDeps, terminal_id: str, body: bytes, authorization: str | None) -> Response:
-    authenticate(deps.engine, terminal_id, authorization)
+def _declared_length_ok(request: Request, limit: int) -> None:
+    """Refuse a body that says it is too large before reading a byte of it."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise ClearingError(Code.E_MALFORMED, f"Content-Length {declared!r} is not a number of bytes")
+    if int(declared) > limit:
+        raise ClearingError(Code.E_TOO_LARGE, f"body of {declared} bytes is larger than {limit} bytes")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it grows past ``limit`` (a sender may lie about its length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClearingError(Code.E_TOO_LARGE, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _authenticated_body(request: Request, deps: ApiDeps, terminal_id: str, authorization: str | None) -> bytes:
+    """Size and token are checked before the body is read: a stranger's upload costs no memory."""
+    _declared_length_ok(request, BODY_BYTES_MAX)
+    await run_in_threadpool(authenticate, deps.engine, terminal_id, authorization)
+    return await _read_body(request, BODY_BYTES_MAX)
+
+
+def _upload_sync(deps: ApiDeps, terminal_id: str, body: bytes) -> Response:
     batch = decode_upload(body)
+    received_at = deps.clock()
     if deps.bus is None:
         assert deps.ingestor is not None
-        result = deps.ingestor.ingest(prepare(terminal_id, batch, deps.tac_keys()))
-        return _json_response(result.answer)
-    found = enqueue(deps.engine, terminal_id, batch, content_hash(batch), body, deps.clock())
+        return _json_response(clear_or_answer(deps.ingestor, deps.engine, terminal_id, batch, body, deps.tac_keys()))
+    found = enqueue(deps.engine, terminal_id, batch, content_hash(batch), body, received_at)
     if found.answer is not None:
         return _json_response(found.answer)
     deps.bus.enqueue(terminal_id, batch.batch_seq)
@@ -302,41 +370,48 @@ def _upload_sync(deps: ApiDeps, terminal_id: str, body: bytes, authorization: st
         if remaining <= 0:
             break
         deps.bus.wait_done(terminal_id, batch.batch_seq, min(remaining, 0.5))
-    response = _error_response(
-        503, "I_QUEUED", f"batch {batch.batch_seq} is queued for clearing; ask again to get its answer"
+    response = error_response(
+        503, Code.I_QUEUED.value, f"batch {batch.batch_seq} is queued for clearing; ask again to get its answer"
     )
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
 
+_COMMON_ERRORS: Final = (401, 403, 422, 503)
+
+
 def terminals_router() -> APIRouter:
-    router = APIRouter(prefix="/v1/terminals", tags=["terminals"])
+    router = APIRouter(prefix="/v1/terminals", tags=["terminals"], route_class=ContractRoute)
 
     @router.post(
         "/{terminal_id}/batches",
         summary="Upload a journal batch; one verdict per record",
-        responses={200: _json("BatchAnswer", "one verdict per record, in order"), **_errors(401, 403, 409, 422, 503)},
+        responses={
+            200: _json("BatchAnswer", "one verdict per record, in order"),
+            **_errors(401, 403, 409, 413, 422, 503),
+        },
         openapi_extra=_body("Batch"),
     )
     async def upload_batch(
         terminal_id: TerminalId, request: Request, deps: Deps, authorization: AuthHeader = None
     ) -> Response:
-        body = await request.body()
-        if len(body) > BODY_BYTES_MAX:
-            raise ApiError(413, Code.E_MALFORMED.value, f"body larger than {BODY_BYTES_MAX} bytes")
-        return await run_in_threadpool(_upload_sync, deps, terminal_id, body, authorization)
+        terminal_id = terminal_id.lower()
+        body = await _authenticated_body(request, deps, terminal_id, authorization)
+        return await run_in_threadpool(_upload_sync, deps, terminal_id, body)
 
     @router.get(
         "/{terminal_id}/denylist",
         summary="Denylist changes since a version (or the full list)",
-        responses={200: _json("DenylistDelta", "delta or full list"), **_errors(401, 403, 422)},
+        responses={200: _json("DenylistDelta", "delta or full list"), **_errors(*_COMMON_ERRORS)},
     )
     async def get_denylist(
         terminal_id: TerminalId,
         deps: Deps,
-        since: Annotated[int, Query(ge=0, description="the terminal's current version")] = 0,
+        since: Annotated[int, Query(ge=0, le=2**62, description="the terminal's current version")] = 0,
         authorization: AuthHeader = None,
     ) -> Response:
+        terminal_id = terminal_id.lower()
+
         def work() -> Response:
             authenticate(deps.engine, terminal_id, authorization)
             mirrored = deps.bus.denylist_version() if deps.bus is not None else None
@@ -356,21 +431,22 @@ def terminals_router() -> APIRouter:
 
 
 def loads_router() -> APIRouter:
-    router = APIRouter(prefix="/v1/loads", tags=["loads"])
+    router = APIRouter(prefix="/v1/loads", tags=["loads"], route_class=ContractRoute)
 
     @router.post(
         "/{load_id}/authorize",
         summary="INITIALIZE FOR LOAD answer: check MAC1, return MAC2",
         responses={
             200: _json("LoadAuthorizeResponse", "MAC2 and the host time it covers"),
-            **_errors(401, 403, 404, 409, 422),
+            **_errors(401, 403, 404, 409, 422, 503),
         },
         openapi_extra=_body("LoadAuthorizeRequest"),
     )
     async def authorize_load(
         load_id: LoadId, request: Request, deps: Deps, authorization: AuthHeader = None
     ) -> Response:
-        req: LoadAuthorizeRequest = _decode(await request.body(), LoadAuthorizeRequest)
+        _declared_length_ok(request, SMALL_BODY_BYTES_MAX)
+        req: LoadAuthorizeRequest = _decode(await _read_body(request, SMALL_BODY_BYTES_MAX), LoadAuthorizeRequest)
 
         def work() -> Response:
             authenticate(deps.engine, req.terminal_id, authorization)
@@ -383,21 +459,22 @@ def loads_router() -> APIRouter:
     @router.post(
         "/{load_id}/complete",
         summary="CREDIT FOR LOAD's TAC: verify and post, once",
-        responses={200: _json("LoadCompleteResponse", "posted"), **_errors(401, 403, 404, 409, 422)},
+        responses={200: _json("LoadCompleteResponse", "posted"), **_errors(401, 403, 404, 409, 422, 503)},
         openapi_extra=_body("LoadCompleteRequest"),
     )
     async def complete_load(
         load_id: LoadId, request: Request, deps: Deps, authorization: AuthHeader = None
     ) -> Response:
-        req: LoadCompleteRequest = _decode(await request.body(), LoadCompleteRequest)
+        _declared_length_ok(request, SMALL_BODY_BYTES_MAX)
+        req: LoadCompleteRequest = _decode(await _read_body(request, SMALL_BODY_BYTES_MAX), LoadCompleteRequest)
 
         def work() -> Response:
             with Session(deps.engine) as session:
                 terminal = session.execute(select(PendingLoad.terminal_id).where(PendingLoad.id == load_id)).first()
             if terminal is None:
-                raise loads.LoadError(404, "E_UNKNOWN_LOAD", f"no pending load {load_id}")
+                raise ClearingError(Code.E_UNKNOWN_LOAD, f"no pending load {load_id}")
             if terminal[0] is None:
-                raise loads.LoadError(409, "E_LOAD_STATE", f"load {load_id} was never authorized")
+                raise ClearingError(Code.E_LOAD_STATE, f"load {load_id} was never authorized")
             authenticate(deps.engine, terminal[0], authorization)
             with Session(deps.engine) as session, session.begin():
                 answer = loads.complete(session, deps.keystore, load_id, req)
@@ -408,20 +485,52 @@ def loads_router() -> APIRouter:
     return router
 
 
+def unknown_paths_router() -> APIRouter:
+    """Any other path under ``/v1`` answers ``404 E_NOT_FOUND`` in the contract's shape."""
+    router = APIRouter(prefix="/v1", route_class=ContractRoute, include_in_schema=False)
+
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    async def not_found(path: str) -> Response:
+        raise ClearingError(Code.E_NOT_FOUND, f"no such path /v1/{path[:200]}")
+
+    return router
+
+
+def mount(app: FastAPI, deps: ApiDeps) -> None:
+    """Add the terminal API (``/v1/terminals``, ``/v1/loads``) to an application (``yikatong.app``)."""
+    app.state.clearing = deps
+    app.include_router(terminals_router())
+    app.include_router(loads_router())
+    app.include_router(unknown_paths_router())
+    components = getattr(app.state, "openapi_components", None)
+    if components is None:
+        components = app.state.openapi_components = {}
+    components.update(openapi_components())
+
+
 def create_app(settings_or_deps: Any) -> FastAPI:
-    """The clearing API for the given ``Settings`` (or ready-made ``ApiDeps``)."""
+    """An application carrying only the clearing API, for the given ``Settings`` (or ready ``ApiDeps``)."""
     deps = settings_or_deps if isinstance(settings_or_deps, ApiDeps) else ApiDeps.from_settings(settings_or_deps)
     app = FastAPI(
         title="Yikatong clearing",
         version="1",
         description="Terminal ↔ clearing contract (spec/terminal-api.md): batches, denylist, online loads.",
     )
-    app.state.deps = deps
-    _install_error_handlers(app)
-    app.include_router(terminals_router())
-    app.include_router(loads_router())
-    _install_openapi(app)
+    mount(app, deps)
+    install_openapi(app)
     return app
 
 
-__all__ = ["ApiDeps", "ApiError", "authenticate", "create_app", "loads_router", "terminals_router"]
+__all__ = [
+    "ApiDeps",
+    "ContractRoute",
+    "authenticate",
+    "contract_error",
+    "create_app",
+    "error_response",
+    "install_openapi",
+    "loads_router",
+    "mount",
+    "openapi_components",
+    "terminals_router",
+]

@@ -19,19 +19,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from clearing.contract import DenylistDelta, DenylistEntry
+from clearing.contract.codes import Code
 from clearing.db import bump_counter, read_counter
+from clearing.errors import ClearingError
 from clearing.models import DenylistEntryRow, utcnow
 
 VERSION_COUNTER: Final = "denylist_version"
 DELTA_VERSIONS_MAX: Final = 5_000  # further behind than this: the full list is smaller than the delta
 REASON_LEN_MAX: Final = 64
-
-
-class DenylistError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -45,7 +40,7 @@ def _entry(row: DenylistEntryRow) -> DenylistEntry:
 def add(session: Session, issuer_id: str, card_asn: str, reason: str, effective_at: dt.datetime | None = None) -> int:
     """Put a card on the list (in the caller's transaction); the new version, or the current one if listed."""
     if not reason or len(reason) > REASON_LEN_MAX:
-        raise DenylistError("E_BAD_REASON", f"reason must be 1..{REASON_LEN_MAX} characters")
+        raise ClearingError(Code.E_BAD_REASON, f"reason must be 1..{REASON_LEN_MAX} characters")
     live = session.execute(
         select(DenylistEntryRow).where(
             DenylistEntryRow.issuer_id == issuer_id,
@@ -79,7 +74,7 @@ def remove(session: Session, issuer_id: str, card_asn: str, removed_at: dt.datet
         )
     ).scalar_one_or_none()
     if live is None:
-        raise DenylistError("E_NOT_LISTED", f"card {card_asn} of issuer {issuer_id} is not on the denylist")
+        raise ClearingError(Code.E_NOT_LISTED, f"card {card_asn} of issuer {issuer_id} is not on the denylist")
     version = bump_counter(session, VERSION_COUNTER)
     live.removed_version = version
     live.removed_at = removed_at or utcnow()
@@ -145,7 +140,6 @@ def delta(session: Session, since: int) -> DenylistDelta:
 __all__ = [
     "DELTA_VERSIONS_MAX",
     "VERSION_COUNTER",
-    "DenylistError",
     "add",
     "current_version",
     "delta",

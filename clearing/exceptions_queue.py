@@ -31,7 +31,9 @@ from sqlalchemy.orm import Session
 
 from cardos.records import SHANGHAI_TZ
 from clearing import accounts
-from clearing.ledger import LedgerBatchError, TransferSpec, post_transfers
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
+from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import Card, ExceptionItem, ExceptionState, Tap, Terminal, TransferCode
 
 LIST_LIMIT_MAX: Final = 10_000
@@ -42,13 +44,6 @@ NOTE_LEN_MAX: Final = 2000
 UNVERIFIED_CODES: Final = frozenset(
     {"E_TAC_MISMATCH", "E_UNKNOWN_CARD", "E_UNKNOWN_ISSUER", "E_UNKNOWN_TERMINAL", "E_BAD_TIME"}
 )
-
-
-class ExceptionQueueError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +76,7 @@ def _rec_of(item: ExceptionItem, tap: Tap | None) -> _Rec:
         )  # fmt: skip
     record = _record_dict(item)
     if record is None:
-        raise ExceptionQueueError("E_NO_RECORD", f"exception {item.id} has neither a tap nor a record")
+        raise ClearingError(Code.E_NO_RECORD, f"exception {item.id} has neither a tap nor a record")
     try:
         return _Rec(
             terminal_id=str(record["terminal_id"]).lower(),
@@ -95,7 +90,7 @@ def _rec_of(item: ExceptionItem, tap: Tap | None) -> _Rec:
             tx_time=dt.datetime.fromisoformat(str(record["tx_time"])),
         )
     except (KeyError, ValueError, TypeError) as exc:
-        raise ExceptionQueueError("E_BAD_RECORD", f"exception {item.id}: unusable record ({exc})") from None
+        raise ClearingError(Code.E_BAD_RECORD, f"exception {item.id}: unusable record ({exc})") from None
 
 
 def add_item(
@@ -139,7 +134,7 @@ def list_items(session: Session, *, state: str | None = "open", limit: int = 100
     stmt = select(ExceptionItem).order_by(ExceptionItem.created_at, ExceptionItem.id).limit(limit)
     if state is not None:
         if state not in tuple(ExceptionState):
-            raise ExceptionQueueError("E_BAD_STATE", f"state must be one of {', '.join(ExceptionState)}")
+            raise ClearingError(Code.E_BAD_STATE, f"state must be one of {', '.join(ExceptionState)}")
         stmt = stmt.where(ExceptionItem.state == state)
     return list(session.scalars(stmt))
 
@@ -147,9 +142,9 @@ def list_items(session: Session, *, state: str | None = "open", limit: int = 100
 def _open_item(session: Session, item_id: int) -> ExceptionItem:
     item = session.get(ExceptionItem, item_id, with_for_update=True)
     if item is None:
-        raise ExceptionQueueError("E_NO_SUCH_EXCEPTION", f"no exception item {item_id}")
+        raise ClearingError(Code.E_NO_SUCH_EXCEPTION, f"no exception item {item_id}")
     if item.state != ExceptionState.OPEN:
-        raise ExceptionQueueError("E_ALREADY_DECIDED", f"exception {item_id} is already {item.state}")
+        raise ClearingError(Code.E_ALREADY_DECIDED, f"exception {item_id} is already {item.state}")
     return item
 
 
@@ -167,7 +162,7 @@ def _card(session: Session, rec: _Rec) -> Card:
         select(Card).where(Card.issuer_id == rec.issuer_id, Card.card_asn == rec.card_asn).with_for_update()
     ).scalar_one_or_none()
     if card is None:
-        raise ExceptionQueueError("E_UNKNOWN_CARD", f"card {rec.issuer_id}:{rec.card_asn} is not registered here")
+        raise ClearingError(Code.E_UNKNOWN_CARD, f"card {rec.issuer_id}:{rec.card_asn} is not registered here")
     return card
 
 
@@ -184,17 +179,14 @@ def _move_shadow(card: Card, rec: _Rec) -> None:
 
 
 def _post(session: Session, spec: TransferSpec) -> None:
-    try:
-        post_transfers(session, [spec])
-    except LedgerBatchError as exc:
-        raise ExceptionQueueError(exc.code, exc.message) from None
+    post_transfers(session, [spec])
 
 
 def _decide(
     item: ExceptionItem, state: ExceptionState, note: str | None, decided_by: str | None, now: dt.datetime
 ) -> None:
     if note is not None and len(note) > NOTE_LEN_MAX:
-        raise ExceptionQueueError("E_NOTE_TOO_LONG", f"notes are at most {NOTE_LEN_MAX} characters")
+        raise ClearingError(Code.E_NOTE_TOO_LONG, f"notes are at most {NOTE_LEN_MAX} characters")
     item.state = state.value
     item.note = note
     item.decided_by = decided_by
@@ -214,8 +206,8 @@ def accept(
     item = _open_item(session, item_id)
     tap = _tap_of(session, item)
     if tap is None and item.code in UNVERIFIED_CODES:
-        raise ExceptionQueueError(
-            "E_UNVERIFIED_RECORD",
+        raise ClearingError(
+            Code.E_UNVERIFIED_RECORD,
             f"exception {item.id} ({item.code}): the record's TAC was never verified, so it cannot be paid; "
             "write it off with amount 0, or have the terminal upload a verified record",
         )
@@ -223,15 +215,15 @@ def accept(
     card = _card(session, rec)
     terminal = session.get(Terminal, rec.terminal_id)
     if terminal is None:
-        raise ExceptionQueueError("E_UNKNOWN_TERMINAL", f"terminal {rec.terminal_id} is not registered")
+        raise ClearingError(Code.E_UNKNOWN_TERMINAL, f"terminal {rec.terminal_id} is not registered")
     transfer_id = f"tap:{rec.terminal_id}:{rec.terminal_seq}"
 
     if tap is None:
         day = business_day or now.astimezone(SHANGHAI_TZ).date()
         held = _key_held(session, rec)
         if held is not None:
-            raise ExceptionQueueError(
-                "E_DUPLICATE_TAP", f"exception {item.id}: another tap already holds this record's {held}"
+            raise ClearingError(
+                Code.E_DUPLICATE_TAP, f"exception {item.id}: another tap already holds this record's {held}"
             )
         tap = _tap_row(item, rec, day, now)
         try:
@@ -239,8 +231,8 @@ def accept(
                 session.add(tap)
                 session.flush()
         except IntegrityError as exc:
-            raise ExceptionQueueError(
-                "E_DUPLICATE_TAP", f"exception {item.id}: another tap took this record's key meanwhile"
+            raise ClearingError(
+                Code.E_DUPLICATE_TAP, f"exception {item.id}: another tap took this record's key meanwhile"
             ) from exc
         item.tap_id, item.tap_business_day = tap.id, tap.business_day
 
@@ -335,19 +327,19 @@ def write_off(
     (the default for it): releasing its amount would move real card value on a forger's word.
     """
     if not note.strip():
-        raise ExceptionQueueError("E_NOTE_REQUIRED", "a write-off needs a note saying why")
+        raise ClearingError(Code.E_NOTE_REQUIRED, "a write-off needs a note saying why")
     item = _open_item(session, item_id)
     tap = _tap_of(session, item)
     rec = _rec_of(item, tap)
     unverified = tap is None and item.code in UNVERIFIED_CODES
     amount = (0 if unverified else rec.amount_fen) if amount_fen is None else amount_fen
     if unverified and amount != 0:
-        raise ExceptionQueueError(
-            "E_UNVERIFIED_RECORD",
+        raise ClearingError(
+            Code.E_UNVERIFIED_RECORD,
             f"{item.code} record {item.id} never had its TAC verified: it can only be written off with amount 0",
         )
     if not 0 <= amount <= rec.amount_fen:
-        raise ExceptionQueueError("E_BAD_AMOUNT", f"write-off amount must be 0..{rec.amount_fen} fen")
+        raise ClearingError(Code.E_BAD_AMOUNT, f"write-off amount must be 0..{rec.amount_fen} fen")
     if amount > 0:
         card = _card(session, rec)
         transfer_id = f"exc:{item.id}:write-off"
@@ -366,4 +358,4 @@ def write_off(
     return item
 
 
-__all__ = ["UNVERIFIED_CODES", "ExceptionQueueError", "accept", "add_item", "list_items", "write_off"]
+__all__ = ["UNVERIFIED_CODES", "accept", "add_item", "list_items", "write_off"]

@@ -38,15 +38,19 @@ from clearing.contract import (
     encode,
 )
 from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 from clearing.models import TransferCode
 from clearing.validation import (
     CardKey,
     Context,
     Judgement,
     Limits,
+    RefundPricer,
+    Resolution,
     TapTime,
     judge,
     parse_tap_time,
+    record_digest,
     rejudge_cards,
     verify_tacs,
 )
@@ -60,35 +64,21 @@ EXCEPTION_CODES_AUTHENTIC: Final = frozenset({Code.E_BAD_TIME, Code.E_AMOUNT_LIM
 _SHANGHAI_OFFSET: Final = SHANGHAI_TZ.utcoffset(None)
 
 
-# --- errors the API maps to HTTP answers ------------------------------------------------
+# --- errors ------------------------------------------------------------------------------
 
 
-class IngestError(Exception):
-    """A refused upload: a stable ``code`` and a human sentence."""
-
-    def __init__(self, code: Code, message: str, errors: Sequence[ErrorItem] = ()) -> None:
-        super().__init__(f"{code.value}: {message}")
-        self.code = code
-        self.message = message
-        self.errors = list(errors)
+def batch_conflict(terminal_id: str, batch_seq: int) -> ClearingError:
+    return ClearingError(
+        Code.E_BATCH_CONFLICT, f"terminal {terminal_id} batch {batch_seq} was already received with other content"
+    )
 
 
-class MalformedBatch(IngestError):
-    def __init__(self, message: str, errors: Sequence[ErrorItem]) -> None:
-        super().__init__(Code.E_MALFORMED, message, errors)
+def unknown_terminal(terminal_id: str) -> ClearingError:
+    return ClearingError(Code.E_UNKNOWN_TERMINAL, f"terminal {terminal_id} is not registered or not active")
 
 
-class BatchConflict(IngestError):
-    def __init__(self, terminal_id: str, batch_seq: int) -> None:
-        super().__init__(
-            Code.E_BATCH_CONFLICT,
-            f"terminal {terminal_id} batch {batch_seq} was already received with other content",
-        )
-
-
-class UnknownTerminal(IngestError):
-    def __init__(self, terminal_id: str) -> None:
-        super().__init__(Code.E_UNKNOWN_TERMINAL, f"terminal {terminal_id} is not registered or not active")
+def malformed(message: str, errors: Sequence[ErrorItem]) -> ClearingError:
+    return ClearingError(Code.E_MALFORMED, message, errors=errors)
 
 
 class RetryableIngestError(Exception):
@@ -96,10 +86,10 @@ class RetryableIngestError(Exception):
 
 
 def decode_upload(body: bytes) -> Batch:
-    """Decode an upload or raise ``MalformedBatch`` with ``{path, code, message}`` items."""
+    """Decode an upload (hex normalised) or raise ``E_MALFORMED`` with ``{path, code, message}`` items."""
     if b"\\u0000" in body and _carries_nul(body):  # JSON's only way to carry NUL, which no database text holds
         message = "a string in the batch contains the NUL character (\\u0000)"
-        raise MalformedBatch(message, [ErrorItem("$", "E_NUL", message)])
+        raise malformed(message, [ErrorItem("$", "E_NUL", message)])
     try:
         return decode_batch(body)
     except msgspec.ValidationError as exc:
@@ -108,28 +98,33 @@ def decode_upload(body: bytes) -> Batch:
         if " - at `" in text:
             text, _, rest = text.partition(" - at `")
             path = rest.rstrip("`")
-        raise MalformedBatch(f"batch does not match the contract: {text}", [ErrorItem(path, "E_SCHEMA", text)]) from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedBatch(f"body is not valid JSON: {exc}", [ErrorItem("$", "E_JSON", str(exc))]) from exc
+        raise malformed(f"batch does not match the contract: {text}", [ErrorItem(path, "E_SCHEMA", text)]) from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise malformed(f"body is not valid JSON: {exc}", [ErrorItem("$", "E_JSON", str(exc))]) from exc
 
 
 def _carries_nul(body: bytes) -> bool:
-    """Whether a decoded string holds NUL (the bytes ``\\u0000`` may be an escaped backslash + ``u0000``)."""
+    """Whether a decoded string holds NUL (the bytes ``\\u0000`` may be an escaped backslash + ``u0000``).
+
+    Walks the document with an explicit stack: a deeply nested body cannot exhaust the
+    interpreter's recursion limit here.
+    """
     try:
         document = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return False  # not JSON at all: decode_batch says so
-
-    def walk(value: object) -> bool:
+    except (msgspec.DecodeError, RecursionError):
+        return False  # not JSON (or nested past msgspec's limit): decode_batch says so
+    stack: list[object] = [document]
+    while stack:
+        value = stack.pop()
         if isinstance(value, str):
-            return "\x00" in value
-        if isinstance(value, dict):
-            return any(walk(k) or walk(v) for k, v in value.items())
-        if isinstance(value, list):
-            return any(walk(v) for v in value)
-        return False
-
-    return walk(document)
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def content_hash(batch: Batch) -> str:
@@ -217,9 +212,10 @@ class Parties:
 class TapRow(NamedTuple):
     """One judged record: a ``taps`` row when ``stored``, an exception item when ``exception``.
 
-    Only authentic records (TAC verified, or forwarded peer cards) are stored as taps and
-    claim natural keys; forgeries and duplicates live only in the exception queue, with
-    the raw record (``record_json``), so they can never squat a genuine record's key.
+    Only authentic records (TAC verified) are stored as taps and claim natural keys;
+    forgeries and duplicates live only in the exception queue, with the raw record
+    (``record_json``), so they can never squat a genuine record's key; other issuers'
+    records go to ``interop_forwards`` (``ForwardRow``) and claim nothing.
     """
 
     position: int  # in the upload
@@ -234,6 +230,18 @@ class TapRow(NamedTuple):
     stored: bool
     exception: bool
     record_json: str | None
+    gap: tuple[int, int] | None = None  # S_COUNTER_GAP: the missing counters
+    refund_fen: int | None = None  # a tap-off whose refund clearing computed now
+
+
+class ForwardRow(NamedTuple):
+    """Another issuer's record, kept for its issuer's verdict (``interop_forwards``)."""
+
+    record: TapRecord
+    digest: str
+    business_day: dt.date
+    tx_at: dt.datetime
+    record_json: str
 
 
 class TransferRow(NamedTuple):
@@ -254,18 +262,19 @@ class CardRow(NamedTuple):
 
 
 class RefundRow(NamedTuple):
-    """A tap-off's ``fare.refund_due_fen``: a pending credit for the card (``docs/fares.md``).
+    """A tap-off's refund, as clearing computed it: a pending credit for the card (``docs/fares.md``).
 
     An offline validator cannot credit a purse, so the refund waits as a pending load
     (``refund:<terminal_id>:<terminal_seq>``) until the card meets a load-capable reader;
-    ``clearing.loads.complete`` then posts it from the operator's payable, which was paid
-    the maximum fare at the tap-on.
+    ``clearing.loads`` then reserves and posts it from ``payer_account_id``, the payable of
+    the operator that received the maximum fare at the tap-on.
     """
 
     load_id: str
     issuer_id: str
     card_asn: str
     amount_fen: int
+    payer_account_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,9 +286,14 @@ class WritePlan:
     answer: bytes
     refunds: list[RefundRow] = field(default_factory=list)
     judgement: Judgement | None = None  # what the plan was made from (``redecide`` starts there)
+    forwards: list[ForwardRow] = field(default_factory=list)
+    # stored tap-offs whose refund is computed now that their entry arrived: (tap id, fen)
+    tap_refunds: list[tuple[int, int]] = field(default_factory=list)
+    resolutions: list[Resolution] = field(default_factory=list)  # exception items clearing closes itself
 
 
 REFUND_PREFIX: Final = "refund:"
+RESOLVER: Final = "clearing"  # ``decided_by`` of the exception items clearing resolves itself
 
 
 def refund_load_id(terminal_id: str, terminal_seq: int) -> str:
@@ -310,29 +324,20 @@ def make_plan(
     """What to write for a judged batch: the same plan for every database path."""
     records = batch.records
     taps: list[TapRow] = []
+    forwards: list[ForwardRow] = []
     transfers: list[TransferRow] = []
     debits: dict[int, int] = {}
     credit_total = 0
     source = f"batch:{terminal_id}:{batch.batch_seq}"
     verdicts: list[Verdict] = []
-    refunds: list[RefundRow] = []
     operator_account_id = parties.operator_account_id
+    record_refunds = judgement.record_refunds
     outcomes_and_times = zip(judgement.outcomes, judgement.tx_times, strict=True)
     for index, (record, (outcome, tx_at)) in enumerate(zip(records, outcomes_and_times, strict=True)):
         verdict, message, stored = outcome.verdict, outcome.message, outcome.claims_keys
         code = outcome.code.value
         transfer_id = None
         if outcome.posts:
-            fare = record.fare
-            if fare is not None and fare.refund_due_fen > 0:
-                refunds.append(
-                    RefundRow(
-                        refund_load_id(record.terminal_id, record.terminal_seq),
-                        record.issuer_id,
-                        record.card_asn,
-                        fare.refund_due_fen,
-                    )
-                )
             amount = record.amount_fen
             if amount > 0:
                 transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
@@ -344,11 +349,16 @@ def make_plan(
             moment, utc_offset_min = received_at, 480
         else:
             moment, utc_offset_min = tx_at, _utc_offset_min(record.tx_time)
+        verdicts.append(Verdict(record.terminal_seq, verdict, code, message))  # type: ignore[arg-type]
+        day = business_day(moment)
+        if outcome.forwards:
+            forwards.append(ForwardRow(record, record_digest(record), day, moment, encode(record).decode()))
+            continue
         exception = verdict in ("rejected", "suspect")
         taps.append(
             TapRow(
                 position=index,
-                business_day=business_day(moment),
+                business_day=day,
                 record=record,
                 tx_at=moment,
                 tx_utc_offset_min=utc_offset_min,
@@ -360,9 +370,23 @@ def make_plan(
                 exception=exception,
                 # only unstored exceptions keep the raw record (the exception queue's copy)
                 record_json=encode(record).decode() if exception and not stored else None,
+                gap=outcome.gap,
+                refund_fen=record_refunds.get(index),
             )
         )
-        verdicts.append(Verdict(record.terminal_seq, verdict, code, message))  # type: ignore[arg-type]
+    refunds: list[RefundRow] = []
+    tap_refunds: list[tuple[int, int]] = []
+    for due in judgement.refunds:
+        payer = operator_account_id if due.payer_account_id is None else due.payer_account_id
+        if due.exit_tap_id is not None:
+            tap_refunds.append((due.exit_tap_id, due.amount_fen))
+        if due.amount_fen > 0:
+            refunds.append(
+                RefundRow(
+                    refund_load_id(due.exit_terminal_id, due.exit_terminal_seq),
+                    due.issuer_id, due.card_asn, due.amount_fen, payer,
+                )
+            )  # fmt: skip
     deltas: dict[int, tuple[int, int]] = {account: (fen, 0) for account, fen in debits.items()}
     if credit_total:
         assert parties.operator_account_id not in deltas, "an operator payable is never a card account"
@@ -382,7 +406,9 @@ def make_plan(
         for key, update in judgement.card_updates.items()
     ]
     answer = encode(BatchAnswer(batch.batch_seq, iso(received_at), verdicts))
-    return WritePlan(taps, transfers, deltas, cards, answer, refunds, judgement)
+    return WritePlan(
+        taps, transfers, deltas, cards, answer, refunds, judgement, forwards, tap_refunds, judgement.resolutions
+    )
 
 
 def answer_bytes(stored: str | bytes) -> bytes:
@@ -451,6 +477,97 @@ class Ingestor(Protocol):
 
     def ingest(self, prepared: Prepared) -> IngestResult: ...
 
+    def store_unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the store is unreachable (retry later), not that the batch is bad."""
+        ...
+
+
+def clear_or_answer(
+    ingestor: Ingestor, engine: Engine, terminal_id: str, batch: Batch, body: bytes, keys: TacKeys
+) -> bytes:
+    """The answer for an upload: cleared now, the stored answer of a replay, or an unjudgeable verdict.
+
+    A store fault that outlived the retries is ``E_UNAVAILABLE`` (the terminal retries; nothing
+    was committed). Any other fault is the batch's: it becomes a terminal verdict
+    (``store_unjudgeable``), so one bad record cannot stall its terminal for ever.
+    """
+    try:
+        return ingestor.ingest(prepare(terminal_id, batch, keys)).answer
+    except ClearingError:
+        raise
+    except Exception as exc:
+        if ingestor.store_unavailable(exc):
+            raise ClearingError(
+                Code.E_UNAVAILABLE, f"the clearing database is unavailable ({type(exc).__name__}); retry"
+            ) from exc
+        log.exception("batch %s/%s cannot be judged", terminal_id, batch.batch_seq)
+        return store_unjudgeable(engine, terminal_id, batch, body, exc)
+
+
+def unjudgeable_answer(batch: Batch, received_at: dt.datetime, item_id: int, reason: str) -> bytes:
+    message = (
+        f"{Code.E_UNJUDGEABLE.value}: the batch could not be judged ({reason}); its records are kept "
+        f"for re-judging in exception {item_id}"
+    )
+    verdicts = [Verdict(r.terminal_seq, "rejected", Code.E_UNJUDGEABLE.value, message) for r in batch.records]
+    return encode(BatchAnswer(batch.batch_seq, iso(received_at), verdicts))
+
+
+def store_unjudgeable(
+    engine: Engine, terminal_id: str, batch: Batch, body: bytes, fault: BaseException, *, now: dt.datetime | None = None
+) -> bytes:
+    """Answer a batch that cannot be judged: every record ``rejected / E_UNJUDGEABLE``, stored, replayable.
+
+    The batch row is marked done with that answer and keeps its body; one exception item of
+    kind ``batch`` says why, so the records can be judged again once the fault is mended.
+    Idempotent like ingest: a batch answered meanwhile gets its stored answer.
+    """
+    from sqlalchemy import select, update
+    from sqlalchemy.orm import Session
+
+    from clearing.db import conflict_insert
+    from clearing.models import BatchRow, ExceptionItem, ExceptionState
+
+    received_at = now or dt.datetime.now(dt.UTC)
+    digest = content_hash(batch)
+    reason = f"{type(fault).__name__}: {str(fault).splitlines()[0][:200]}" if str(fault) else type(fault).__name__
+    insert_fn = conflict_insert(engine.dialect.name)
+    with Session(engine) as session, session.begin():
+        session.execute(
+            insert_fn(BatchRow)
+            .values(
+                terminal_id=terminal_id, batch_seq=batch.batch_seq, content_hash=digest,
+                record_count=len(batch.records), status="queued", received_at=received_at,
+            )
+            .on_conflict_do_nothing(index_elements=["terminal_id", "batch_seq"])
+        )  # fmt: skip
+        row = session.execute(
+            select(BatchRow)
+            .where(BatchRow.terminal_id == terminal_id, BatchRow.batch_seq == batch.batch_seq)
+            .with_for_update()
+        ).scalar_one()
+        if row.content_hash != digest:
+            raise batch_conflict(terminal_id, batch.batch_seq)
+        if row.status == "done":
+            assert row.answer is not None
+            return answer_bytes(row.answer)
+        item = ExceptionItem(
+            kind="batch", terminal_id=terminal_id, batch_seq=batch.batch_seq, code=Code.E_UNJUDGEABLE.value,
+            message=f"{Code.E_UNJUDGEABLE.value}: {len(batch.records)} records of batch {batch.batch_seq} "
+            f"could not be judged ({reason})",
+            record={"terminal_id": terminal_id, "batch_seq": batch.batch_seq, "fault": reason},
+            state=ExceptionState.OPEN.value, created_at=received_at,
+        )  # fmt: skip
+        session.add(item)
+        session.flush()
+        answer = unjudgeable_answer(batch, received_at, item.id, reason)
+        session.execute(
+            update(BatchRow)
+            .where(BatchRow.id == row.id)
+            .values(status="done", answer=answer.decode(), done_at=received_at, body=body)
+        )
+    return answer
+
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
@@ -467,7 +584,7 @@ def enqueue(
 
     The row is committed before the stream entry is added, so a worker always finds the
     body; a crash between the two leaves a queued row that the terminal's retry enqueues
-    again. Raises ``BatchConflict`` for the same ``batch_seq`` with other content.
+    again. Raises ``E_BATCH_CONFLICT`` for the same ``batch_seq`` with other content.
     """
     from sqlalchemy import select
     from sqlalchemy.orm import Session
@@ -499,7 +616,7 @@ def enqueue(
             )
         ).one()
     if stored[0] != digest:
-        raise BatchConflict(terminal_id, batch.batch_seq)
+        raise batch_conflict(terminal_id, batch.batch_seq)
     if stored[1] == "done":
         assert stored[2] is not None
         return Enqueued(False, answer_bytes(stored[2]))
@@ -537,10 +654,14 @@ def queued_body(engine: Engine, terminal_id: str, batch_seq: int) -> bytes | Non
 
 
 def make_ingestor(
-    engine: Engine, *, limits: Limits | None = None, clock: Callable[[], dt.datetime] | None = None
+    engine: Engine,
+    *,
+    limits: Limits | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+    refund_pricer: RefundPricer | None = None,
 ) -> Ingestor:
     """The ingest path for the engine's database: COPY and set-based SQL on PostgreSQL, Core on SQLite."""
-    kwargs: dict[str, object] = {"limits": limits}
+    kwargs: dict[str, object] = {"limits": limits, "refund_pricer": refund_pricer}
     if clock is not None:
         kwargs["clock"] = clock
     if engine.dialect.name == "postgresql":
@@ -576,15 +697,14 @@ def with_retries(
 
 __all__ = [
     "EXCEPTION_CODES_AUTHENTIC",
-    "BatchConflict",
+    "RESOLVER",
     "CardRow",
     "DtkLookup",
     "Enqueued",
-    "IngestError",
+    "ForwardRow",
     "IngestResult",
     "Ingestor",
     "Limits",
-    "MalformedBatch",
     "Parties",
     "Prepared",
     "RefundRow",
@@ -593,10 +713,11 @@ __all__ = [
     "TapRow",
     "TransferCode",
     "TransferRow",
-    "UnknownTerminal",
     "WritePlan",
     "answer_bytes",
+    "batch_conflict",
     "business_day",
+    "clear_or_answer",
     "content_hash",
     "decide",
     "decode_upload",
@@ -604,11 +725,14 @@ __all__ = [
     "keystore_dtk",
     "make_ingestor",
     "make_plan",
+    "malformed",
     "prepare",
     "queued_body",
     "redecide",
     "refund_load_id",
+    "store_unjudgeable",
     "stored_answer",
     "tap_transfer_id",
+    "unknown_terminal",
     "with_retries",
 ]

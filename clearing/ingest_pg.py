@@ -34,39 +34,43 @@ connection, and a batch whose COMMIT did land is then answered from ``batches``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 
 from clearing.contract import TapRecord
 from clearing.ingest import (
-    BatchConflict,
+    RESOLVER,
     CardRow,
     IngestResult,
     Parties,
     Prepared,
     RetryableIngestError,
     TapRow,
-    UnknownTerminal,
     WritePlan,
     answer_bytes,
+    batch_conflict,
     decide,
     redecide,
+    unknown_terminal,
     with_retries,
 )
+from clearing.ingest_reads import ForwardKey, LateKey, Snapshot, read_cards, read_context, with_fresh_cards
 from clearing.models import LEDGER_CNY, TransferCode, TransferState
 from clearing.validation import (
     CardKey,
     CardState,
     Context,
     DenyInterval,
+    Leg,
     Limits,
     Neighbour,
-    late_record_keys,
+    OpenGap,
+    RefundPricer,
 )
 
 _KEYS_DDL: Final = """
@@ -82,7 +86,8 @@ _TAP_COLUMNS: Final = (
     "business_day, batch_id, batch_seq, terminal_id, terminal_seq, psam_serial, issuer_id, card_asn, card_type, "
     "tx_type, amount_fen, balance_before_fen, offline_counter, tx_time, tx_utc_offset_min, key_version, "
     "alg_id, tac, route_id, stop_id, vehicle_id, fare_product_id, fare_rider_category_id, fare_leg_group_id, "
-    "fare_full_fen, fare_discount_fen, fare_transfer_of, status, verdict, code, message, transfer_id, received_at"
+    "fare_full_fen, fare_discount_fen, fare_transfer_of, status, verdict, code, message, transfer_id, received_at, "
+    "fare_tap_kind, fare_tariff_version, fare_refund_claimed_fen, refund_fen"
 )
 # Every read and write of a batch joins a few thousand staged rows with large indexed tables
 # (taps, cards, accounts); the temp tables have no statistics, and a hash join over a
@@ -103,7 +108,7 @@ SELECT id, content_hash, status, answer FROM batches WHERE terminal_id = %s AND 
 _CARD_STATE: Final = """
 SELECT c.issuer_id, c.card_asn, c.id, c.account_id, c.start_date, c.shadow_balance_fen,
        c.last_offline_counter, a.flags, a.credits_posted - a.debits_posted - a.debits_pending,
-       c.shadow_load_at, c.last_tx_at, c.xmin::text
+       c.shadow_load_at, c.last_tx_at, c.xmin::text, c.card_type
 FROM cards c JOIN accounts a ON a.id = c.account_id
 """
 _CARDS: Final = (
@@ -128,10 +133,14 @@ WHERE EXISTS (SELECT 1 FROM taps k WHERE k.issuer_id = s.issuer_id AND k.card_as
               AND k.offline_counter = s.offline_counter AND k.tx_type = s.tx_type)
 """
 _DENYLIST: Final = "SELECT issuer_id, card_asn, effective_at, removed_at FROM denylist_entries"
-_NEIGHBOURS: Final = """
+# A tap as a leg for the refund rule (``validation.Leg``), with the payable its fare went to.
+_LEG: Final = """t.offline_counter, t.terminal_id, t.terminal_seq, t.route_id, t.vehicle_id, t.stop_id, t.tx_time,
+       t.amount_fen, t.fare_tap_kind, t.fare_tariff_version, t.fare_rider_category_id,
+       t.fare_refund_claimed_fen, x.credit_account_id, t.id"""
+_NEIGHBOURS: Final = f"""
 SELECT l.issuer_id, l.card_asn, l.counter,
        p.offline_counter, p.balance_before_fen, p.amount_fen,
-       n.offline_counter, n.balance_before_fen, n.amount_fen
+       n.*
 FROM unnest(%(issuers)s::text[], %(asns)s::text[], %(counters)s::int[]) AS l(issuer_id, card_asn, counter)
 LEFT JOIN LATERAL (
     SELECT t.offline_counter, t.balance_before_fen, t.amount_fen FROM taps t
@@ -140,11 +149,51 @@ LEFT JOIN LATERAL (
     ORDER BY t.offline_counter DESC LIMIT 1
 ) p ON true
 LEFT JOIN LATERAL (
-    SELECT t.offline_counter, t.balance_before_fen, t.amount_fen FROM taps t
+    SELECT t.balance_before_fen, (t.fare_tap_kind = 'tap_off' AND t.refund_fen IS NULL) AS waiting, {_LEG}
+    FROM taps t LEFT JOIN transfers x ON x.id = t.transfer_id
     WHERE t.issuer_id = l.issuer_id AND t.card_asn = l.card_asn AND t.offline_counter > l.counter
       AND t.verdict IN ('accepted', 'suspect') AND t.batch_id IS DISTINCT FROM %(batch)s
     ORDER BY t.offline_counter ASC LIMIT 1
 ) n ON true
+"""  # noqa: S608 - only constant column lists are interpolated
+_ENTRIES: Final = f"""
+SELECT l.issuer_id, l.card_asn, {_LEG}
+FROM unnest(%s::text[], %s::text[], %s::int[]) AS l(issuer_id, card_asn, counter)
+JOIN taps t ON t.issuer_id = l.issuer_id AND t.card_asn = l.card_asn AND t.offline_counter = l.counter
+LEFT JOIN transfers x ON x.id = t.transfer_id
+WHERE t.verdict IN ('accepted', 'suspect')
+"""  # noqa: S608
+_DAY_LEGS: Final = f"""
+SELECT {_LEG} FROM taps t LEFT JOIN transfers x ON x.id = t.transfer_id
+WHERE t.issuer_id = %s AND t.card_asn = %s AND t.verdict IN ('accepted', 'suspect')
+  AND t.tx_time >= %s AND t.tx_time < %s
+ORDER BY t.offline_counter
+"""  # noqa: S608
+_OPEN_GAPS: Final = """
+SELECT e.issuer_id, e.card_asn, e.id, e.gap_first, e.gap_last,
+       ARRAY(SELECT t.offline_counter FROM taps t WHERE t.issuer_id = e.issuer_id AND t.card_asn = e.card_asn
+             AND t.offline_counter BETWEEN e.gap_first AND e.gap_last)
+FROM unnest(%s::text[], %s::text[]) AS c(issuer_id, card_asn)
+JOIN exception_items e ON e.issuer_id = c.issuer_id AND e.card_asn = c.card_asn AND e.state = 'open'
+WHERE e.code = 'S_COUNTER_GAP' AND e.gap_first IS NOT NULL
+"""
+_FORWARDS_SEEN: Final = """
+SELECT f.terminal_id, f.terminal_seq, f.record_digest
+FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS k(terminal_id, terminal_seq, record_digest)
+JOIN interop_forwards f ON f.terminal_id = k.terminal_id AND f.terminal_seq = k.terminal_seq
+     AND f.record_digest = k.record_digest
+"""
+_FORWARD_COLUMNS: Final = (
+    "batch_id, batch_seq, terminal_id, terminal_seq, record_digest, issuer_id, card_asn, offline_counter, tx_type, "
+    "amount_fen, tx_time, business_day, record, state, received_at"
+)
+_TAP_REFUNDS: Final = """
+UPDATE taps AS t SET refund_fen = v.fen FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, fen)
+WHERE t.id = v.id AND t.refund_fen IS NULL
+"""
+_RESOLVE: Final = """
+UPDATE exception_items SET state = 'resolved', note = %s, decided_by = %s, decided_at = %s
+WHERE state = 'open' AND (id = %s OR (tap_id = %s AND code = 'S_TAPOFF_NO_ENTRY'))
 """
 _TRANSFER_COLUMNS: Final = (
     "id, debit_account_id, credit_account_id, amount_fen, ledger, code, state, source_ref, created_at"
@@ -156,10 +205,11 @@ _EXCEPTION_COLUMNS: Final = (
 # Exception items of stored taps point at them by id, which the server assigned during the COPY;
 # found by their natural key (the unique index), the batch's taps have no index of their own.
 _TAP_EXCEPTIONS: Final = f"""
-INSERT INTO exception_items ({_EXCEPTION_COLUMNS})
-SELECT 'tap', id, business_day, NULL, terminal_id, terminal_seq, batch_seq, issuer_id, card_asn,
-       offline_counter, amount_fen, code, message, 'open', received_at
-FROM taps WHERE terminal_id = %s AND terminal_seq = ANY(%s::bigint[])
+INSERT INTO exception_items ({_EXCEPTION_COLUMNS}, gap_first, gap_last)
+SELECT 'tap', t.id, t.business_day, NULL, t.terminal_id, t.terminal_seq, t.batch_seq, t.issuer_id, t.card_asn,
+       t.offline_counter, t.amount_fen, t.code, t.message, 'open', t.received_at, v.gap_first, v.gap_last
+FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS v(seq, gap_first, gap_last)
+JOIN taps t ON t.terminal_id = %s AND t.terminal_seq = v.seq
 """  # noqa: S608 - only the constant column list is interpolated
 _ACCOUNT_DELTAS: Final = """
 UPDATE accounts AS a SET debits_posted = a.debits_posted + v.d, credits_posted = a.credits_posted + v.c
@@ -174,8 +224,8 @@ FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::timestamptz[], %s::timest
 WHERE c.id = v.id
 """
 _REFUND: Final = """
-INSERT INTO pending_loads (id, issuer_id, card_asn, amount_fen, state, created_at, updated_at)
-VALUES (%s, %s, %s, %s, 'pending', %s, %s)
+INSERT INTO pending_loads (id, issuer_id, card_asn, amount_fen, state, kind, payer_account_id, created_at, updated_at)
+VALUES (%s, %s, %s, %s, 'pending', 'refund', %s, %s, %s)
 """
 _DONE: Final = "UPDATE batches SET status = 'done', answer = %s, done_at = %s, body = NULL WHERE id = %s"
 
@@ -198,11 +248,13 @@ class PgIngestor:
         *,
         limits: Limits | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        refund_pricer: RefundPricer | None = None,
     ) -> None:
         assert engine.dialect.name == "postgresql", "PgIngestor needs a PostgreSQL engine"
         self.engine = engine
         self.limits = limits or Limits()
         self.clock = clock
+        self.refund_pricer = refund_pricer
         # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
         self.before_commit: Callable[[Prepared], None] | None = None
         self._denylist_cache: tuple[int, dict[CardKey, list[DenyInterval]]] | None = None
@@ -213,6 +265,10 @@ class PgIngestor:
 
     def ingest(self, prepared: Prepared) -> IngestResult:
         return with_retries(lambda: self._attempt(prepared), is_transient)
+
+    def store_unavailable(self, exc: BaseException) -> bool:
+        # the raw driver's faults, and SQLAlchemy's when the pool cannot even hand out a connection
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | sa_exc.OperationalError)
 
     def _attempt(self, prepared: Prepared) -> IngestResult:
         raw = self.engine.raw_connection()
@@ -240,7 +296,7 @@ class PgIngestor:
             cur.execute(_PLANNER, prepare=False)
             row = cur.execute(_LOCK_TERMINAL, (terminal_id,)).fetchone()
             if row is None or not row[0]:
-                raise UnknownTerminal(terminal_id)
+                raise unknown_terminal(terminal_id)
             operator_account_id = int(row[1])
             claimed = cur.execute(
                 _CLAIM, (terminal_id, batch.batch_seq, prepared.digest, len(batch.records), received_at)
@@ -252,7 +308,7 @@ class PgIngestor:
                 assert stored is not None, "a conflicting claim means the batch row exists"
                 if stored[1] != prepared.digest:
                     conn.rollback()
-                    raise BatchConflict(terminal_id, batch.batch_seq)
+                    raise batch_conflict(terminal_id, batch.batch_seq)
                 if stored[2] == "done":
                     conn.rollback()
                     return IngestResult(answer_bytes(stored[3]), replayed=True)
@@ -282,50 +338,15 @@ class PgIngestor:
         now: dt.datetime,
         batch_id: int,
     ) -> tuple[Context, Parties, dict[CardKey, str]]:
-        records = prepared.batch.records
-        cur.execute(_KEYS_DDL)
-        with cur.copy(f"COPY ingest_keys ({_KEY_COLUMNS}) FROM STDIN") as copy:
-            copy.write(
-                "".join(
-                    f"{i}\t{r.terminal_id}\t{r.terminal_seq}\t{r.issuer_id}\t{r.card_asn}\t{r.offline_counter}"
-                    f"\t{r.tx_type}\n"
-                    for i, r in enumerate(records)
-                )
-            )
-        # The four reads go out together (one round trip): they need nothing from each other.
-        conn = cur.connection
-        with conn.pipeline():
-            issuers_cur = conn.execute("SELECT issuer_id, own FROM issuers")
-            cards_cur = conn.execute(_CARDS)
-            seen_cur = conn.execute(_SEEN)
-            version_cur = conn.execute(_DENYLIST_VERSION)
-        issuers = issuers_cur.fetchall()
-        own = frozenset(i for i, is_own in issuers if is_own)
-        peers = frozenset(i for i, is_own in issuers if not is_own)
-        cards, versions = _card_states(cards_cur.fetchall())
-        version_row = version_cur.fetchone()
-        seen_seq: set[tuple[str, int]] = set()
-        seen_counter: set[tuple[str, str, int, int]] = set()
-        for index, kind in seen_cur.fetchall():
-            r = records[index]
-            if kind == 1:
-                seen_seq.add((r.terminal_id, r.terminal_seq))
-            else:
-                seen_counter.add((r.issuer_id, r.card_asn, r.offline_counter, r.tx_type))
-        ctx = Context(
+        ctx, versions = read_context(
+            PgReads(cur, batch_id, self._denylist),
+            prepared.batch.records,
             uploader=terminal_id,
-            known_terminals=frozenset({terminal_id}),
-            own_issuers=own,
-            peer_issuers=peers,
-            cards=cards,
-            seen_terminal_seqs=seen_seq,
-            seen_card_counters=seen_counter,
             now=now,
             limits=self.limits,
-            denylist=self._denylist(cur, int(version_row[0]) if version_row is not None else 0),
-            neighbours=_neighbours(cur, records, cards, batch_id),
+            refund_pricer=self.refund_pricer,
         )
-        return ctx, Parties(operator_account_id, {k: s.account_id for k, s in cards.items()}), versions
+        return ctx, Parties(operator_account_id, {k: s.account_id for k, s in ctx.cards.items()}), versions
 
     def _denylist(self, cur: psycopg.Cursor[Any], version: int) -> Mapping[CardKey, list[DenyInterval]]:
         """The whole denylist (with removed entries, for "as of the tap time"), cached per version."""
@@ -370,11 +391,8 @@ class PgIngestor:
         # Only the moved cards are read again (already locked: a plain read) and judged again.
         fresh, _ = _card_states(cur.execute(_CARDS_BY_ID, (int_array(sorted(moved)),)).fetchall())
         moved_records = [r for r in prepared.batch.records if (r.issuer_id, r.card_asn) in fresh]
-        ctx = replace(
-            ctx,
-            cards={**ctx.cards, **fresh},
-            neighbours={**ctx.neighbours, **_neighbours(cur, moved_records, fresh, batch_id)},
-        )
+        reads = read_cards(PgReads(cur, batch_id, self._denylist), moved_records, fresh, ctx.own_issuers)
+        ctx = with_fresh_cards(ctx, fresh, reads)
         final = redecide(prepared, plan, ctx, parties, received_at, fresh.keys())
         if [t.transfer_id for t in final.taps] != [t.transfer_id for t in plan.taps] or [
             t.stored for t in final.taps
@@ -424,6 +442,15 @@ class PgIngestor:
                         for t in plan.transfers
                     )
                 )
+        if plan.forwards:
+            with cur.copy(f"COPY interop_forwards ({_FORWARD_COLUMNS}) FROM STDIN") as copy:
+                for f in plan.forwards:
+                    r = f.record
+                    copy.write_row(
+                        (batch_id, batch_seq, r.terminal_id, r.terminal_seq, f.digest, r.issuer_id, r.card_asn,
+                         r.offline_counter, r.tx_type, r.amount_fen, f.tx_at, f.business_day, f.record_json,
+                         "forwarded", received_at)
+                    )  # fmt: skip
         unstored = [tap for tap in plan.taps if tap.exception and not tap.stored]
         if unstored:
             with cur.copy(f"COPY exception_items ({_EXCEPTION_COLUMNS}) FROM STDIN") as copy:
@@ -443,16 +470,34 @@ class PgIngestor:
             self._send_state(cur, plan, batch_id, received_at)
 
     def _send_state(self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, received_at: dt.datetime) -> None:
-        queued = [tap.record for tap in plan.taps if tap.exception and tap.stored]
+        queued = [tap for tap in plan.taps if tap.exception and tap.stored]
         if queued:
-            terminal_id = queued[0].terminal_id
-            assert all(r.terminal_id == terminal_id for r in queued), "only the uploader's own records are stored"
-            cur.execute(_TAP_EXCEPTIONS, (terminal_id, int_array(r.terminal_seq for r in queued)))
+            terminal_id = queued[0].record.terminal_id
+            assert all(t.record.terminal_id == terminal_id for t in queued), "only the uploader's records are stored"
+            cur.execute(
+                _TAP_EXCEPTIONS,
+                (
+                    int_array(t.record.terminal_seq for t in queued),
+                    int_array(t.gap[0] if t.gap else None for t in queued),
+                    int_array(t.gap[1] if t.gap else None for t in queued),
+                    terminal_id,
+                ),
+            )
         if plan.refunds:
             cur.executemany(
                 _REFUND,
-                [(r.load_id, r.issuer_id, r.card_asn, r.amount_fen, received_at, received_at) for r in plan.refunds],
+                [
+                    (r.load_id, r.issuer_id, r.card_asn, r.amount_fen, r.payer_account_id, received_at, received_at)
+                    for r in plan.refunds
+                ],
             )
+        if plan.tap_refunds:
+            cur.execute(
+                _TAP_REFUNDS,
+                (int_array(t for t, _ in plan.tap_refunds), int_array(fen for _, fen in plan.tap_refunds)),
+            )
+        if plan.resolutions:
+            cur.executemany(_RESOLVE, [(r.note, RESOLVER, received_at, r.item_id, r.tap_id) for r in plan.resolutions])
         if plan.account_deltas:
             ordered = sorted(plan.account_deltas.items())
             cur.execute(
@@ -506,8 +551,21 @@ def _tap_line(tap: TapRow, batch_id: int, batch_seq: int, received: str) -> str:
         f"\t{r.balance_before_fen}\t{r.offline_counter}\t{tap.tx_at.isoformat()}\t{tap.tx_utc_offset_min}"
         f"\t{r.key_version}\t{r.alg_id}\t{r.tac}\t{copy_text(r.route_id)}\t{copy_text(r.stop_id)}"
         f"\t{copy_text(r.vehicle_id)}\t{fare_fields}\t{r.status}\t{tap.verdict}\t{tap.code}"
-        f"\t{copy_text(tap.message)}\t{copy_text(tap.transfer_id)}\t{received}\n"
+        f"\t{copy_text(tap.message)}\t{copy_text(tap.transfer_id)}\t{received}\t{_tap_off_fields(tap)}\n"
     )
+
+
+_NO_TAP_OFF: Final = "\\N\t\\N\t\\N\t\\N"
+
+
+def _tap_off_fields(tap: TapRow) -> str:
+    """``fare_tap_kind, fare_tariff_version, fare_refund_claimed_fen, refund_fen`` (NULLs for most taps)."""
+    fare = tap.record.fare
+    if fare is None or (fare.tap_kind is None and fare.tariff_version is None and tap.refund_fen is None):
+        return _NO_TAP_OFF
+    claimed = fare.refund_due_fen if fare.tap_kind == "tap_off" else None
+    kind, version = copy_text(fare.tap_kind), copy_text(fare.tariff_version)
+    return f"{kind}\t{version}\t{_copy_int(claimed)}\t{_copy_int(tap.refund_fen)}"
 
 
 def int_array(values: Iterable[int | None]) -> str:
@@ -554,37 +612,126 @@ def _card_states(rows: Iterable[tuple[Any, ...]]) -> tuple[dict[CardKey, CardSta
         load_at,
         last_tx_at,
         xmin,
+        card_type,
     ) in rows:
         key = (issuer_id, asn)
         limited = bool(flags & ACCOUNT_FLAG_DEBITS_LIMITED)
         cards[key] = CardState(
-            card_id, account_id, start, shadow, last, load_at, available if limited else None, last_tx_at
+            card_id, account_id, start, shadow, last, load_at, available if limited else None, last_tx_at, card_type
         )
         versions[key] = xmin
     return cards, versions
 
 
-def _neighbours(
-    cur: psycopg.Cursor[Any], records: list[TapRecord], cards: dict[CardKey, CardState], batch_id: int
-) -> dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]]:
-    late = late_record_keys(records, cards)
-    if not late:
-        return {}
-    out: dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]] = {}
-    rows = cur.execute(
-        _NEIGHBOURS,
-        {
-            "issuers": text_array(k[0] for k in late),
-            "asns": text_array(k[1] for k in late),
-            "counters": int_array(k[2] for k in late),
-            "batch": batch_id,  # in phase 2 this batch's own rows are visible: they are not neighbours
-        },
-    )
-    for issuer_id, asn, counter, pc, pb, pa, nc, nb, na in rows:
-        below = Neighbour(pc, pb, pa) if pc is not None else None
-        above = Neighbour(nc, nb, na) if nc is not None else None
-        out[(issuer_id, asn, counter)] = (below, above)
-    return out
+def _leg(row: Sequence[Any]) -> Leg:
+    counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed, payer, tap_id = row
+    return Leg(
+        counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed or 0, payer,
+        tap_id,
+    )  # fmt: skip
+
+
+class PgReads:
+    """``ingest_reads.BatchReads`` on the ingest connection: COPY'd keys and set-based reads."""
+
+    def __init__(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch_id: int,
+        denylist: Callable[[psycopg.Cursor[Any], int], Mapping[CardKey, Sequence[DenyInterval]]],
+    ) -> None:
+        self.cur = cur
+        self.batch_id = batch_id
+        self._denylist = denylist
+
+    def snapshot(self, records: Sequence[TapRecord]) -> Snapshot:
+        cur = self.cur
+        cur.execute(_KEYS_DDL)
+        with cur.copy(f"COPY ingest_keys ({_KEY_COLUMNS}) FROM STDIN") as copy:
+            copy.write(
+                "".join(
+                    f"{i}\t{r.terminal_id}\t{r.terminal_seq}\t{r.issuer_id}\t{r.card_asn}\t{r.offline_counter}"
+                    f"\t{r.tx_type}\n"
+                    for i, r in enumerate(records)
+                )
+            )
+        # The four reads go out together (one round trip): they need nothing from each other.
+        conn = cur.connection
+        with conn.pipeline():
+            issuers_cur = conn.execute("SELECT issuer_id, own FROM issuers")
+            cards_cur = conn.execute(_CARDS)
+            seen_cur = conn.execute(_SEEN)
+            version_cur = conn.execute(_DENYLIST_VERSION)
+        issuers = issuers_cur.fetchall()
+        cards, versions = _card_states(cards_cur.fetchall())
+        version_row = version_cur.fetchone()
+        seen_seq: set[tuple[str, int]] = set()
+        seen_counter: set[tuple[str, str, int, int]] = set()
+        for index, kind in seen_cur.fetchall():
+            r = records[index]
+            if kind == 1:
+                seen_seq.add((r.terminal_id, r.terminal_seq))
+            else:
+                seen_counter.add((r.issuer_id, r.card_asn, r.offline_counter, r.tx_type))
+        return Snapshot(
+            own_issuers=frozenset(i for i, is_own in issuers if is_own),
+            peer_issuers=frozenset(i for i, is_own in issuers if not is_own),
+            cards=cards,
+            versions=versions,
+            seen_terminal_seqs=seen_seq,
+            seen_card_counters=seen_counter,
+            denylist=self._denylist(cur, int(version_row[0]) if version_row is not None else 0),
+        )
+
+    def neighbours(self, late: Sequence[LateKey]) -> dict[LateKey, tuple[Neighbour | None, Neighbour | None]]:
+        out: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = {}
+        rows = self.cur.execute(
+            _NEIGHBOURS,
+            {
+                "issuers": text_array(k[0] for k in late),
+                "asns": text_array(k[1] for k in late),
+                "counters": int_array(k[2] for k in late),
+                "batch": self.batch_id,  # in phase 2 this batch's own rows are visible: they are not neighbours
+            },
+        )
+        for issuer_id, asn, counter, pc, pb, pa, nb, waiting, *leg_row in rows:
+            below = Neighbour(pc, pb, pa) if pc is not None else None
+            above = None
+            if leg_row[0] is not None:
+                leg = _leg(leg_row)
+                above = Neighbour(leg.counter, nb, leg.amount_fen, leg if waiting else None)
+            out[(issuer_id, asn, counter)] = (below, above)
+        return out
+
+    def forwards_seen(self, keys: Sequence[ForwardKey]) -> set[ForwardKey]:
+        rows = self.cur.execute(
+            _FORWARDS_SEEN,
+            (text_array(k[0] for k in keys), int_array(k[1] for k in keys), text_array(k[2] for k in keys)),
+        )
+        return {(t, s, d) for t, s, d in rows}
+
+    def entries(self, keys: Sequence[LateKey]) -> dict[LateKey, Leg]:
+        rows = self.cur.execute(
+            _ENTRIES, (text_array(k[0] for k in keys), text_array(k[1] for k in keys), int_array(k[2] for k in keys))
+        )
+        out: dict[LateKey, Leg] = {}
+        for issuer_id, asn, *leg_row in rows:
+            leg = _leg(leg_row)
+            out[(issuer_id, asn, leg.counter)] = leg
+        return out
+
+    def day_legs(self, cards: Sequence[tuple[CardKey, dt.datetime, dt.datetime]]) -> dict[CardKey, list[Leg]]:
+        return {
+            key: [_leg(row) for row in self.cur.execute(_DAY_LEGS, (key[0], key[1], start, end))]
+            for key, start, end in cards
+        }
+
+    def open_gaps(self, cards: Sequence[CardKey]) -> dict[CardKey, list[OpenGap]]:
+        out: dict[CardKey, list[OpenGap]] = {}
+        rows = self.cur.execute(_OPEN_GAPS, (text_array(k[0] for k in cards), text_array(k[1] for k in cards)))
+        for issuer_id, asn, item_id, first, last, held in rows:
+            out.setdefault((issuer_id, asn), []).append(OpenGap(item_id, first, last, frozenset(held)))
+        return out
 
 
 __all__ = ["PgIngestor", "is_transient"]

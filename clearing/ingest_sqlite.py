@@ -19,18 +19,22 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from clearing.contract import TapRecord
+from clearing.contract.codes import Code
 from clearing.db import session_factory
 from clearing.ingest import (
-    BatchConflict,
+    RESOLVER,
     IngestResult,
     Parties,
     Prepared,
-    UnknownTerminal,
     WritePlan,
     answer_bytes,
+    batch_conflict,
     decide,
+    unknown_terminal,
     with_retries,
 )
+from clearing.ingest_reads import ForwardKey, LateKey, Snapshot, read_context
 from clearing.ledger import apply_account_deltas
 from clearing.models import (
     LEDGER_CNY,
@@ -42,7 +46,10 @@ from clearing.models import (
     DenylistEntryRow,
     ExceptionItem,
     ExceptionState,
+    ForwardState,
+    InteropForward,
     Issuer,
+    LoadKind,
     LoadState,
     PendingLoad,
     Tap,
@@ -54,11 +61,13 @@ from clearing.models import (
 from clearing.validation import (
     CardKey,
     CardState,
-    Context,
     DenyInterval,
+    Leg,
     Limits,
     Neighbour,
-    late_record_keys,
+    OpenGap,
+    RefundPricer,
+    Resolution,
 )
 
 CHUNK: Final = 400  # row values per IN (...): far below SQLite's bound-variable limit
@@ -87,17 +96,22 @@ class SqlIngestor:
         *,
         limits: Limits | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        refund_pricer: RefundPricer | None = None,
     ) -> None:
         assert engine.dialect.name == "sqlite", "SqlIngestor is the SQLite path; PostgreSQL uses PgIngestor"
         self.engine = engine
         self.sessions = session_factory(engine)
         self.limits = limits or Limits()
         self.clock = clock
+        self.refund_pricer = refund_pricer
         # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
         self.before_commit: Callable[[Prepared], None] | None = None
 
     def ingest(self, prepared: Prepared) -> IngestResult:
         return with_retries(lambda: self._attempt(prepared), is_transient)
+
+    def store_unavailable(self, exc: BaseException) -> bool:
+        return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
     def _attempt(self, prepared: Prepared) -> IngestResult:
         with self.sessions() as session:
@@ -134,7 +148,7 @@ class SqlIngestor:
             ).one()
             if stored[1] != prepared.digest:
                 session.rollback()
-                raise BatchConflict(terminal_id, batch.batch_seq)
+                raise batch_conflict(terminal_id, batch.batch_seq)
             if stored[2] == "done":
                 session.rollback()
                 assert stored[3] is not None
@@ -144,8 +158,16 @@ class SqlIngestor:
             select(Terminal.active, Terminal.payable_account_id).where(Terminal.terminal_id == terminal_id)
         ).one_or_none()
         if terminal is None or not terminal[0]:
-            raise UnknownTerminal(terminal_id)
-        ctx, parties = self._load(session, terminal_id, prepared, int(terminal[1]), received_at)
+            raise unknown_terminal(terminal_id)
+        ctx, _ = read_context(
+            SqlReads(session),
+            batch.records,
+            uploader=terminal_id,
+            now=received_at,
+            limits=self.limits,
+            refund_pricer=self.refund_pricer,
+        )
+        parties = Parties(int(terminal[1]), {key: state.account_id for key, state in ctx.cards.items()})
         plan = decide(prepared, ctx, parties, received_at)
         self._write(session, plan, int(claimed), batch.batch_seq, received_at)
         if self.before_commit is not None:
@@ -153,31 +175,186 @@ class SqlIngestor:
         session.commit()
         return IngestResult(plan.answer, replayed=False)
 
-    def _load(
-        self, session: Session, terminal_id: str, prepared: Prepared, operator_account_id: int, now: dt.datetime
-    ) -> tuple[Context, Parties]:
-        records = prepared.batch.records
+    def _write(
+        self, session: Session, plan: WritePlan, batch_id: int, batch_seq: int, received_at: dt.datetime
+    ) -> None:
+        next_id = int(session.execute(select(func.coalesce(func.max(Tap.id), 0))).scalar_one()) + 1
+        accounts = {t.id: t for t in plan.transfers}
+        tap_rows: list[dict[str, Any]] = []
+        exception_rows: list[dict[str, Any]] = []
+        for tap in plan.taps:
+            r = tap.record
+            fare = r.fare
+            tap_id = None
+            if tap.exception:
+                exception_rows.append(
+                    {
+                        "kind": "tap", "tap_id": next_id if tap.stored else None,
+                        "tap_business_day": tap.business_day if tap.stored else None,
+                        "record": msgspec.json.decode(tap.record_json) if tap.record_json else None,
+                        "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "batch_seq": batch_seq,
+                        "issuer_id": r.issuer_id, "card_asn": r.card_asn, "offline_counter": r.offline_counter,
+                        "amount_fen": r.amount_fen, "code": tap.code, "message": tap.message,
+                        "state": ExceptionState.OPEN.value, "created_at": received_at,
+                        "gap_first": tap.gap[0] if tap.gap else None, "gap_last": tap.gap[1] if tap.gap else None,
+                    }
+                )  # fmt: skip
+            if not tap.stored:
+                continue
+            tap_id, next_id = next_id, next_id + 1
+            tap_rows.append(
+                {
+                    "id": tap_id, "business_day": tap.business_day, "batch_id": batch_id, "batch_seq": batch_seq,
+                    "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "psam_serial": r.psam_serial,
+                    "issuer_id": r.issuer_id, "card_asn": r.card_asn, "card_type": r.card_type,
+                    "tx_type": r.tx_type, "amount_fen": r.amount_fen, "balance_before_fen": r.balance_before_fen,
+                    "offline_counter": r.offline_counter, "tx_time": tap.tx_at,
+                    "tx_utc_offset_min": tap.tx_utc_offset_min, "key_version": r.key_version, "alg_id": r.alg_id,
+                    "tac": r.tac, "route_id": r.route_id, "stop_id": r.stop_id, "vehicle_id": r.vehicle_id,
+                    "fare_product_id": fare.product_id if fare else None,
+                    "fare_rider_category_id": fare.rider_category_id if fare else None,
+                    "fare_leg_group_id": fare.leg_group_id if fare else None,
+                    "fare_full_fen": fare.full_fare_fen if fare else None,
+                    "fare_discount_fen": fare.discount_fen if fare else None,
+                    "fare_transfer_of": fare.transfer_of if fare else None,
+                    "status": r.status, "verdict": tap.verdict, "code": tap.code, "message": tap.message,
+                    "transfer_id": tap.transfer_id, "received_at": received_at,
+                    "fare_tap_kind": fare.tap_kind if fare else None,
+                    "fare_tariff_version": fare.tariff_version if fare else None,
+                    "fare_refund_claimed_fen": fare.refund_due_fen if fare and fare.tap_kind == "tap_off" else None,
+                    "refund_fen": tap.refund_fen,
+                }
+            )  # fmt: skip
+        _insert(session, Tap, tap_rows)
+        _insert(session, ExceptionItem, exception_rows)
+        _insert(
+            session,
+            Transfer,
+            [
+                {
+                    "id": t.id, "debit_account_id": t.debit_account_id, "credit_account_id": t.credit_account_id,
+                    "amount_fen": t.amount_fen, "ledger": LEDGER_CNY, "code": int(TransferCode.PURCHASE),
+                    "state": TransferState.POSTED.value, "pending_id": None, "source_ref": t.source_ref,
+                    "created_at": received_at,
+                }
+                for t in accounts.values()
+            ],
+        )  # fmt: skip
+        _insert(
+            session,
+            PendingLoad,
+            [
+                {
+                    "id": r.load_id, "issuer_id": r.issuer_id, "card_asn": r.card_asn, "amount_fen": r.amount_fen,
+                    "state": LoadState.PENDING.value, "kind": LoadKind.REFUND.value,
+                    "payer_account_id": r.payer_account_id, "created_at": received_at, "updated_at": received_at,
+                }
+                for r in plan.refunds
+            ],
+        )  # fmt: skip
+        _insert(
+            session,
+            InteropForward,
+            [
+                {
+                    "batch_id": batch_id, "batch_seq": batch_seq, "terminal_id": f.record.terminal_id,
+                    "terminal_seq": f.record.terminal_seq, "record_digest": f.digest, "issuer_id": f.record.issuer_id,
+                    "card_asn": f.record.card_asn, "offline_counter": f.record.offline_counter,
+                    "tx_type": f.record.tx_type, "amount_fen": f.record.amount_fen, "tx_time": f.tx_at,
+                    "business_day": f.business_day, "record": msgspec.json.decode(f.record_json),
+                    "state": ForwardState.FORWARDED.value, "received_at": received_at,
+                }
+                for f in plan.forwards
+            ],
+        )  # fmt: skip
+        if plan.tap_refunds:
+            session.execute(update(Tap), [{"id": tap_id, "refund_fen": fen} for tap_id, fen in plan.tap_refunds])
+        _resolve(session, plan.resolutions, received_at)
+        apply_account_deltas(session, plan.account_deltas)
+        card_rows = [
+            {
+                "id": card.card_id,
+                "shadow_balance_fen": card.shadow_balance_fen,
+                "last_offline_counter": card.last_offline_counter,
+                "last_tx_at": card.last_tx_at,
+                "shadow_load_at": card.shadow_load_at,
+                **({"status": CardStatus.BLOCKED.value} if card.blocked else {}),
+            }
+            for card in plan.cards
+        ]
+        if card_rows:  # ORM bulk UPDATE by primary key: one executemany per set of columns
+            session.execute(update(Card), card_rows)
+        session.execute(
+            update(BatchRow)
+            .where(BatchRow.id == batch_id)
+            .values(status="done", answer=plan.answer.decode(), done_at=received_at, body=None)
+        )
+
+
+def _resolve(session: Session, resolutions: Sequence[Resolution], now: dt.datetime) -> None:
+    """Close the exception items clearing resolved itself (still open: a person may have decided first)."""
+    for res in resolutions:
+        which = (
+            ExceptionItem.id == res.item_id
+            if res.item_id is not None
+            else (ExceptionItem.tap_id == res.tap_id) & (ExceptionItem.code == Code.S_TAPOFF_NO_ENTRY.value)
+        )
+        session.execute(
+            update(ExceptionItem)
+            .where(which, ExceptionItem.state == ExceptionState.OPEN.value)
+            .values(state=ExceptionState.RESOLVED.value, note=res.note, decided_by=RESOLVER, decided_at=now)
+        )
+
+
+def _insert(session: Session, model: type[Any], rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    if rows:
+        session.execute(insert(model), rows)
+
+
+_POSTED = or_(Tap.verdict == "accepted", Tap.verdict == "suspect")
+_LEG_COLUMNS = (
+    Tap.offline_counter, Tap.terminal_id, Tap.terminal_seq, Tap.route_id, Tap.vehicle_id, Tap.stop_id, Tap.tx_time,
+    Tap.amount_fen, Tap.fare_tap_kind, Tap.fare_tariff_version, Tap.fare_rider_category_id,
+    Tap.fare_refund_claimed_fen, Transfer.credit_account_id, Tap.id,
+)  # fmt: skip
+
+
+def _leg(row: Sequence[Any]) -> Leg:
+    counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed, payer, tap_id = row
+    return Leg(
+        counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed or 0, payer,
+        tap_id,
+    )  # fmt: skip
+
+
+class SqlReads:
+    """``ingest_reads.BatchReads`` through SQLAlchemy Core, in the ingest transaction (SQLite)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def snapshot(self, records: Sequence[TapRecord]) -> Snapshot:
+        session = self.session
         issuers = session.execute(select(Issuer.issuer_id, Issuer.own)).all()
         card_keys = sorted({(r.issuer_id, r.card_asn) for r in records})
         cards: dict[CardKey, CardState] = {}
-        accounts: dict[CardKey, int] = {}
         for chunk in _chunks(card_keys):
             rows = session.execute(
                 select(
                     Card.issuer_id, Card.card_asn, Card.id, Card.account_id, Card.start_date,
                     Card.shadow_balance_fen, Card.last_offline_counter, Card.shadow_load_at, Card.last_tx_at,
-                    Account.flags,
+                    Card.card_type, Account.flags,
                     Account.credits_posted - Account.debits_posted - Account.debits_pending,
                 )
                 .join(Account, Account.id == Card.account_id)
                 .where(tuple_(Card.issuer_id, Card.card_asn).in_(chunk))
             )  # fmt: skip
-            for issuer_id, asn, card_id, account_id, start, shadow, last, load_at, last_tx, flags, avail in rows:
+            for issuer_id, asn, card_id, account_id, start, shadow, last, load_at, last_tx, kind, flags, avail in rows:
                 limited = bool(flags & AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS)
                 cards[(issuer_id, asn)] = CardState(
-                    card_id, account_id, start, shadow, last, load_at, avail if limited else None, last_tx
+                    card_id, account_id, start, shadow, last, load_at, avail if limited else None, last_tx, kind
                 )
-                accounts[(issuer_id, asn)] = account_id
         seqs = sorted({(r.terminal_id, r.terminal_seq) for r in records})
         seen_seq: set[tuple[str, int]] = set()
         for seq_chunk in _chunks(seqs):
@@ -209,150 +386,102 @@ class SqlIngestor:
                 )
             ):
                 denylist.setdefault((issuer_id, asn), []).append(DenyInterval(effective_at, removed_at))
-        neighbours = _neighbours(session, late_record_keys(records, cards))
-        ctx = Context(
-            uploader=terminal_id,
-            known_terminals=frozenset({terminal_id}),
+        return Snapshot(
             own_issuers=frozenset(i for i, own in issuers if own),
             peer_issuers=frozenset(i for i, own in issuers if not own),
             cards=cards,
+            versions={},
             seen_terminal_seqs=seen_seq,
             seen_card_counters=seen_counter,
-            now=now,
-            limits=self.limits,
             denylist=denylist,
-            neighbours=neighbours,
-        )
-        return ctx, Parties(operator_account_id, accounts)
-
-    def _write(
-        self, session: Session, plan: WritePlan, batch_id: int, batch_seq: int, received_at: dt.datetime
-    ) -> None:
-        next_id = int(session.execute(select(func.coalesce(func.max(Tap.id), 0))).scalar_one()) + 1
-        accounts = {t.id: t for t in plan.transfers}
-        tap_rows: list[dict[str, Any]] = []
-        exception_rows: list[dict[str, Any]] = []
-        for tap in plan.taps:
-            r = tap.record
-            fare = r.fare
-            tap_id = None
-            if tap.exception:
-                exception_rows.append(
-                    {
-                        "kind": "tap", "tap_id": next_id if tap.stored else None,
-                        "tap_business_day": tap.business_day if tap.stored else None,
-                        "record": msgspec.json.decode(tap.record_json) if tap.record_json else None,
-                        "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "batch_seq": batch_seq,
-                        "issuer_id": r.issuer_id, "card_asn": r.card_asn, "offline_counter": r.offline_counter,
-                        "amount_fen": r.amount_fen, "code": tap.code, "message": tap.message,
-                        "state": ExceptionState.OPEN.value, "created_at": received_at,
-                    }
-                )  # fmt: skip
-            if not tap.stored:
-                continue
-            tap_id, next_id = next_id, next_id + 1
-            tap_rows.append(
-                {
-                    "id": tap_id, "business_day": tap.business_day, "batch_id": batch_id, "batch_seq": batch_seq,
-                    "terminal_id": r.terminal_id, "terminal_seq": r.terminal_seq, "psam_serial": r.psam_serial,
-                    "issuer_id": r.issuer_id, "card_asn": r.card_asn, "card_type": r.card_type,
-                    "tx_type": r.tx_type, "amount_fen": r.amount_fen, "balance_before_fen": r.balance_before_fen,
-                    "offline_counter": r.offline_counter, "tx_time": tap.tx_at,
-                    "tx_utc_offset_min": tap.tx_utc_offset_min, "key_version": r.key_version, "alg_id": r.alg_id,
-                    "tac": r.tac, "route_id": r.route_id, "stop_id": r.stop_id, "vehicle_id": r.vehicle_id,
-                    "fare_product_id": fare.product_id if fare else None,
-                    "fare_rider_category_id": fare.rider_category_id if fare else None,
-                    "fare_leg_group_id": fare.leg_group_id if fare else None,
-                    "fare_full_fen": fare.full_fare_fen if fare else None,
-                    "fare_discount_fen": fare.discount_fen if fare else None,
-                    "fare_transfer_of": fare.transfer_of if fare else None,
-                    "status": r.status, "verdict": tap.verdict, "code": tap.code, "message": tap.message,
-                    "transfer_id": tap.transfer_id, "received_at": received_at,
-                }
-            )  # fmt: skip
-        _insert(session, Tap, tap_rows)
-        _insert(session, ExceptionItem, exception_rows)
-        _insert(
-            session,
-            Transfer,
-            [
-                {
-                    "id": t.id, "debit_account_id": t.debit_account_id, "credit_account_id": t.credit_account_id,
-                    "amount_fen": t.amount_fen, "ledger": LEDGER_CNY, "code": int(TransferCode.PURCHASE),
-                    "state": TransferState.POSTED.value, "pending_id": None, "source_ref": t.source_ref,
-                    "created_at": received_at,
-                }
-                for t in accounts.values()
-            ],
-        )  # fmt: skip
-        _insert(
-            session,
-            PendingLoad,
-            [
-                {
-                    "id": r.load_id, "issuer_id": r.issuer_id, "card_asn": r.card_asn, "amount_fen": r.amount_fen,
-                    "state": LoadState.PENDING.value, "created_at": received_at, "updated_at": received_at,
-                }
-                for r in plan.refunds
-            ],
-        )  # fmt: skip
-        apply_account_deltas(session, plan.account_deltas)
-        card_rows = [
-            {
-                "id": card.card_id,
-                "shadow_balance_fen": card.shadow_balance_fen,
-                "last_offline_counter": card.last_offline_counter,
-                "last_tx_at": card.last_tx_at,
-                "shadow_load_at": card.shadow_load_at,
-                **({"status": CardStatus.BLOCKED.value} if card.blocked else {}),
-            }
-            for card in plan.cards
-        ]
-        if card_rows:  # ORM bulk UPDATE by primary key: one executemany per set of columns
-            session.execute(update(Card), card_rows)
-        session.execute(
-            update(BatchRow)
-            .where(BatchRow.id == batch_id)
-            .values(status="done", answer=plan.answer.decode(), done_at=received_at, body=None)
         )
 
+    def neighbours(self, late: Sequence[LateKey]) -> dict[LateKey, tuple[Neighbour | None, Neighbour | None]]:
+        """The cleared purchases next to each late record's counter: one read per card, not two per record.
 
-def _insert(session: Session, model: type[Any], rows: Iterable[dict[str, Any]]) -> None:
-    rows = list(rows)
-    if rows:
-        session.execute(insert(model), rows)
-
-
-def _neighbours(
-    session: Session, late: Sequence[tuple[str, str, int]]
-) -> dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]]:
-    """The cleared purchases next to each late record's counter: one read per card, not two per record.
-
-    A card's cleared taps come back in counter order; the nearest at or below and the nearest
-    above each late counter are found by bisection.
-    """
-    if not late:
-        return {}
-    history: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
-    card_keys = sorted({(issuer_id, asn) for issuer_id, asn, _ in late})
-    for chunk in _chunks(card_keys):
-        rows = session.execute(
-            select(Tap.issuer_id, Tap.card_asn, Tap.offline_counter, Tap.balance_before_fen, Tap.amount_fen)
-            .where(
-                tuple_(Tap.issuer_id, Tap.card_asn).in_(chunk), or_(Tap.verdict == "accepted", Tap.verdict == "suspect")
+        A card's cleared taps come back in counter order; the nearest at or below and the nearest
+        above each late counter are found by bisection.
+        """
+        history: dict[tuple[str, str], list[tuple[int, int, int, Leg | None]]] = {}
+        card_keys = sorted({(issuer_id, asn) for issuer_id, asn, _ in late})
+        for chunk in _chunks(card_keys):
+            rows = self.session.execute(
+                select(Tap.issuer_id, Tap.card_asn, Tap.balance_before_fen, Tap.refund_fen, *_LEG_COLUMNS)
+                .outerjoin(Transfer, Transfer.id == Tap.transfer_id)
+                .where(tuple_(Tap.issuer_id, Tap.card_asn).in_(chunk), _POSTED)
+                .order_by(Tap.issuer_id, Tap.card_asn, Tap.offline_counter)
             )
-            .order_by(Tap.issuer_id, Tap.card_asn, Tap.offline_counter)
-        )
-        for issuer_id, asn, counter, before, amount in rows:
-            history.setdefault((issuer_id, asn), []).append((counter, before, amount))
-    out: dict[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]] = {}
-    for issuer_id, asn, counter in late:
-        taps = history.get((issuer_id, asn), [])
-        split = bisect.bisect_right(taps, counter, key=lambda t: t[0])  # taps[:split] are at or below
-        below = Neighbour(*taps[split - 1]) if split > 0 else None
-        above = Neighbour(*taps[split]) if split < len(taps) else None
-        out[(issuer_id, asn, counter)] = (below, above)
-    return out
+            for issuer_id, asn, before, refund_fen, *leg_row in rows:
+                leg = _leg(leg_row)
+                waiting = leg if leg.tap_kind == "tap_off" and refund_fen is None else None
+                history.setdefault((issuer_id, asn), []).append((leg.counter, before, leg.amount_fen, waiting))
+        out: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = {}
+        for issuer_id, asn, counter in late:
+            taps = history.get((issuer_id, asn), [])
+            split = bisect.bisect_right(taps, counter, key=lambda t: t[0])  # taps[:split] are at or below
+            below = Neighbour(*taps[split - 1][:3]) if split > 0 else None
+            above = Neighbour(*taps[split]) if split < len(taps) else None
+            out[(issuer_id, asn, counter)] = (below, above)
+        return out
+
+    def forwards_seen(self, keys: Sequence[ForwardKey]) -> set[ForwardKey]:
+        found: set[ForwardKey] = set()
+        columns = (InteropForward.terminal_id, InteropForward.terminal_seq, InteropForward.record_digest)
+        for chunk in _chunks(sorted(set(keys))):
+            rows = self.session.execute(select(*columns).where(tuple_(*columns).in_(chunk)))
+            found.update((t, s, d) for t, s, d in rows)
+        return found
+
+    def entries(self, keys: Sequence[LateKey]) -> dict[LateKey, Leg]:
+        out: dict[LateKey, Leg] = {}
+        for chunk in _chunks(sorted(set(keys))):
+            rows = self.session.execute(
+                select(Tap.issuer_id, Tap.card_asn, *_LEG_COLUMNS)
+                .outerjoin(Transfer, Transfer.id == Tap.transfer_id)
+                .where(tuple_(Tap.issuer_id, Tap.card_asn, Tap.offline_counter).in_(chunk), _POSTED)
+            )
+            for issuer_id, asn, *leg_row in rows:
+                leg = _leg(leg_row)
+                out[(issuer_id, asn, leg.counter)] = leg
+        return out
+
+    def day_legs(self, cards: Sequence[tuple[CardKey, dt.datetime, dt.datetime]]) -> dict[CardKey, list[Leg]]:
+        out: dict[CardKey, list[Leg]] = {}
+        for (issuer_id, asn), start, end in cards:
+            rows = self.session.execute(
+                select(*_LEG_COLUMNS)
+                .outerjoin(Transfer, Transfer.id == Tap.transfer_id)
+                .where(
+                    Tap.issuer_id == issuer_id, Tap.card_asn == asn, _POSTED, Tap.tx_time >= start, Tap.tx_time < end
+                )
+                .order_by(Tap.offline_counter)
+            )
+            out[(issuer_id, asn)] = [_leg(row) for row in rows]
+        return out
+
+    def open_gaps(self, cards: Sequence[CardKey]) -> dict[CardKey, list[OpenGap]]:
+        out: dict[CardKey, list[OpenGap]] = {}
+        for chunk in _chunks(sorted(set(cards))):
+            items = self.session.execute(
+                select(
+                    ExceptionItem.issuer_id, ExceptionItem.card_asn, ExceptionItem.id, ExceptionItem.gap_first,
+                    ExceptionItem.gap_last,
+                ).where(
+                    tuple_(ExceptionItem.issuer_id, ExceptionItem.card_asn).in_(chunk),
+                    ExceptionItem.state == ExceptionState.OPEN.value,
+                    ExceptionItem.code == "S_COUNTER_GAP",
+                    ExceptionItem.gap_first.is_not(None),
+                )
+            ).all()  # fmt: skip
+            for issuer_id, asn, item_id, first, last in items:
+                assert issuer_id is not None and asn is not None and first is not None and last is not None
+                held = self.session.execute(
+                    select(Tap.offline_counter).where(
+                        Tap.issuer_id == issuer_id, Tap.card_asn == asn, Tap.offline_counter.between(first, last)
+                    )
+                ).scalars()
+                out.setdefault((issuer_id, asn), []).append(OpenGap(item_id, first, last, frozenset(held)))
+        return out
 
 
 __all__ = ["SqlIngestor", "is_transient"]

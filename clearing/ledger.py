@@ -18,7 +18,6 @@ See ``docs/ledger.md`` for the accounting of each flow.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar, cast
@@ -28,6 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 from clearing.models import LEDGER_CNY, Account, AccountFlag, Transfer, TransferState, utcnow
 
 TRANSFER_ID_LEN_MAX: Final = 80
@@ -38,36 +39,14 @@ _TRANSFERS: Final = cast(Table, Transfer.__table__)
 _ACCOUNTS: Final = cast(Table, Account.__table__)
 
 
-class LedgerCode(enum.StrEnum):
-    E_TRANSFER_CONFLICT = "E_TRANSFER_CONFLICT"
-    E_INVALID_TRANSFER = "E_INVALID_TRANSFER"
-    E_ACCOUNT_NOT_FOUND = "E_ACCOUNT_NOT_FOUND"
-    E_LEDGER_MISMATCH = "E_LEDGER_MISMATCH"
-    E_DEBITS_EXCEED_CREDITS = "E_DEBITS_EXCEED_CREDITS"
-    E_CREDITS_EXCEED_DEBITS = "E_CREDITS_EXCEED_DEBITS"
-    E_PENDING_NOT_FOUND = "E_PENDING_NOT_FOUND"
-    E_PENDING_ALREADY_RESOLVED = "E_PENDING_ALREADY_RESOLVED"
-    E_PENDING_AMOUNT = "E_PENDING_AMOUNT"
-    E_LEDGER_INVARIANT = "E_LEDGER_INVARIANT"
-
-
-class LedgerError(Exception):
-    """A refused ledger operation: a stable ``code`` and a human sentence."""
-
-    def __init__(self, code: LedgerCode, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class LedgerBatchError(LedgerError):
+class LedgerBatchError(ClearingError):
     """``post_transfers(strict=True)`` refused a batch; nothing was written. ``results`` says why."""
 
     def __init__(self, results: list[PostResult]) -> None:
         failed = [r for r in results if r.status == "failed"]
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        super().__init__(LedgerCode(first.code), f"transfer {first.id!r}: {first.message}{more}")
+        super().__init__(Code(first.code), f"transfer {first.id!r}: {first.message}{more}")
         self.results = results
 
 
@@ -191,16 +170,16 @@ class _Acc:
         self.delta[2] += cp
         self.delta[3] += cpo
 
-    def violation(self) -> tuple[LedgerCode, str] | None:
+    def violation(self) -> tuple[Code, str] | None:
         if self.flags & AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS and self.dp + self.dpo > self.cpo:
             return (
-                LedgerCode.E_DEBITS_EXCEED_CREDITS,
+                Code.E_DEBITS_EXCEED_CREDITS,
                 f"account {self.id} would have debits {self.dp + self.dpo} fen over credits {self.cpo} fen "
                 "(debits must not exceed credits)",
             )
         if self.flags & AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS and self.cp + self.cpo > self.dpo:
             return (
-                LedgerCode.E_CREDITS_EXCEED_DEBITS,
+                Code.E_CREDITS_EXCEED_DEBITS,
                 f"account {self.id} would have credits {self.cp + self.cpo} fen over debits {self.dpo} fen "
                 "(credits must not exceed debits)",
             )
@@ -351,13 +330,13 @@ def post_transfers(session: Session, transfers: Sequence[TransferSpec], *, stric
     new_rows: list[_Row] = []
     batch_rows: dict[str, _Row] = {}  # transfers created earlier in this call
 
-    def fail(spec: TransferSpec, code: LedgerCode, message: str) -> None:
+    def fail(spec: TransferSpec, code: Code, message: str) -> None:
         results.append(PostResult(spec.id, "failed", code.value, message))
 
     for spec in transfers:
         shape = _shape_error(spec)
         if shape is not None:
-            fail(spec, LedgerCode.E_INVALID_TRANSFER, shape)
+            fail(spec, Code.E_INVALID_TRANSFER, shape)
             continue
         state = _KIND_STATE[spec.kind]
         stored = batch_rows.get(spec.id) or existing.get(spec.id)
@@ -372,13 +351,13 @@ def post_transfers(session: Session, transfers: Sequence[TransferSpec], *, stric
         else:
             if pending is None or pending.state != TransferState.PENDING:
                 if stored is None:
-                    fail(spec, LedgerCode.E_PENDING_NOT_FOUND, f"no pending transfer {spec.pending_id!r}")
+                    fail(spec, Code.E_PENDING_NOT_FOUND, f"no pending transfer {spec.pending_id!r}")
                     continue
                 pending = None
             debit_id = spec.debit_account_id or (pending.debit_account_id if pending else 0)
             credit_id = spec.credit_account_id or (pending.credit_account_id if pending else 0)
             if pending is not None and (debit_id, credit_id) != (pending.debit_account_id, pending.credit_account_id):
-                fail(spec, LedgerCode.E_INVALID_TRANSFER, "accounts differ from the pending transfer's")
+                fail(spec, Code.E_INVALID_TRANSFER, "accounts differ from the pending transfer's")
                 continue
             if spec.kind == "void_pending":
                 amount = pending.amount_fen if pending else (stored.amount_fen if stored else 0)
@@ -393,18 +372,18 @@ def post_transfers(session: Session, transfers: Sequence[TransferSpec], *, stric
             if _same(row, stored, spec):
                 results.append(PostResult(spec.id, "exists"))
             else:
-                fail(spec, LedgerCode.E_TRANSFER_CONFLICT, f"id {spec.id!r} already posted with other fields")
+                fail(spec, Code.E_TRANSFER_CONFLICT, f"id {spec.id!r} already posted with other fields")
             continue
 
         debit, credit = accounts.get(debit_id), accounts.get(credit_id)
         if debit is None or credit is None:
             missing = debit_id if debit is None else credit_id
-            fail(spec, LedgerCode.E_ACCOUNT_NOT_FOUND, f"account {missing} does not exist")
+            fail(spec, Code.E_ACCOUNT_NOT_FOUND, f"account {missing} does not exist")
             continue
         if not (debit.ledger == credit.ledger == spec.ledger):
             fail(
                 spec,
-                LedgerCode.E_LEDGER_MISMATCH,
+                Code.E_LEDGER_MISMATCH,
                 f"ledgers differ: transfer {spec.ledger}, debit {debit.ledger}, credit {credit.ledger}",
             )
             continue
@@ -415,14 +394,14 @@ def post_transfers(session: Session, transfers: Sequence[TransferSpec], *, stric
             if resolved_by is not None:
                 fail(
                     spec,
-                    LedgerCode.E_PENDING_ALREADY_RESOLVED,
+                    Code.E_PENDING_ALREADY_RESOLVED,
                     f"pending transfer {spec.pending_id!r} was already resolved by {resolved_by!r}",
                 )
                 continue
             if amount > pending.amount_fen:
                 fail(
                     spec,
-                    LedgerCode.E_PENDING_AMOUNT,
+                    Code.E_PENDING_AMOUNT,
                     f"post of {amount} fen exceeds pending amount {pending.amount_fen} fen",
                 )
                 continue
@@ -510,9 +489,9 @@ def _execute_flag_checked(session: Session, stmt: object, params: object) -> Non
     except IntegrityError as exc:
         text_ = str(exc.orig)
         if "debits_must_not_exceed_credits" in text_:
-            raise LedgerError(LedgerCode.E_DEBITS_EXCEED_CREDITS, "an account would go past its flag") from exc
+            raise ClearingError(Code.E_DEBITS_EXCEED_CREDITS, "an account would go past its flag") from exc
         if "credits_must_not_exceed_debits" in text_:
-            raise LedgerError(LedgerCode.E_CREDITS_EXCEED_DEBITS, "an account would go past its flag") from exc
+            raise ClearingError(Code.E_CREDITS_EXCEED_DEBITS, "an account would go past its flag") from exc
         raise
 
 
@@ -522,7 +501,7 @@ def apply_account_deltas(session: Session, deltas: Mapping[int, tuple[int, int]]
     For ingest paths that insert their transfers themselves (e.g. COPY) and aggregate the
     amounts per account: one statement on PostgreSQL (``UPDATE … FROM unnest(…)``, after
     locking the rows in id order), one executemany on SQLite. Flags are enforced by the
-    CHECK constraints; a violation raises ``LedgerError`` and the caller must roll back.
+    CHECK constraints; a violation raises ``ClearingError`` and the caller must roll back.
     The caller owns the invariant that the deltas match the transfers it inserted
     (``trial_balance`` checks it).
     """
@@ -564,14 +543,14 @@ def account_balance(session: Session, account_id: int) -> AccountBalance:
         )
     ).one_or_none()
     if row is None:
-        raise LedgerError(LedgerCode.E_ACCOUNT_NOT_FOUND, f"account {account_id} does not exist")
+        raise ClearingError(Code.E_ACCOUNT_NOT_FOUND, f"account {account_id} does not exist")
     result = AccountBalance(account_id, *row)
     assert min(row) >= 0, f"account {account_id} has a negative total: {result}"
     return result
 
 
 def trial_balance(session: Session) -> TrialBalance:
-    """Sum every account and every transfer; raise ``LedgerError(E_LEDGER_INVARIANT)`` if they disagree.
+    """Sum every account and every transfer; raise ``ClearingError(E_LEDGER_INVARIANT)`` if they disagree.
 
     Checks: debits == credits (posted and pending), posted totals == sum of posted
     transfers, pending totals == sum of unresolved pending transfers.
@@ -605,9 +584,9 @@ def trial_balance(session: Session) -> TrialBalance:
         transfers_pending_fen=int(unresolved),
     )
     if not (tb.debits_posted == tb.credits_posted == tb.transfers_posted_fen):
-        raise LedgerError(LedgerCode.E_LEDGER_INVARIANT, f"posted totals disagree: {tb}")
+        raise ClearingError(Code.E_LEDGER_INVARIANT, f"posted totals disagree: {tb}")
     if not (tb.debits_pending == tb.credits_pending == tb.transfers_pending_fen):
-        raise LedgerError(LedgerCode.E_LEDGER_INVARIANT, f"pending totals disagree: {tb}")
+        raise ClearingError(Code.E_LEDGER_INVARIANT, f"pending totals disagree: {tb}")
     return tb
 
 
@@ -626,8 +605,6 @@ def transfers_of(session: Session, account_id: int, *, limit: int = 100) -> list
 __all__ = [
     "AccountBalance",
     "LedgerBatchError",
-    "LedgerCode",
-    "LedgerError",
     "PostResult",
     "TransferSpec",
     "TrialBalance",

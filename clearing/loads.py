@@ -29,6 +29,8 @@ from cardos import crypto
 from cardos.records import SHANGHAI_TZ
 from clearing import accounts
 from clearing.contract import LoadAuthorizeRequest, LoadAuthorizeResponse, LoadCompleteRequest, LoadCompleteResponse
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 from clearing.ingest import REFUND_PREFIX
 from clearing.keystore import KeyStore, KeyStoreError
 from clearing.ledger import TransferSpec, post_transfers
@@ -38,22 +40,12 @@ LOAD_ID_LEN_MAX: Final = 40
 TX_TYPE: Final = crypto.TX_EP_LOAD  # loads into the electronic purse
 
 
-class LoadError(Exception):
-    """A refused load step: HTTP ``status``, a stable ``code`` and a human sentence."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
+def _not_found(load_id: str) -> ClearingError:
+    return ClearingError(Code.E_UNKNOWN_LOAD, f"no pending load {load_id}")
 
 
-def _not_found(load_id: str) -> LoadError:
-    return LoadError(404, "E_UNKNOWN_LOAD", f"no pending load {load_id}")
-
-
-def _conflict(code: str, message: str) -> LoadError:
-    return LoadError(409, code, message)
+def _conflict(code: Code, message: str) -> ClearingError:
+    return ClearingError(code, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +72,13 @@ def create_pending(
 ) -> PendingLoad:
     """A paid load waiting for the card (the portal calls this on ``payment_intent.succeeded``)."""
     if not 0 < len(load_id) <= LOAD_ID_LEN_MAX:
-        raise LoadError(422, "E_BAD_LOAD_ID", f"load id must be 1..{LOAD_ID_LEN_MAX} characters")
+        raise ClearingError(Code.E_BAD_LOAD_ID, f"load id must be 1..{LOAD_ID_LEN_MAX} characters")
     if amount_fen <= 0:
-        raise LoadError(422, "E_BAD_AMOUNT", "a load moves a positive amount")
+        raise ClearingError(Code.E_BAD_AMOUNT, "a load moves a positive amount")
     existing = session.get(PendingLoad, load_id)
     if existing is not None:
         if (existing.issuer_id, existing.card_asn, existing.amount_fen) != (issuer_id, card_asn, amount_fen):
-            raise _conflict("E_LOAD_CONFLICT", f"load {load_id} exists for another card or amount")
+            raise _conflict(Code.E_LOAD_CONFLICT, f"load {load_id} exists for another card or amount")
         return existing
     load = PendingLoad(
         id=load_id,
@@ -114,7 +106,7 @@ def _card_key(keystore: KeyStore, which: str, issuer_id: str, asn: str, key_vers
             keystore.dlk(issuer_id, asn, key_version) if which == "dlk" else keystore.dtk(issuer_id, asn, key_version)
         )
     except KeyStoreError as exc:
-        raise _conflict("E_UNKNOWN_KEY", f"no key version {key_version} for issuer {issuer_id}") from exc
+        raise _conflict(Code.E_UNKNOWN_KEY, f"no key version {key_version} for issuer {issuer_id}") from exc
 
 
 def _source_account(session: Session, load: PendingLoad) -> int:
@@ -126,7 +118,7 @@ def _source_account(session: Session, load: PendingLoad) -> int:
             select(Terminal.payable_account_id).where(Terminal.terminal_id == terminal_id)
         ).scalar_one_or_none()
         if payable is None:
-            raise _conflict("E_UNKNOWN_TERMINAL", f"fare refund {load.id} names unknown terminal {terminal_id}")
+            raise _conflict(Code.E_UNKNOWN_TERMINAL, f"fare refund {load.id} names unknown terminal {terminal_id}")
         return int(payable)
     if load.payment_ref is not None:
         return accounts.gateway_receivable(session)
@@ -148,9 +140,9 @@ def authorize(
     """
     load = _locked_load(session, load_id)
     if (load.issuer_id, load.card_asn) != (req.issuer_id, req.card_asn):
-        raise _conflict("E_WRONG_CARD", f"load {load_id} is for another card")
+        raise _conflict(Code.E_WRONG_CARD, f"load {load_id} is for another card")
     if load.amount_fen != req.amount_fen:
-        raise _conflict("E_WRONG_AMOUNT", f"load {load_id} is for {load.amount_fen} fen, not {req.amount_fen}")
+        raise _conflict(Code.E_WRONG_AMOUNT, f"load {load_id} is for {load.amount_fen} fen, not {req.amount_fen}")
     if load.state == LoadState.AUTHORIZED.value and (load.card_random, load.online_counter, load.terminal_id) == (
         req.card_random,
         req.online_counter,
@@ -159,19 +151,19 @@ def authorize(
         assert load.mac2 is not None and load.tx_time is not None
         return LoadAuthorizeResponse(load.mac2, host_time(load.tx_time).iso_local)
     if load.state not in (LoadState.PENDING.value, LoadState.AUTHORIZED.value):
-        raise _conflict("E_LOAD_STATE", f"load {load_id} is {load.state}")
+        raise _conflict(Code.E_LOAD_STATE, f"load {load_id} is {load.state}")
     if (
         load.state == LoadState.AUTHORIZED.value
         and req.online_counter != load.online_counter
         and not _counter_used_by_another_load(session, load)
     ):
         raise _conflict(
-            "E_LOAD_IN_DOUBT",
+            Code.E_LOAD_IN_DOUBT,
             f"load {load_id} was authorized at online counter {load.online_counter} and the card is now at "
             f"{req.online_counter}: it may already be credited; resolve it from the card's log",
         )
     if req.alg_id not in crypto.ALGORITHMS:
-        raise _conflict("E_BAD_ALGORITHM", f"unknown algorithm id {req.alg_id:#04x}")
+        raise _conflict(Code.E_BAD_ALGORITHM, f"unknown algorithm id {req.alg_id:#04x}")
     dlk = _card_key(keystore, "dlk", req.issuer_id, req.card_asn, req.key_version)
     terminal = bytes.fromhex(req.terminal_id)
     session_key = crypto.load_session_key(dlk, bytes.fromhex(req.card_random), req.online_counter, req.alg_id)
@@ -179,7 +171,7 @@ def authorize(
         session_key, crypto.load_mac1_data(req.balance_before_fen, req.amount_fen, TX_TYPE, terminal), req.alg_id
     )
     if not hmac.compare_digest(mac1, bytes.fromhex(req.mac1)):
-        raise _conflict("E_MAC1_MISMATCH", f"MAC1 does not verify for card {req.card_asn}, load {load_id}")
+        raise _conflict(Code.E_MAC1_MISMATCH, f"MAC1 does not verify for card {req.card_asn}, load {load_id}")
     when = host_time(now)
     mac2 = crypto.mac(
         session_key, crypto.load_mac2_data(req.amount_fen, TX_TYPE, terminal, when.date4, when.time3), req.alg_id
@@ -219,9 +211,9 @@ def complete(session: Session, keystore: KeyStore, load_id: str, req: LoadComple
     if load.state == LoadState.POSTED.value:
         if load.tac == req.tac:
             return LoadCompleteResponse("posted")
-        raise _conflict("E_LOAD_STATE", f"load {load_id} was already posted with another TAC")
+        raise _conflict(Code.E_LOAD_STATE, f"load {load_id} was already posted with another TAC")
     if load.state != LoadState.AUTHORIZED.value:
-        raise _conflict("E_LOAD_STATE", f"load {load_id} is {load.state}, not authorized")
+        raise _conflict(Code.E_LOAD_STATE, f"load {load_id} is {load.state}, not authorized")
     assert load.terminal_id and load.tx_time and load.key_version is not None and load.alg_id is not None
     assert load.balance_before_fen is not None and load.online_counter is not None
     dtk = _card_key(keystore, "dtk", load.issuer_id, load.card_asn, load.key_version)
@@ -239,7 +231,7 @@ def complete(session: Session, keystore: KeyStore, load_id: str, req: LoadComple
         load.alg_id,
     )
     if not hmac.compare_digest(expected, bytes.fromhex(req.tac)):
-        raise _conflict("E_TAC_MISMATCH", f"TAC does not verify for card {load.card_asn}, load {load_id}")
+        raise _conflict(Code.E_TAC_MISMATCH, f"TAC does not verify for card {load.card_asn}, load {load_id}")
     card = session.execute(
         select(Card).where(Card.issuer_id == load.issuer_id, Card.card_asn == load.card_asn).with_for_update()
     ).scalar_one()
@@ -268,7 +260,6 @@ def complete(session: Session, keystore: KeyStore, load_id: str, req: LoadComple
 
 
 __all__ = [
-    "LoadError",
     "authorize",
     "complete",
     "create_pending",

@@ -103,16 +103,30 @@ class CardStatus(enum.StrEnum):
 
 class LoadState(enum.StrEnum):
     PENDING = "pending"  # paid, waiting for the card to meet a load-capable reader
-    AUTHORIZED = "authorized"  # MAC2 issued, waiting for the TAC
+    AUTHORIZED = "authorized"  # MAC2 issued, reserved; waiting for the TAC (or the card's proof)
     POSTED = "posted"
-    CANCELLED = "cancelled"
-    REFUNDED = "refunded"
+    CANCELLED = "cancelled"  # never reached the card; reservation voided, payment to refund
+    EXPIRED = "expired"  # not collected in time; reservation voided, payment to refund
+    REFUNDED = "refunded"  # cancelled or expired and paid back through the payment reference
+
+
+class LoadKind(enum.StrEnum):
+    TOPUP = "topup"  # paid on the portal: gateway receivable -> card
+    REFUND = "refund"  # a tap-off's fare refund: the entry's operator payable -> card
+    COUNTER = "counter"  # cash at a service counter or kiosk: issuer float -> card
 
 
 class ExceptionState(enum.StrEnum):
     OPEN = "open"
     ACCEPTED = "accepted"
     WRITTEN_OFF = "written_off"
+    RESOLVED = "resolved"  # closed by clearing itself (a counter gap filled, a tap-off's entry arrived)
+
+
+class ForwardState(enum.StrEnum):
+    FORWARDED = "forwarded"  # waiting for its issuer's verdict
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
 
 
 CARD_TYPES: Final = ("ordinary", "student", "senior", "social_security")
@@ -456,6 +470,13 @@ class Tap(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     transfer_id: Mapped[str | None] = mapped_column(String(80))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # A tap-off (fare.tap_kind): what the terminal claimed back (outside the TAC), the tariff
+    # version it priced with, and the refund clearing computed from the verified entry leg
+    # (NULL until the entry has cleared; ``clearing.refunds``).
+    fare_tap_kind: Mapped[str | None] = mapped_column(String(8))
+    fare_tariff_version: Mapped[str | None] = mapped_column(String(64))
+    fare_refund_claimed_fen: Mapped[int | None] = mapped_column(BigInteger)
+    refund_fen: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint("amount_fen >= 0 AND balance_before_fen >= 0", name="amounts_nonnegative"),
@@ -531,10 +552,18 @@ class PendingLoad(Base):
     transfer_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("transfers.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    kind: Mapped[str] = mapped_column(String(8), default=LoadKind.TOPUP.value)
+    # Who pays the load: a column, never parsed from the load id (``clearing.loads``).
+    payer_account_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("accounts.id"))
+    # The pending transfer that reserves the amount from the payer (posted at completion,
+    # voided at cancel or expiry).
+    reserve_transfer_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("transfers.id"))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         CheckConstraint("amount_fen > 0", name="amount_positive"),
         CheckConstraint(_in("state", tuple(LoadState)), name="state_valid"),
+        CheckConstraint(_in("kind", tuple(LoadKind)), name="kind_valid"),
         ForeignKeyConstraint(["issuer_id", "card_asn"], ["cards.issuer_id", "cards.card_asn"]),
         Index("ix_pending_loads_card_state", "issuer_id", "card_asn", "state"),
     )
@@ -572,12 +601,63 @@ class ExceptionItem(Base):
     decided_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # S_COUNTER_GAP: the missing counters; the item resolves itself when all of them arrive.
+    gap_first: Mapped[int | None] = mapped_column(Integer)
+    gap_last: Mapped[int | None] = mapped_column(Integer)
+    # What a person's decision moved (0: nothing); the transfer is ``decision_transfer_id``.
+    decision_amount_fen: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(_in("state", tuple(ExceptionState)), name="state_valid"),
         CheckConstraint("(state = 'open') = (decided_at IS NULL)", name="decided_iff_closed"),
+        CheckConstraint("gap_first IS NULL OR gap_last >= gap_first", name="gap_ordered"),
         Index("ix_exception_items_state_created", "state", "created_at"),
         Index("ix_exception_items_terminal_batch", "terminal_id", "batch_seq"),
+        # the open items of a card: ingest resolves gaps and waiting tap-offs through it
+        Index(
+            "ix_exception_items_open_card",
+            "issuer_id",
+            "card_asn",
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
+    )
+
+
+class InteropForward(Base):
+    """Another issuer's card tapped on our terminal, waiting for (or judged by) its issuer.
+
+    Kept apart from ``taps`` on purpose: we cannot verify its TAC, so it must not claim the
+    natural keys a genuine record needs (a forged forward would otherwise make the genuine
+    one a duplicate that is never forwarded). Only an exact replay of the same record from
+    the same terminal (``record_digest``) is a duplicate; the issuer's verdict decides the rest.
+    """
+
+    __tablename__ = "interop_forwards"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("batches.id"))
+    batch_seq: Mapped[int] = mapped_column(BigInteger)
+    terminal_id: Mapped[str] = mapped_column(String(12))
+    terminal_seq: Mapped[int] = mapped_column(BigInteger)
+    record_digest: Mapped[str] = mapped_column(String(64))
+    issuer_id: Mapped[str] = mapped_column(String(16))
+    card_asn: Mapped[str] = mapped_column(String(20))
+    offline_counter: Mapped[int] = mapped_column(Integer)
+    tx_type: Mapped[int] = mapped_column(SmallInteger)
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    tx_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    business_day: Mapped[dt.date] = mapped_column(Date)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(12), default=ForwardState.FORWARDED.value)
+    issuer_code: Mapped[str | None] = mapped_column(String(32))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("terminal_id", "terminal_seq", "record_digest"),
+        CheckConstraint(_in("state", tuple(ForwardState)), name="state_valid"),
+        CheckConstraint("amount_fen >= 0", name="amount_nonnegative"),
+        Index("ix_interop_forwards_state_issuer", "state", "issuer_id"),
     )
 
 
@@ -595,7 +675,10 @@ __all__ = [
     "DenylistEntryRow",
     "ExceptionItem",
     "ExceptionState",
+    "ForwardState",
+    "InteropForward",
     "Issuer",
+    "LoadKind",
     "LoadState",
     "Operator",
     "PendingLoad",

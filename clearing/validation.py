@@ -10,20 +10,34 @@ Order of checks for one record; the first failing check decides the verdict:
 1. terminal: the record's terminal is the uploading one and is registered — ``E_UNKNOWN_TERMINAL``;
 2. issuer known (own or an interop peer) — ``E_UNKNOWN_ISSUER``;
 3. own-issuer card registered — ``E_UNKNOWN_CARD``;
-4. TAC with the card's DTK (own cards) — ``E_TAC_MISMATCH``; peer cards cannot be verified
-   here (only their issuer holds the TAC key) and are *forwarded*, after step 5;
+4. TAC with the card's DTK (own cards) — ``E_TAC_MISMATCH``; no key for the card's issuer
+   and key version here — ``E_KEY_UNAVAILABLE`` (kept for re-judging, never a forgery);
+   peer cards cannot be verified here (only their issuer holds the TAC key): they are
+   *forwarded* and claim no key at all (``interop_forwards``), so a forged forward cannot
+   make the genuine record a duplicate; only an exact replay of the same record from the
+   same terminal is one;
 5. duplicates on both natural keys, against the database and earlier in the batch —
    ``E_DUPLICATE_TERMINAL_SEQ`` then ``E_DUPLICATE_CARD_COUNTER``. Only records that passed
    1–4 claim a key, so a forged record can never squat the key of a genuine one that
    arrives later. Peer cards stop here: ``forwarded`` / ``I_FORWARDED_INTEROP``;
 6. time — ``E_BAD_TIME`` (after now + skew, or a card-local date before the card's start date);
 7. amount — ``E_AMOUNT_LIMIT`` (above ``Limits.amount_fen_max``; a ``blocked`` record must be 0;
-   a tap-off's ``fare.refund_due_fen``, which the TAC does not cover, above the same limit or
-   on a tap that debited money);
+   a tap-off, or a refund claim, on a tap that debited money);
 8. denylist as of the tap time — ``E_DENYLISTED``, except the ``blocked`` record that *is* the
    block (the zero-value purchase a validator makes before APPLICATION BLOCK, section 9);
 9. counter and balance continuity, per card in offline-counter order (not upload order) —
-   suspect ``S_COUNTER_GAP`` / ``S_BALANCE_DISCONTINUITY``.
+   suspect ``S_COUNTER_GAP`` / ``S_BALANCE_DISCONTINUITY``; and for a tap-off, its refund
+   (below) — suspect ``S_TAPOFF_NO_ENTRY`` / ``S_REFUND_MISMATCH``.
+
+Tap-off refunds come from verified legs, not from the terminal's word. ``fare.refund_due_fen``
+is outside the TAC, so it is only a claim. Clearing finds the entry leg itself: the same
+card's posted tap-on at the previous offline counter, on the same route or vehicle, and has
+the tariff the terminal priced with compute what the exit owes back (``Context.refund_pricer``,
+``clearing.refunds``: within the tariff's time limit, at most the entry charge less the
+minimum fare). The refund is stored with the tap and paid by the operator that received the
+entry fare. A tap-off whose entry has not cleared moves no money; when the entry arrives (a
+late record), the refund is computed then. A counter gap closes itself the same way: when
+every missing counter has arrived, its exception item resolves (``Judgement.resolutions``).
 
 Decisions (``docs/clearing.md`` explains them at length):
 
@@ -46,6 +60,7 @@ Decisions (``docs/clearing.md`` explains them at length):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,12 +69,17 @@ from typing import Final, NamedTuple
 
 from cardos import crypto
 from cardos.records import SHANGHAI_TZ
-from clearing.contract import ACCEPTED, FORWARDED, REJECTED, SUSPECT, Code, TapRecord
+from clearing.contract import ACCEPTED, FORWARDED, REJECTED, SUSPECT, Code, TapRecord, encode
 
 CardKey = tuple[str, str]  # (issuer_id, card_asn)
 TerminalSeqKey = tuple[str, int]  # (terminal_id, terminal_seq)
 CardCounterKey = tuple[str, str, int, int]  # (issuer_id, card_asn, offline_counter, tx_type)
 
+# A tap time outside these years is refused as unreadable (E_BAD_TIME) before anything else
+# looks at it: the card's BCD date holds any year, but no instant arithmetic may overflow
+# (year 1 at +08:00 is before datetime.min in UTC) and no bus ran in either.
+TAP_YEAR_MIN: Final = 2000
+TAP_YEAR_MAX: Final = 2099
 AMOUNT_FEN_MAX_DEFAULT: Final = 20_000  # 200 CNY: far above any fare, well below the purse maximum
 FUTURE_SKEW_S_DEFAULT: Final = 600
 
@@ -83,6 +103,7 @@ class CardState(NamedTuple):
     # None: not limited
     available_fen: int | None = None
     last_tx_at: dt.datetime | None = None
+    card_type: str = "ordinary"  # the registry's, not the record's: it decides the rider category
 
 
 class Neighbour(NamedTuple):
@@ -91,10 +112,77 @@ class Neighbour(NamedTuple):
     counter: int
     balance_before_fen: int
     amount_fen: int
+    # Set when this neighbour is a stored tap-off still waiting for its entry's refund
+    # (``refund_fen`` NULL): a late record at the counter below may be that entry.
+    waiting: Leg | None = None
 
     @property
     def balance_after_fen(self) -> int:
         return self.balance_before_fen - self.amount_fen
+
+
+class Leg(NamedTuple):
+    """A tap of one card as the refund rule sees it: where, when, what it debited, and who was paid.
+
+    Built from a record of the batch (``leg_of``) or from a stored tap (the ingest shell).
+    ``payer_account_id`` is the operator payable its fare went to: None for a record of the
+    batch being judged (the uploading terminal's operator, known to the write plan).
+    """
+
+    counter: int
+    terminal_id: str
+    terminal_seq: int
+    route_id: str | None
+    vehicle_id: str | None
+    stop_id: str | None
+    at: dt.datetime
+    amount_fen: int
+    tap_kind: str | None
+    tariff_version: str | None
+    rider_category_id: str | None
+    refund_claimed_fen: int = 0
+    payer_account_id: int | None = None
+    tap_id: int | None = None  # a stored tap's row id
+
+
+class RefundQuote(NamedTuple):
+    """What a tap-off owes back, as clearing computed it from the tariff; ``note`` says how."""
+
+    refund_fen: int
+    note: str
+
+
+RefundPricer = Callable[["Leg", "Leg", Sequence["Leg"], str], "RefundQuote | str"]
+"""(entry, exit, the card's earlier legs that day, the registry's card type) -> the refund, or why none."""
+
+
+class RefundDue(NamedTuple):
+    """A refund to pay as a pending load ``refund:<terminal_id>:<terminal_seq>`` of the tap-off (none at 0 fen)."""
+
+    issuer_id: str
+    card_asn: str
+    exit_terminal_id: str
+    exit_terminal_seq: int
+    amount_fen: int
+    payer_account_id: int | None  # None: the uploading terminal's operator (the entry is in this batch)
+    exit_tap_id: int | None = None  # a tap-off stored earlier whose ``refund_fen`` is filled in now
+
+
+class Resolution(NamedTuple):
+    """An open exception item that clearing closes itself, with the note saying why."""
+
+    note: str
+    item_id: int | None = None  # a known item (an open counter gap)
+    tap_id: int | None = None  # the open S_TAPOFF_NO_ENTRY item of this stored tap
+
+
+class OpenGap(NamedTuple):
+    """An open ``S_COUNTER_GAP`` item of a card: the missing counters and those that arrived since."""
+
+    item_id: int
+    first: int
+    last: int
+    held: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +211,15 @@ class Context:
     # (issuer, asn, counter) of a late record -> (cleared purchase at or below, cleared purchase above);
     # "at" means the counter was already used by a purchase of the other type
     neighbours: Mapping[tuple[str, str, int], tuple[Neighbour | None, Neighbour | None]] = field(default_factory=dict)
+    # exact forwarded records already received: (terminal_id, terminal_seq, record digest)
+    seen_forwards: Container[tuple[str, int, str]] = frozenset()
+    # (issuer, asn, counter) of a tap-off -> the card's posted tap at the counter below (its entry?)
+    entries: Mapping[tuple[str, str, int], Leg] = field(default_factory=dict)
+    # per card with a tap-off to price: its posted legs of the days concerned, in counter order
+    day_legs: Mapping[CardKey, Sequence[Leg]] = field(default_factory=dict)
+    # per card with late records: its open counter gaps
+    open_gaps: Mapping[CardKey, Sequence[OpenGap]] = field(default_factory=dict)
+    refund_pricer: RefundPricer | None = None
 
 
 class Outcome(NamedTuple):
@@ -136,6 +233,8 @@ class Outcome(NamedTuple):
     message: str
     claims_keys: bool = False  # insert its natural keys (first claim wins)
     posts: bool = False  # post card liability -> operator payable
+    gap: tuple[int, int] | None = None  # S_COUNTER_GAP: the missing counters, first..last
+    forwards: bool = False  # another issuer's card: stored in interop_forwards, claims no key
 
 
 class CardUpdate(NamedTuple):
@@ -152,13 +251,38 @@ class CardUpdate(NamedTuple):
     blocked: bool = False
 
 
+class CardResult(NamedTuple):
+    """What step 9 decided for one card besides its records' verdicts."""
+
+    update: CardUpdate | None
+    refunds: tuple[RefundDue, ...] = ()
+    resolutions: tuple[Resolution, ...] = ()
+    record_refunds: tuple[tuple[int, int], ...] = ()  # (record index, refund computed for that tap-off)
+
+
 @dataclass(frozen=True, slots=True)
 class Judgement:
     outcomes: list[Outcome]
-    card_updates: dict[CardKey, CardUpdate]
+    per_card: dict[CardKey, CardResult]
     tx_times: list[dt.datetime | None]  # parsed tap times (UTC-aware), None if unparseable
     # per card, the records that reached step 9 (the only verdicts a card's state decides)
     card_records: dict[CardKey, list[int]] = field(default_factory=dict)
+
+    @property
+    def card_updates(self) -> dict[CardKey, CardUpdate]:
+        return {key: r.update for key, r in self.per_card.items() if r.update is not None}
+
+    @property
+    def refunds(self) -> list[RefundDue]:
+        return [due for r in self.per_card.values() for due in r.refunds]
+
+    @property
+    def resolutions(self) -> list[Resolution]:
+        return [res for r in self.per_card.values() for res in r.resolutions]
+
+    @property
+    def record_refunds(self) -> dict[int, int]:
+        return {index: fen for r in self.per_card.values() for index, fen in r.record_refunds}
 
 
 # --- time --------------------------------------------------------------------------------
@@ -181,7 +305,7 @@ def parse_tap_time(tx_time: str) -> TapTime | None:
         moment = dt.datetime.fromisoformat(tx_time)
     except ValueError:
         return None
-    if moment.tzinfo is None:
+    if moment.tzinfo is None or not TAP_YEAR_MIN <= moment.year <= TAP_YEAR_MAX:
         return None
     if len(tx_time) == 25 and tx_time.endswith("+08:00"):  # the usual form: the digits are card-local
         date4 = _bcd_date(tx_time[0:10])
@@ -189,6 +313,8 @@ def parse_tap_time(tx_time: str) -> TapTime | None:
         return TapTime(moment, date4, time3, moment.date())
     if not tx_time.endswith("+08:00"):
         moment = moment.astimezone(SHANGHAI_TZ)
+        if not TAP_YEAR_MIN <= moment.year <= TAP_YEAR_MAX:
+            return None
     try:
         date4 = bytes.fromhex(f"{moment.year:04d}{moment.month:02d}{moment.day:02d}")
         time3 = bytes.fromhex(f"{moment.hour:02d}{moment.minute:02d}{moment.second:02d}")
@@ -286,6 +412,7 @@ def judge(
     outcomes: list[Outcome | None] = [None] * len(records)
     claimed_seq: set[TerminalSeqKey] = set()
     claimed_counter: set[CardCounterKey] = set()
+    claimed_forwards: set[tuple[str, int, str]] = set()
     latest = ctx.now + dt.timedelta(seconds=ctx.limits.future_skew_s)
     if latest.tzinfo is not None:
         # the same instant at the taps' usual offset: comparing equal offsets is cheaper
@@ -293,21 +420,20 @@ def judge(
     by_card: dict[CardKey, list[int]] = {}
 
     for index, (record, when, tac_ok) in enumerate(zip(records, times, tacs, strict=True)):
-        outcome = _judge_one(record, when, tac_ok, ctx, latest, claimed_seq, claimed_counter)
+        outcome = _judge_one(record, when, tac_ok, ctx, latest, claimed_seq, claimed_counter, claimed_forwards)
         if outcome is None:
             by_card.setdefault((record.issuer_id, record.card_asn), []).append(index)
         else:
             outcomes[index] = outcome
 
-    card_updates: dict[CardKey, CardUpdate] = {}
+    per_card: dict[CardKey, CardResult] = {}
     for key, indices in by_card.items():
-        update = _judge_card(records, times, indices, ctx.cards[key], ctx, outcomes)
-        if update is not None:
-            card_updates[key] = update
+        per_card[key] = _judge_card(records, times, indices, ctx.cards[key], ctx, outcomes)
+    _close_gaps(records, outcomes, ctx, per_card, None)
 
     final = [o for o in outcomes if o is not None]
     assert len(final) == len(records), "every record has a verdict"
-    return Judgement(final, card_updates, [None if t is None else t.at for t in times], by_card)
+    return Judgement(final, per_card, [None if t is None else t.at for t in times], by_card)
 
 
 def rejudge_cards(
@@ -321,23 +447,27 @@ def rejudge_cards(
 
     For when those cards moved after the batch was judged (another worker cleared them):
     steps 1–8 never read a card's changing state (shadow, counters, available value,
-    neighbours), and step 9 of one card reads only that card's, so re-running step 9 for the
-    moved cards gives exactly what ``judge`` would give against ``ctx`` (a property test
-    holds it to that).
+    neighbours, entries, gaps), and step 9 of one card reads only that card's, so re-running
+    step 9 for the moved cards gives exactly what ``judge`` would give against ``ctx`` (a
+    property test holds it to that).
     """
     outcomes: list[Outcome | None] = list(judgement.outcomes)
-    updates = dict(judgement.card_updates)
-    for key in keys:
+    per_card = dict(judgement.per_card)
+    moved = set(keys)
+    for key in moved:
         indices = judgement.card_records.get(key)
         if not indices:
             continue
-        updates.pop(key, None)
-        update = _judge_card(records, times, list(indices), ctx.cards[key], ctx, outcomes)
-        if update is not None:
-            updates[key] = update
+        per_card[key] = _judge_card(records, times, list(indices), ctx.cards[key], ctx, outcomes)
+    _close_gaps(records, outcomes, ctx, per_card, moved)
     final = [o for o in outcomes if o is not None]
     assert len(final) == len(records), "every record has a verdict"
-    return Judgement(final, updates, judgement.tx_times, judgement.card_records)
+    return Judgement(final, per_card, judgement.tx_times, judgement.card_records)
+
+
+def record_digest(record: TapRecord) -> str:
+    """sha256 of a record's canonical encoding: what makes two forwards the same record."""
+    return hashlib.sha256(encode(record)).hexdigest()
 
 
 def _judge_one(
@@ -348,6 +478,7 @@ def _judge_one(
     latest: dt.datetime,
     claimed_seq: set[TerminalSeqKey],
     claimed_counter: set[CardCounterKey],
+    claimed_forwards: set[tuple[str, int, str]],
 ) -> Outcome | None:
     """Steps 1–8 for one record: its outcome, or None when step 9 (per card) decides."""
     asn, counter = record.card_asn, record.offline_counter
@@ -359,14 +490,37 @@ def _judge_one(
     if not own and issuer not in ctx.peer_issuers:
         return _rejected(Code.E_UNKNOWN_ISSUER, f"issuer {issuer} is not known, card {asn}, counter {counter}")
     if when is None:
-        return _rejected(Code.E_BAD_TIME, f"time {record.tx_time} is not a valid date-time, card {asn}")
+        return _rejected(
+            Code.E_BAD_TIME,
+            f"time {record.tx_time} is not a valid date-time in {TAP_YEAR_MIN}..{TAP_YEAR_MAX}, card {asn}",
+        )
+    if not own:
+        # Only its issuer can verify it, so it claims nothing here; the issuer's verdict decides.
+        forward_key = (record.terminal_id, record.terminal_seq, record_digest(record))
+        if forward_key in claimed_forwards or forward_key in ctx.seen_forwards:
+            return _rejected(
+                Code.E_DUPLICATE_TERMINAL_SEQ,
+                f"terminal {record.terminal_id} sequence {record.terminal_seq}: this record was already forwarded",
+            )
+        claimed_forwards.add(forward_key)
+        return Outcome(
+            FORWARDED,
+            Code.I_FORWARDED_INTEROP,
+            f"{Code.I_FORWARDED_INTEROP.value}: card {asn} of issuer {issuer} is forwarded to its issuer",
+            forwards=True,
+        )
     card = (issuer, asn)
-    state = ctx.cards.get(card) if own else None
-    if own:
-        if state is None:
-            return _rejected(Code.E_UNKNOWN_CARD, f"card {asn} of issuer {issuer} is not registered")
-        if not tac_ok:
-            return _rejected(Code.E_TAC_MISMATCH, f"TAC does not verify for card {asn}, counter {counter}")
+    state = ctx.cards.get(card)
+    if state is None:
+        return _rejected(Code.E_UNKNOWN_CARD, f"card {asn} of issuer {issuer} is not registered")
+    if tac_ok is None:
+        return _rejected(
+            Code.E_KEY_UNAVAILABLE,
+            f"no TAC key here for issuer {issuer}, key version {record.key_version}, algorithm {record.alg_id}: "
+            f"card {asn}, counter {counter} is kept for re-judging",
+        )
+    if not tac_ok:
+        return _rejected(Code.E_TAC_MISMATCH, f"TAC does not verify for card {asn}, counter {counter}")
 
     seq_key = (record.terminal_id, record.terminal_seq)
     if seq_key in claimed_seq or seq_key in ctx.seen_terminal_seqs:
@@ -383,14 +537,6 @@ def _judge_one(
     claimed_seq.add(seq_key)
     claimed_counter.add(counter_key)
 
-    if not own:
-        return Outcome(
-            FORWARDED,
-            Code.I_FORWARDED_INTEROP,
-            f"{Code.I_FORWARDED_INTEROP.value}: card {asn} of issuer {issuer} is forwarded to its issuer",
-            claims_keys=True,
-        )
-    assert state is not None
     if when.at > latest:
         return _rejected(
             Code.E_BAD_TIME, f"time {record.tx_time} is in the future, card {asn}, counter {counter}", authentic=True
@@ -409,15 +555,12 @@ def _judge_one(
             f"amount {record.amount_fen} fen is above the limit {limit} fen, card {asn}, counter {counter}",
             authentic=True,
         )
-    # The tap-off refund is not covered by the TAC (only amount, type, terminal, sequence and
-    # time are): bound it like an amount, or one record could credit the card any sum.
-    # A refund belongs only to a tap-off, which debits nothing (docs/fares.md).
-    refund = record.fare.refund_due_fen if record.fare is not None else 0
-    if refund > ctx.limits.amount_fen_max or (refund > 0 and record.amount_fen > 0):
+    # A tap-off debits nothing (docs/fares.md): what it is owed back comes from its entry leg.
+    if record.amount_fen > 0 and (is_tap_off(record) or _claimed(record) > 0):
         return _rejected(
             Code.E_AMOUNT_LIMIT,
-            f"refund {refund} fen on a tap of {record.amount_fen} fen (refunds are only for zero-amount tap-offs, "
-            f"at most {ctx.limits.amount_fen_max} fen), card {asn}, counter {counter}",
+            f"a tap-off or refund claim ({_claimed(record)} fen) on a tap of {record.amount_fen} fen: tap-offs "
+            f"debit nothing, card {asn}, counter {counter}",
             authentic=True,
         )
     denied = ctx.denylist.get(card)
@@ -428,6 +571,50 @@ def _judge_one(
     return None
 
 
+def _claimed(record: TapRecord) -> int:
+    return record.fare.refund_due_fen if record.fare is not None else 0
+
+
+def is_tap_off(record: TapRecord) -> bool:
+    """A tap-off: said so by the terminal, or a zero-amount tap that claims a refund (older terminals)."""
+    fare = record.fare
+    if fare is None:
+        return False
+    return fare.tap_kind == "tap_off" or (fare.tap_kind is None and fare.refund_due_fen > 0)
+
+
+def leg_of(record: TapRecord, at: dt.datetime) -> Leg:
+    """A record of the batch being judged as a leg (its payer is the uploading terminal's operator)."""
+    fare = record.fare
+    return Leg(
+        counter=record.offline_counter,
+        terminal_id=record.terminal_id,
+        terminal_seq=record.terminal_seq,
+        route_id=record.route_id,
+        vehicle_id=record.vehicle_id,
+        stop_id=record.stop_id,
+        at=at,
+        amount_fen=record.amount_fen,
+        tap_kind=fare.tap_kind if fare is not None else None,
+        tariff_version=fare.tariff_version if fare is not None else None,
+        rider_category_id=fare.rider_category_id if fare is not None else None,
+        refund_claimed_fen=fare.refund_due_fen if fare is not None else 0,
+    )
+
+
+class _CardRun:
+    """The running state of step 9 for one card (``_judge_card``)."""
+
+    __slots__ = ("cleared", "record_refunds", "refunds", "resolutions")
+
+    def __init__(self) -> None:
+        # cleared purchases of this batch by counter, so two late records in one batch see each other
+        self.cleared: dict[int, tuple[TapRecord, dt.datetime]] = {}
+        self.refunds: list[RefundDue] = []
+        self.resolutions: list[Resolution] = []
+        self.record_refunds: list[tuple[int, int]] = []
+
+
 def _judge_card(
     records: Sequence[TapRecord],
     times: Sequence[TapTime | None],
@@ -435,7 +622,7 @@ def _judge_card(
     state: CardState,
     ctx: Context,
     outcomes: list[Outcome | None],
-) -> CardUpdate | None:
+) -> CardResult:
     """Step 9 for one card's surviving records, in (offline counter, type) order."""
     if len(indices) > 1:
         indices.sort(key=lambda i: (records[i].offline_counter, records[i].tx_type))
@@ -445,8 +632,7 @@ def _judge_card(
     last_tx_at = state.last_tx_at
     blocked = False
     posted = False
-    # cleared purchases of this batch by counter, so two late records in one batch see each other
-    cleared_here: dict[int, TapRecord] = {}
+    run = _CardRun()
     available = state.available_fen
     for index in indices:
         record = records[index]
@@ -465,7 +651,7 @@ def _judge_card(
         elif last is not None and counter == last:
             outcome = _counter_reused(record)
         elif last is not None and counter < last:
-            outcome = _late(record, ctx, cleared_here, last)
+            outcome = _late(record, ctx, run.cleared, last)
         else:
             moves_shadow = True
             before_load = load_at is not None and when.at < load_at
@@ -473,7 +659,7 @@ def _judge_card(
                 outcome = _suspect(
                     Code.S_COUNTER_GAP,
                     f"card {asn}, counter {counter}: counters {last + 1}..{counter - 1} not received yet",
-                )
+                )._replace(gap=(last + 1, counter - 1))
             elif not before_load and before != shadow:
                 outcome = _suspect(
                     Code.S_BALANCE_DISCONTINUITY,
@@ -505,18 +691,158 @@ def _judge_card(
                 load_at = None
             last_tx_at = when.at
         posted = True
-        cleared_here[counter] = record
+        if is_tap_off(record):
+            outcome = _price_tap_off(record, when.at, index, outcome, ctx, run)
+        run.cleared[counter] = (record, when.at)
         blocked = blocked or record.status == "blocked"
         outcomes[index] = outcome
-    if not posted:
-        return None
+        _pay_waiting_tap_off(record, when.at, ctx, run)
     # ``last`` stays None when only an amount-above-balance suspect posted: the balance before
     # is not covered by the TAC, so a genuine TAC can arrive with it understated.
     assert shadow >= 0
-    return CardUpdate(shadow, last, last_tx_at, load_at, blocked)
+    update = CardUpdate(shadow, last, last_tx_at, load_at, blocked) if posted else None
+    return CardResult(update, tuple(run.refunds), tuple(run.resolutions), tuple(run.record_refunds))
 
 
-def _late(record: TapRecord, ctx: Context, cleared_here: Mapping[int, TapRecord], last: int) -> Outcome:
+def _entry_for(record: TapRecord, ctx: Context, run: _CardRun) -> Leg | None:
+    """The card's posted tap at the counter below a tap-off: in this batch, or cleared before."""
+    here = run.cleared.get(record.offline_counter - 1)
+    if here is not None:
+        return leg_of(*here)
+    return ctx.entries.get((record.issuer_id, record.card_asn, record.offline_counter - 1))
+
+
+def _refund_for(
+    entry: Leg | None, exit_leg: Leg, history: Sequence[Leg], card_type: str, ctx: Context
+) -> RefundQuote | str:
+    """The refund an exit is owed from its entry leg, or why there is none (pure)."""
+    if entry is None:
+        return f"no cleared tap at counter {exit_leg.counter - 1} (its entry) yet"
+    if entry.tap_kind != "tap_on":
+        return f"the tap at counter {entry.counter} is not a tap-on ({entry.tap_kind or 'single'})"
+    same_route = entry.route_id is not None and entry.route_id == exit_leg.route_id
+    same_vehicle = entry.vehicle_id is not None and entry.vehicle_id == exit_leg.vehicle_id
+    if not (same_route or same_vehicle):
+        return f"the tap-on at counter {entry.counter} was on route {entry.route_id}, vehicle {entry.vehicle_id}"
+    if exit_leg.at < entry.at:
+        return f"the tap-off is before its tap-on at counter {entry.counter}"
+    if ctx.refund_pricer is None:
+        return "no tariff is configured to price it"
+    return ctx.refund_pricer(entry, exit_leg, history, card_type)
+
+
+def _history(record_counter: int, key: CardKey, ctx: Context, run: _CardRun) -> list[Leg]:
+    """The card's posted legs below ``record_counter`` (stored ones and this batch's), in counter order."""
+    legs = {leg.counter: leg for leg in ctx.day_legs.get(key, ()) if leg.counter < record_counter}
+    for counter, (record, at) in run.cleared.items():
+        if counter < record_counter:
+            legs[counter] = leg_of(record, at)
+    return [legs[c] for c in sorted(legs)]
+
+
+def _price_tap_off(
+    record: TapRecord, at: dt.datetime, index: int, outcome: Outcome, ctx: Context, run: _CardRun
+) -> Outcome:
+    """A posted tap-off of this batch: compute its refund from the entry, or hold it (no money moves)."""
+    exit_leg = leg_of(record, at)
+    key = (record.issuer_id, record.card_asn)
+    entry = _entry_for(record, ctx, run)
+    history = _history(entry.counter if entry is not None else record.offline_counter, key, ctx, run)
+    quote = _refund_for(entry, exit_leg, history, ctx.cards[key].card_type, ctx)
+    asn, counter, claimed = record.card_asn, record.offline_counter, exit_leg.refund_claimed_fen
+    if isinstance(quote, str):
+        if outcome.code is not Code.OK:
+            return outcome  # already a suspect (a gap: the entry is missing); the refund waits for it
+        return _suspect(
+            Code.S_TAPOFF_NO_ENTRY, f"card {asn}, counter {counter}: tap-off without a matching entry: {quote}"
+        )
+    assert entry is not None
+    run.record_refunds.append((index, quote.refund_fen))
+    if quote.refund_fen > 0:
+        run.refunds.append(
+            RefundDue(
+                record.issuer_id, asn, record.terminal_id, record.terminal_seq, quote.refund_fen,
+                entry.payer_account_id,
+            )
+        )  # fmt: skip
+    if claimed != quote.refund_fen and outcome.code is Code.OK:
+        return _suspect(
+            Code.S_REFUND_MISMATCH,
+            f"card {asn}, counter {counter}: the terminal claims {claimed} fen back, clearing computed "
+            f"{quote.refund_fen} fen ({quote.note}); {quote.refund_fen} fen is paid",
+        )
+    return outcome
+
+
+def _pay_waiting_tap_off(record: TapRecord, at: dt.datetime, ctx: Context, run: _CardRun) -> None:
+    """A posted record whose next counter is a stored tap-off still waiting for its entry: price it now."""
+    below_above = ctx.neighbours.get((record.issuer_id, record.card_asn, record.offline_counter))
+    if below_above is None:
+        return
+    above = below_above[1]
+    if above is None or above.waiting is None or above.counter != record.offline_counter + 1:
+        return
+    exit_leg = above.waiting
+    key = (record.issuer_id, record.card_asn)
+    history = _history(record.offline_counter, key, ctx, run)
+    quote = _refund_for(leg_of(record, at), exit_leg, history, ctx.cards[key].card_type, ctx)
+    if isinstance(quote, str):
+        return  # still no matching entry: the tap-off's item stays open for a person
+    assert exit_leg.tap_id is not None
+    # Also at 0 fen: the stored tap-off gets its computed refund filled in.
+    run.refunds.append(
+        RefundDue(
+            record.issuer_id, record.card_asn, exit_leg.terminal_id, exit_leg.terminal_seq, quote.refund_fen,
+            None, exit_tap_id=exit_leg.tap_id,
+        )
+    )  # fmt: skip
+    run.resolutions.append(
+        Resolution(
+            f"entry at counter {record.offline_counter} (terminal {record.terminal_id} sequence "
+            f"{record.terminal_seq}) arrived: refund {quote.refund_fen} fen ({quote.note})",
+            tap_id=exit_leg.tap_id,
+        )
+    )
+
+
+def _close_gaps(
+    records: Sequence[TapRecord],
+    outcomes: Sequence[Outcome | None],
+    ctx: Context,
+    per_card: dict[CardKey, CardResult],
+    only: set[CardKey] | None,
+) -> None:
+    """Open counter gaps of the batch's cards that this batch fills close themselves.
+
+    A counter has *arrived* when a stored tap holds it: the gap's own held counters plus
+    every record of this batch that claims its keys. Per card, so ``rejudge_cards`` can run
+    it again for the moved cards only.
+    """
+    if not ctx.open_gaps:
+        return
+    arrived: dict[CardKey, set[int]] = {}
+    for record, outcome in zip(records, outcomes, strict=True):
+        key = (record.issuer_id, record.card_asn)
+        if outcome is not None and outcome.claims_keys and key in ctx.open_gaps and (only is None or key in only):
+            arrived.setdefault(key, set()).add(record.offline_counter)
+    for key, counters in arrived.items():
+        closed = tuple(
+            Resolution(
+                f"counters {gap.first}..{gap.last} have all arrived (the last in this batch); gap closed",
+                item_id=gap.item_id,
+            )
+            for gap in ctx.open_gaps[key]
+            if all(c in gap.held or c in counters for c in range(gap.first, gap.last + 1))
+        )
+        if closed:
+            result = per_card.get(key, CardResult(None))
+            kept = tuple(r for r in result.resolutions if r.item_id is None)
+            per_card[key] = result._replace(resolutions=kept + closed)
+
+
+def _late(
+    record: TapRecord, ctx: Context, cleared_here: Mapping[int, tuple[TapRecord, dt.datetime]], last: int
+) -> Outcome:
     """A record below the last cleared counter: fills a gap, checked against its neighbours."""
     counter, asn = record.offline_counter, record.card_asn
     before, after = record.balance_before_fen, record.balance_before_fen - record.amount_fen
@@ -525,10 +851,10 @@ def _late(record: TapRecord, ctx: Context, cleared_here: Mapping[int, TapRecord]
         return _counter_reused(record)
     here_below = cleared_here.get(counter - 1)
     if here_below is not None:
-        below = _neighbour(here_below)
+        below = _neighbour(here_below[0])
     here_above = cleared_here.get(counter + 1)
     if here_above is not None:
-        above = _neighbour(here_above)
+        above = _neighbour(here_above[0])
     if below is not None and below.counter == counter - 1 and before < below.balance_after_fen:
         return _suspect(
             Code.S_BALANCE_DISCONTINUITY,
@@ -575,19 +901,29 @@ __all__ = [
     "FUTURE_SKEW_S_DEFAULT",
     "CardCounterKey",
     "CardKey",
+    "CardResult",
     "CardState",
     "CardUpdate",
     "Context",
     "DenyInterval",
     "Judgement",
+    "Leg",
     "Limits",
     "Neighbour",
+    "OpenGap",
     "Outcome",
+    "RefundDue",
+    "RefundPricer",
+    "RefundQuote",
+    "Resolution",
     "TapTime",
     "TerminalSeqKey",
+    "is_tap_off",
     "judge",
     "late_record_keys",
+    "leg_of",
     "parse_tap_time",
+    "record_digest",
     "rejudge_cards",
     "tac_data",
     "verify_tacs",

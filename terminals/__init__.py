@@ -11,7 +11,8 @@ Public names (ARCHITECTURE.md: a package's public names are what its ``__init__`
 * storage and upload: ``Journal``, ``Denylist``, ``Uploader``, ``UploaderThread``,
   ``UploadConfig``.
 
-The fare engine is ``terminals.fares``.
+The fare engine is the top-level package ``fares`` (pure, imports only ``cardos``), which the
+clearing centre uses too.
 """
 
 from terminals.config import TerminalConfig, UploadConfig

@@ -18,10 +18,7 @@ from dataclasses import dataclass, replace
 from cardos.profile import CardType
 from cardos.records import SHANGHAI_TZ, TransitRecord
 from clearing.contract import DenylistEntry, FareInfo
-from terminals.config import TerminalConfig
-from terminals.denylist import Denylist
-from terminals.errors import CardRemoved, ReaderError, TerminalError
-from terminals.fares import (
+from fares import (
     FareError,
     TapKind,
     Tariff,
@@ -29,7 +26,10 @@ from terminals.fares import (
     price_tap,
     rider_category_for_card,
 )
-from terminals.fares import Tap as FareTap
+from fares import Tap as FareTap
+from terminals.config import TerminalConfig
+from terminals.denylist import Denylist
+from terminals.errors import CardRemoved, ReaderError, TerminalError
 from terminals.journal import Journal, PendingTap
 from terminals.readers import Channel, Reader
 from terminals.session import (
@@ -74,7 +74,8 @@ class LocalStore:
 
 @dataclass(frozen=True, slots=True)
 class FlatFare:
-    """A single fare for every tap: for terminals without a tariff, and for tests."""
+    """A single fare for every tap: for terminals without a tariff, and for tests (a single tap,
+    on no versioned tariff)."""
 
     amount_fen: int
     product_id: str = "flat"
@@ -88,15 +89,19 @@ class FlatFare:
             leg_group_id=None,
             full_fare_fen=self.amount_fen,
             discount_fen=0,
+            tap_kind="single",
+            tariff_version=None,
         )
         return Price(self.amount_fen, fare)
 
 
 class TariffFare:
-    """The GTFS-Fares v2 engine (``terminals.fares``) as the validator's ``Pricer``.
+    """The GTFS-Fares v2 engine (``fares``) as the validator's ``Pricer``.
 
     The card's transit records become past legs, the card type a rider category, and the
-    tap a single tap at the terminal's route and stop; ``FareError`` refuses the tap.
+    tap one of the terminal's ``tap_kind`` at its route and stop; ``FareError`` refuses the tap.
+    The fare names the tap kind and the tariff's version, with which clearing recomputes a
+    tap-off's refund (``fares.tap_off_refund``).
     """
 
     def __init__(self, tariff: Tariff) -> None:
@@ -123,6 +128,8 @@ class TariffFare:
             discount_fen=decision.discount_fen,
             transfer_of=None if decision.transfer_of is None else decision.transfer_of.terminal_seq,
             refund_due_fen=decision.refund_due_fen,
+            tap_kind=config.tap_kind,
+            tariff_version=tariff.version,
         )
         return Price(
             decision.amount_fen,

@@ -35,14 +35,15 @@ from cardos.psam import Psam, psam_image_for_terminal
 from cardos.records import SHANGHAI_TZ, ManagementInfo, PublicInfo
 from clearing import denylist as clearing_denylist
 from clearing.db import ensure_migrated, session_factory, transaction
+from clearing.errors import ClearingError
 from clearing.issuance import issue_card
 from clearing.keystore import KeyStore
-from clearing.ledger import LedgerError, trial_balance
+from clearing.ledger import trial_balance
 from clearing.models import Card as CardRow
 from clearing.registry import ensure_issuers, ensure_operator, register_terminal
+from fares import Tariff, load_example_tariff
 from terminals.config import TerminalConfig, UploadConfig
 from terminals.denylist import Denylist
-from terminals.fares import Tariff, load_example_tariff
 from terminals.journal import Journal
 from terminals.readers import InProcessReader, Reader
 from terminals.session import Outcome, TapResult
@@ -447,6 +448,6 @@ def run_demo(settings: Settings, *, seed: int, workdir: Path, use_pcsc: bool | N
         try:
             trial_balance(session)
             report.trial_balance_ok = True
-        except LedgerError:
+        except ClearingError:
             report.trial_balance_ok = False
     return report

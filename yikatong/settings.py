@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     city: Literal["xianyang", "xian"] = "xianyang"
     payments_url: str = "http://127.0.0.1:8420"
     payments_key: SecretStr = SecretStr("sk_test_yikatong")
+    # Tariffs clearing prices tap-off refunds with: a tariff directory, or a directory with one
+    # tariff version per subdirectory. Unset: the example Xianyang tariff (the demo city's).
+    tariffs: Path | None = None
     peer_url: str | None = None
     peer_public_key: str | None = None
 

@@ -28,7 +28,9 @@ from clearing.contract.schemas import (
     TapRecord,
     Verdict,
     decode_batch,
+    decode_request,
     encode,
+    normalise,
 )
 
 __all__ = [
@@ -54,5 +56,7 @@ __all__ = [
     "TapRecord",
     "Verdict",
     "decode_batch",
+    "decode_request",
     "encode",
+    "normalise",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -20,11 +21,12 @@ def _whole(regex: str) -> str:
     return f"^(?:{regex})$(?!\\n)"
 
 
-Hex12 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{12}"))]
-Hex16 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{16}"))]
-Hex20 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{20}"))]
-Hex8 = Annotated[str, Meta(pattern=_whole("[0-9a-f]{8}"))]
-HexAny = Annotated[str, Meta(pattern=_whole("([0-9a-f]{2}){0,32}"))]
+# Hex in either case, as terminals write it; ``normalise`` lowers it before anything is hashed or stored.
+Hex12 = Annotated[str, Meta(pattern=_whole("[0-9a-fA-F]{12}"))]
+Hex16 = Annotated[str, Meta(pattern=_whole("[0-9a-fA-F]{16}"))]
+Hex20 = Annotated[str, Meta(pattern=_whole("[0-9a-fA-F]{20}"))]
+Hex8 = Annotated[str, Meta(pattern=_whole("[0-9a-fA-F]{8}"))]
+HexAny = Annotated[str, Meta(pattern=_whole("([0-9a-fA-F]{2}){0,32}"))]
 U32 = Annotated[int, Meta(ge=0, le=0xFFFFFFFF)]
 U16 = Annotated[int, Meta(ge=0, le=0xFFFF)]
 U8 = Annotated[int, Meta(ge=0, le=0xFF)]
@@ -40,9 +42,14 @@ class FareInfo(Struct, forbid_unknown_fields=True, frozen=True):
     full_fare_fen: U32
     discount_fen: U32
     transfer_of: U32 | None = None
-    # Tap-off of a distance fare: what the maximum charged at entry owes back to the card
-    # (docs/fares.md); clearing pays it as a pending credit, the purse is not credited offline.
+    # Tap-off of a distance fare: what the terminal claims the maximum charged at entry owes
+    # back (docs/fares.md). Not under the TAC: clearing computes the refund itself from the
+    # verified entry leg and the tariff version, and only compares it with this claim.
     refund_due_fen: U32 = 0
+    # How the rider validated (fares.TapKind): "single", "tap_on" or "tap_off"; None: single.
+    tap_kind: Literal["single", "tap_on", "tap_off"] | None = None
+    # The tariff version the terminal priced with (fares.Tariff.version); None: unversioned.
+    tariff_version: ShortText | None = None
 
 
 class TapRecord(Struct, forbid_unknown_fields=True, frozen=True):
@@ -142,9 +149,48 @@ _batch_decoder = msgspec.json.Decoder(Batch)
 _encoder = msgspec.json.Encoder()
 
 
+_HEX_FIELDS: Final = ("terminal_id", "psam_serial", "issuer_id", "card_asn", "tac")
+_UPPER_HEX: Final = re.compile(rb"[A-F]")
+
+
+_MessageT = TypeVar("_MessageT", bound=Struct)
+
+
+def _lower(message: _MessageT, names: tuple[str, ...]) -> _MessageT:
+    changed = {name: value.lower() for name in names if (value := getattr(message, name)) != value.lower()}
+    return msgspec.structs.replace(message, **changed) if changed else message
+
+
+def _lower_record(record: TapRecord) -> TapRecord:
+    return _lower(record, _HEX_FIELDS)
+
+
+_REQUEST_HEX_FIELDS: Final[dict[type[Struct], tuple[str, ...]]] = {
+    LoadAuthorizeRequest: ("terminal_id", "issuer_id", "card_asn", "card_random", "mac1"),
+    LoadCompleteRequest: ("tac",),
+}
+
+
+def decode_request(body: bytes, kind: type[_MessageT]) -> _MessageT:
+    """Decode a request body of ``kind``, its hex fields lowered; raises msgspec's errors."""
+    message = msgspec.json.decode(body, type=kind)
+    names = _REQUEST_HEX_FIELDS.get(kind)
+    return _lower(message, names) if names else message
+
+
+def normalise(batch: Batch) -> Batch:
+    """The batch with every hex field in lower case: the one form that is hashed, compared and stored."""
+    records = [_lower_record(r) for r in batch.records]
+    if all(new is old for new, old in zip(records, batch.records, strict=True)):
+        return batch
+    return msgspec.structs.replace(batch, records=records)
+
+
 def decode_batch(body: bytes) -> Batch:
-    """Decode an upload body; raises ``msgspec.ValidationError`` or ``msgspec.DecodeError``."""
-    return _batch_decoder.decode(body)
+    """Decode an upload body, hex normalised; raises ``msgspec.ValidationError`` or ``msgspec.DecodeError``."""
+    batch = _batch_decoder.decode(body)
+    # Only a body with an upper-case A-F anywhere can hold upper-case hex: most never pay for the check.
+    return normalise(batch) if _UPPER_HEX.search(body) else batch
 
 
 def encode(message: Struct) -> bytes:

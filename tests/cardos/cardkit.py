@@ -149,7 +149,7 @@ class Tx:
     session_key: bytes = b""
     sw: int | None = None  # of the final step
     tac: bytes = b""
-    mac2: bytes = b""
+    mac2: bytes = b""  # purchase: the card's, from DEBIT; load: the host's, sent in CREDIT FOR LOAD
     steps: list[int] = field(default_factory=list)  # SW of every APDU that answered
 
     @property
@@ -283,6 +283,7 @@ class Terminal:
         mac2 = crypto.mac(sk, crypto.load_mac2_data(amount_fen, tx.tx_type, self.terminal_id, tx.date4, tx.time3), alg)
         if bad_mac2:
             mac2 = bytes([mac2[0] ^ 0x80]) + mac2[1:]
+        tx.mac2 = mac2
         data, sw = self._step(tx, apdu("805200000B") + stamp + mac2 + b"\x04")
         tx.sw = sw
         if sw == 0x9000:
@@ -306,7 +307,11 @@ class Terminal:
 
     # --- tear recovery, denylist ------------------------------------------------------------
     def prove(self, tx_type: int, counter: int) -> tuple[bytes, int]:
-        """GET TRANSACTION PROVE with counter = INITIALIZE's CTC + 1 (section 8)."""
+        """GET TRANSACTION PROVE with counter = INITIALIZE's CTC + 1 (section 8).
+
+        For a load (``tx_type`` 02) the counter is the online counter INITIALIZE FOR LOAD
+        returned + 1.
+        """
         return self.send(bytes([0x80, 0x5A, 0x00, tx_type, 0x02]) + counter.to_bytes(2, "big") + b"\x08")
 
     def block(self, *, bad_mac: bool = False) -> int:

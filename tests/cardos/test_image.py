@@ -49,10 +49,32 @@ def used_image() -> CardImage:
 
 def test_round_trip_of_a_used_image() -> None:
     image = used_image()
-    assert image.prove and image.log_records and image.transit_records and image.auth is not None
-    assert image.auth.pin_tries_left == 2
+    assert image.prove and image.load_prove and image.log_records and image.transit_records
+    assert image.auth is not None and image.auth.pin_tries_left == 2
     assert CardImage.from_json(image.to_json()) == image
-    assert json.loads(image.to_json())["schema_version"] == SCHEMA_VERSION == 1
+    assert json.loads(image.to_json())["schema_version"] == SCHEMA_VERSION == 2
+
+
+def test_a_version_1_image_without_load_proofs_loads_and_is_written_as_version_2(tmp_path: Path) -> None:
+    """Images written before loads were provable keep working (docs/card-image.md, "Versions")."""
+    d = doc(used_image())
+    d["schema_version"] = 1
+    del d["load_prove"]
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps(d))
+    card = Card.load(path)
+    assert card.image.load_prove == () and card.image.prove  # purchases' proofs kept
+    assert card.image == dataclasses.replace(CardImage.from_dict(d), load_prove=())
+    card.power_on()
+    terminal = Terminal(card, card.keys)
+    tx = terminal.load(100)
+    assert tx.ok and tx.counter is not None
+    written = json.loads(path.read_text())
+    assert written["schema_version"] == 2 and len(written["load_prove"]) == 1
+    assert Card.load(path).image.load_prove == card.image.load_prove
+    # a version 2 image may leave load_prove out too: none
+    d["schema_version"] = 2
+    assert CardImage.from_dict(d).load_prove == ()
 
 
 @settings(max_examples=50, deadline=None)
@@ -75,6 +97,16 @@ def test_round_trip_of_a_used_image() -> None:
         ),
         max_size=8,
     ),
+    load_proves=st.lists(
+        st.builds(
+            ProveEntry,
+            st.just(2),
+            st.integers(1, 0xFFFF),
+            st.binary(min_size=4, max_size=4),
+            st.binary(min_size=4, max_size=4),
+        ),
+        max_size=8,
+    ),
 )
 def test_round_trip_of_any_valid_image(
     balance: int,
@@ -86,6 +118,7 @@ def test_round_trip_of_any_valid_image(
     logs: list[bytes],
     transits: list[bytes],
     proves: list[ProveEntry],
+    load_proves: list[ProveEntry],
 ) -> None:
     image = dataclasses.replace(
         make_image(alg_id=alg),
@@ -94,6 +127,7 @@ def test_round_trip_of_any_valid_image(
         log_records=tuple(logs),
         transit_records=tuple(transits),
         prove=tuple(proves),
+        load_prove=tuple(load_proves),
     )
     again = CardImage.from_json(image.to_json())
     assert again == image
@@ -109,7 +143,8 @@ def test_card_persists_every_commit_and_reloads_to_the_same_state(tmp_path: Path
     tx = terminal.purchase(300, capp=True, record=transit_record(300, 9_700))
     assert tx.ok and tx.counter is not None
     assert CardImage.load(path) == card.image
-    assert terminal.load(1_000).ok
+    load = terminal.load(1_000)
+    assert load.ok and load.counter == 0
     assert CardImage.load(path) == card.image
     reloaded = Card.load(path)
     assert reloaded.image == card.image
@@ -119,6 +154,8 @@ def test_card_persists_every_commit_and_reloads_to_the_same_state(tmp_path: Path
     t2 = Terminal(reloaded, reloaded.keys)
     t2.select_purse()
     assert t2.prove(0x09, tx.counter + 1) == (tx.mac2 + tx.tac, 0x9000)
+    assert t2.prove(0x02, load.counter + 1) == (load.mac2 + load.tac, 0x9000)  # and the load
+    assert t2.load_tac_verifies(load, t2.prove(0x02, 1)[0][4:])
     assert t2.purchase(100).ok
     assert Card.load(path).balance_fen == 10_600
     assert [p.name for p in tmp_path.iterdir()] == ["card.json"]  # no temp files left
@@ -153,7 +190,12 @@ def doc(image: CardImage | None = None) -> dict[str, Any]:
     return json.loads((image or make_image()).to_json())
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", 1.0, None, True])
+def load_entry(**fields: object) -> dict[str, object]:
+    """One ``load_prove`` entry of a JSON image, valid unless ``fields`` spoil it."""
+    return {"tx_type": 2, "counter": 1, "mac2": "00" * 4, "tac": "00" * 4} | fields
+
+
+@pytest.mark.parametrize("version", [0, 3, "1", "2", 1.0, 2.0, None, True])
 def test_unknown_schema_versions_are_refused(version: object) -> None:
     d = doc()
     d["schema_version"] = version
@@ -185,6 +227,12 @@ def test_unknown_schema_versions_are_refused(version: object) -> None:
         (lambda d: d["keys"].pop("damk"), "keys.damk"),
         (lambda d: d.update({"prove": [{"tx_type": 2, "counter": 1, "mac2": "00" * 4, "tac": "00" * 4}]}), "prove"),
         (lambda d: d.update({"prove": {}}), "prove"),
+        (lambda d: d.update({"load_prove": [load_entry(tx_type=6)]}), "load_prove"),
+        (lambda d: d.update({"load_prove": [load_entry(counter=0)]}), "counter"),
+        (lambda d: d.update({"load_prove": [load_entry(mac2="00" * 3)]}), "MAC2"),
+        (lambda d: d.update({"load_prove": [load_entry(mac2="zz" * 4)]}), "load_prove[].mac2"),
+        (lambda d: d.update({"load_prove": [load_entry()] * 9}), "load_prove"),
+        (lambda d: d.update({"load_prove": "00"}), "load_prove"),
         (lambda d: d.update({"auth": {"pin": "12345"}}), "auth"),
         (lambda d: d.update({"auth": []}), "auth"),
     ],
@@ -219,7 +267,7 @@ def test_save_atomic_replaces_and_leaves_no_temp_file(tmp_path: Path) -> None:
 
 def test_every_json_field_is_documented() -> None:
     text = DOC.read_text()
-    assert "schema version 1" in text.lower()
+    assert f"schema version {SCHEMA_VERSION}" in text.lower()
 
     def keys(value: object) -> set[str]:
         if isinstance(value, dict):
@@ -245,7 +293,7 @@ def test_personalise_is_pure_and_makes_a_fresh_card() -> None:
     a, b = make_image(balance_fen=3_000), make_image(balance_fen=3_000)
     assert a == b
     assert a.purse == PurseState(3_000, 0, 0, False)
-    assert a.log_records == a.transit_records == a.prove == ()
+    assert a.log_records == a.transit_records == a.prove == a.load_prove == ()
     assert a.holder is None and a.auth is None
     ss = make_image(card_type=CardType.SOCIAL_SECURITY)
     assert ss.holder == HOLDER and ss.auth is not None and ss.auth.pin_tries_left == 3

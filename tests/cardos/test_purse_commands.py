@@ -87,6 +87,8 @@ def test_load_tac_reproduces_the_derived_vector() -> None:
     data, sw = send(card, "805200000B" + "20111221" + "214822" + mac2.hex() + "04")
     assert (data.hex(), sw) == ("c4e6a3a3", 0x9000)
     assert card.balance_fen == 0x1000 and card.online_counter == 1
+    # byte level, GET TRANSACTION PROVE of that load: P2 02, online counter 0000 + 1 -> MAC2 || TAC
+    assert send(card, "805A000202" + "0001" + "08") == (mac2 + bytes.fromhex("c4e6a3a3"), 0x9000)
 
 
 # --- GET BALANCE -------------------------------------------------------------------------------
@@ -309,10 +311,87 @@ def test_prove_survives_power_cycles_and_bad_parameters() -> None:
     card.power_on()
     send(card, select_apdu(AID_PURSE))
     assert terminal.prove(0x06, 1) == (tx.mac2 + tx.tac, 0x9000)
-    assert send(card, "805A000202000108")[1] == 0x6A86  # P2 02: loads are not proved
-    assert send(card, "805A010602000108")[1] == 0x6A86
+    assert send(card, "805A000202000108")[1] == 0x6A83  # P2 02 is a load: none committed
+    for p1p2 in ("0001", "0000", "0003", "0012", "0106", "0102"):  # ED load, other types, P1 01
+        assert send(card, "805A" + p1p2 + "02000108")[1] == 0x6A86
     assert send(card, "805A00060300000108")[1] == 0x6700
     assert send(card, "805A00060200010A")[1] == 0x6C08
+
+
+# --- GET TRANSACTION PROVE of loads (project-defined: P2 02, online counter + 1) --------------------
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_prove_answers_the_host_mac2_then_the_credit_tac_for_a_committed_load(alg: int) -> None:
+    card, terminal = selected(alg, balance_fen=500)
+    tx = terminal.load(1_500, select=False)
+    assert tx.ok and tx.counter == 0 and tx.mac2
+    data, sw = terminal.prove(crypto.TX_EP_LOAD, tx.counter + 1)
+    assert sw == 0x9000 and len(data) == 8
+    assert data[:4] == tx.mac2  # the MAC2 the host sent and the card accepted
+    assert data[4:] == tx.tac  # exactly CREDIT FOR LOAD's TAC ...
+    # ... which the host verifies with crypto.load_tac: balance after, the online counter
+    # INITIALIZE FOR LOAD returned (before the load), amount, type 02, terminal, date, time
+    assert data[4:] == crypto.load_tac(
+        card.keys.dtk, 2_000, 0, 1_500, crypto.TX_EP_LOAD, TERMINAL_ID, tx.date4, tx.time3, alg
+    )
+    # a second load is proved by its own counter; the first one still is
+    tx2 = terminal.load(100, select=False)
+    assert terminal.prove(0x02, 2) == (tx2.mac2 + tx2.tac, 0x9000)
+    assert terminal.prove(0x02, 1) == (data, 0x9000)
+
+
+def test_prove_of_a_load_needs_its_exact_online_counter_and_type() -> None:
+    card, terminal = selected()
+    assert terminal.purchase(300, select=False).ok  # offline counter 0 -> 1
+    tx = terminal.load(1_000, select=False)  # online counter 0 -> 1
+    assert tx.ok
+    assert terminal.prove(0x02, 0)[1] == 0x6A83  # the INITIALIZE counter itself
+    assert terminal.prove(0x02, 2)[1] == 0x6A83  # not yet
+    assert terminal.prove(0x02, 0xFFFF)[1] == 0x6A83
+    # the purchase with offline counter 1 and the load with online counter 1 are apart
+    assert terminal.prove(0x06, 1)[0][4:] != tx.tac
+    assert terminal.prove(0x09, 1)[1] == 0x6A83
+    assert terminal.prove(0x02, 1) == (tx.mac2 + tx.tac, 0x9000)
+    assert send(card, "805A000202000110")[1] == 0x6C08
+    assert send(card, "805A00020300000108")[1] == 0x6700
+
+
+def test_an_uncommitted_load_is_not_provable() -> None:
+    card, terminal = selected()
+    # INITIALIZE FOR LOAD only: the host never sent MAC2
+    assert send(card, "805000020B010000006400112233445510")[1] == 0x9000
+    assert terminal.prove(0x02, 1)[1] == 0x6A83
+    # a MAC2 the card refused
+    assert terminal.load(100, bad_mac2=True, select=False).sw == 0x9302
+    assert terminal.prove(0x02, 1)[1] == 0x6A83
+    # refused for the purse maximum
+    assert terminal.load(PURSE_MAX_FEN, select=False).sw == 0x9501
+    assert terminal.prove(0x02, 1)[1] == 0x6A83
+    assert card.online_counter == 0 and card.image.load_prove == ()
+
+
+def test_loads_keep_their_last_proofs_apart_from_purchases() -> None:
+    card, terminal = selected()
+    loads = [terminal.load(1, select=False) for _ in range(10)]
+    assert all(t.ok for t in loads)
+    purchases = [terminal.purchase(1, select=False) for _ in range(10)]  # bus taps do not evict loads
+    assert all(t.ok for t in purchases)
+    for tx in loads[:2]:
+        assert tx.counter is not None and terminal.prove(0x02, tx.counter + 1)[1] == 0x6A83
+    for tx in loads[2:]:
+        assert tx.counter is not None and terminal.prove(0x02, tx.counter + 1) == (tx.mac2 + tx.tac, 0x9000)
+    assert len(card.image.load_prove) == len(card.image.prove) == 8
+
+
+def test_a_blocked_card_still_proves_its_loads() -> None:
+    card, terminal = selected()
+    tx = terminal.load(700, select=False)
+    assert terminal.block() == 0x9000
+    card.power_off()
+    card.power_on()
+    assert send(card, select_apdu(AID_PURSE))[1] == 0x6283
+    assert terminal.prove(0x02, 1) == (tx.mac2 + tx.tac, 0x9000)
 
 
 # --- GET CHALLENGE + APPLICATION BLOCK ------------------------------------------------------------

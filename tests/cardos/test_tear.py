@@ -46,17 +46,18 @@ def check_after_tear(card: Card, terminal: Terminal, before: CardImage, twin: Ca
     assert card.image == (twin.image if committed else before)
     tx = terminal.last
     assert tx is not None
-    if flow == "load":
-        # loads are not proved (P2 06/09 only); the log record and online counter tell
-        assert card.online_counter == before.purse.online_counter + int(committed)
-        return
-    counter = before.purse.offline_counter + 1
+    loading = flow == "load"
+    counter = (before.purse.online_counter if loading else before.purse.offline_counter) + 1
     data, sw = terminal.prove(tx.tx_type, counter)
     if not committed:
         assert (data, sw) == (b"", 0x6A83)
         return
     assert sw == 0x9000
-    assert terminal.purchase_verifies(tx, data[:4], data[4:])
+    if loading:
+        # the host's MAC2 as the card accepted it, and the TAC the lost CREDIT response carried
+        assert data[:4] == tx.mac2 and terminal.load_tac_verifies(tx, data[4:])
+    else:
+        assert terminal.purchase_verifies(tx, data[:4], data[4:])
     twin_tx = Terminal(twin, twin.keys).prove(tx.tx_type, counter)
     assert twin_tx == (data, sw)
 
@@ -105,6 +106,40 @@ def test_torn_debit_is_resolved_by_prove_and_never_charged_twice(phase: Phase) -
     assert card.balance_fen == 9_700 and card.offline_counter == 1
 
 
+@pytest.mark.parametrize("alg", [crypto.ALG_3DES, crypto.ALG_SM4])
+@pytest.mark.parametrize("phase", PHASES)
+def test_torn_load_is_resolved_by_prove_and_never_credited_twice(phase: Phase, alg: int) -> None:
+    """The load host's recovery: prove P2 02 with the online counter + 1; reload only on 6A83."""
+    card = make_card(alg_id=alg)
+    terminal = Terminal(card, card.keys)
+    card.tear = TearPlan(3, phase)  # at CREDIT FOR LOAD, the commit APDU
+    with pytest.raises(CardTorn):
+        terminal.load(700)
+    pending = terminal.last
+    assert pending is not None and pending.counter is not None and pending.tac == b""  # TAC lost
+    card.power_on()
+    terminal.select_purse()
+    data, sw = terminal.prove(crypto.TX_EP_LOAD, pending.counter + 1)
+    if phase == "after_commit":
+        assert sw == 0x9000 and data[:4] == pending.mac2
+        assert data[4:] == crypto.load_tac(
+            card.keys.dtk,
+            10_700,
+            pending.counter,
+            700,
+            crypto.TX_EP_LOAD,
+            terminal.terminal_id,
+            pending.date4,
+            pending.time3,
+            alg,
+        )
+    else:
+        assert (data, sw) == (b"", 0x6A83)
+        assert card.online_counter == pending.counter  # nothing moved: a new load is safe
+        assert terminal.load(700).ok
+    assert card.balance_fen == 10_700 and card.online_counter == 1
+
+
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("flow", sorted(FLOWS))
 def test_tear_at_the_commit_apdu_persists_old_or_new_image_on_disk(flow: str, phase: Phase, tmp_path: Path) -> None:
@@ -125,6 +160,9 @@ def test_tear_at_the_commit_apdu_persists_old_or_new_image_on_disk(flow: str, ph
         assert reloaded != image and reloaded.purse.balance_fen == image.purse.balance_fen + (
             700 if flow == "load" else -300
         )
+    # the proof is on disk exactly when the commit is
+    proofs = reloaded.load_prove if flow == "load" else reloaded.prove
+    assert len(proofs) == int(phase == "after_commit")
 
 
 def test_tear_on_a_pin_verify_before_commit_costs_no_try() -> None:

@@ -6,11 +6,13 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from cardkit import make_card
 
-from cardos.os import TearPlan
+from cardos.card import Card
+from cardos.os import SmartCard, TearPlan
 from cardos.psam import Psam, psam_image_for_terminal
 from cardos.vpcd import EndReason, VpcdClient, VpcdUnavailable, answer, encode_frame, recv_frame
 
@@ -77,7 +79,15 @@ def test_control_bytes_power_and_atr_and_apdus_get_one_answer() -> None:
     assert answer(psam, b"\x02", psam.ATR) is None and psam.powered  # reset: off then on
     assert answer(psam, b"\x00", psam.ATR) is None
     assert not psam.powered
-    assert answer(psam, b"\x09", psam.ATR) is None  # unknown control: ignored
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x03", b"\x05", b"\x09", b"\xff", b"\x00\x00", b"\x80\x5c\x00"])
+def test_a_frame_that_is_not_one_of_the_four_control_bytes_is_an_apdu(frame: bytes) -> None:
+    """card-profile.md, "PC/SC": every other frame is an APDU answered by exactly one frame."""
+    psam = make_psam()
+    psam.power_on()
+    assert answer(psam, frame, psam.ATR) == b"\x67\x00"  # shorter than a header: wrong length
+    assert psam.powered  # not taken for a power control
 
 
 def test_client_serves_a_session_like_vpcd_drives_it(vpcd: FakeVpcd) -> None:
@@ -91,6 +101,61 @@ def test_client_serves_a_session_like_vpcd_drives_it(vpcd: FakeVpcd) -> None:
     handle.stop()
     assert handle.wait_ended(2) is EndReason.STOPPED
     assert conn.recv(1) == b""  # the card left the reader
+
+
+def make_user_card() -> SmartCard:
+    return make_card()
+
+
+ODD_FRAMES = (b"\x09", b"", b"\xff", b"\x03", b"\x00\xb0", b"\x00\xb0\x96", b"\x00\xb0\x96\x00\x06\x00\x00")
+
+
+@pytest.mark.parametrize(
+    ("make", "atr", "good_apdu", "good_len"),
+    [(make_psam, Psam.ATR, "00B0960006", 6), (make_user_card, Card.ATR, "0084000004", 4)],
+    ids=["psam", "card"],
+)
+def test_odd_frames_each_get_one_answer_and_the_stream_stays_in_step(
+    vpcd: FakeVpcd, make: Callable[[], SmartCard], atr: bytes, good_apdu: str, good_len: int
+) -> None:
+    """A lone unknown byte or an empty frame is a malformed APDU: 6700 comes back at once.
+
+    Without an answer vpcd (and the pcscd transmit behind it) would wait for ever; here
+    the fake vpcd's receive would time out.
+    """
+    handle = VpcdClient(make(), port=vpcd.port).serve_in_thread()
+    vpcd.accept(timeout_s=2)
+    vpcd.send(b"\x01")
+    assert handle.wait_powered(2)
+    for frame in ODD_FRAMES:
+        assert vpcd.exchange(frame) == b"\x67\x00", frame.hex()
+    # still in step and still powered: the next real APDU gets its own answer
+    reply = vpcd.exchange(bytes.fromhex(good_apdu))
+    assert reply[-2:] == b"\x90\x00" and len(reply) == good_len + 2
+    assert vpcd.exchange(b"\x04") == atr
+    handle.stop()
+    assert handle.wait_ended(2) is EndReason.STOPPED
+
+
+def test_an_apdu_to_an_unpowered_card_removes_it_cleanly(vpcd: FakeVpcd) -> None:
+    """vpcd never powered the card up: no answer can be right, so the card leaves the reader."""
+    handle = VpcdClient(make_psam(), port=vpcd.port).serve_in_thread()
+    conn = vpcd.accept(timeout_s=2)
+    vpcd.send(b"\x09")
+    assert recv_frame(conn) is None  # closed, not left waiting
+    assert handle.wait_ended(2) is EndReason.TORN
+
+
+def test_a_frame_cut_short_by_vpcd_closing_ends_the_insertion(vpcd: FakeVpcd) -> None:
+    handle = VpcdClient(make_psam(), port=vpcd.port, connect_attempts=1).serve_in_thread()
+    conn = vpcd.accept(timeout_s=2)
+    vpcd.send(b"\x01")
+    assert handle.wait_powered(2)
+    conn.sendall(b"\x00\x05\x00\xb0")  # announces 5 bytes, sends 2, then goes away
+    conn.close()
+    vpcd.server.close()  # nothing to reconnect to
+    assert handle.wait_ended(3) is EndReason.VPCD_CLOSED
+    assert isinstance(handle.error, VpcdUnavailable)
 
 
 def test_client_sets_nodelay(vpcd: FakeVpcd) -> None:

@@ -141,6 +141,42 @@ def body(batch: Batch) -> bytes:
     return encode(batch)
 
 
+# --- tap-on / tap-off on the example tariff's intercity route (fares/data/xianyang_example) ------
+
+TARIFF_VERSION = "xianyang-2026.1"
+IC_MAX_FEN = 800  # adult, three zones: the most a tap-on at zone 1 can cost
+IC_FARES_FEN = {"ic_weicheng": 200, "ic_airport": 500, "ic_xian_center": 800}  # adult, boarding at zone 1
+
+
+def transit(record: TapRecord, kind: str, stop_id: str, *, claimed_fen: int = 0, product: str = "ic") -> TapRecord:
+    """``record`` as a tap of ``kind`` on route ic1 at ``stop_id`` (route, stop and fare are not under the TAC)."""
+    fare = FareInfo(
+        product, "adult", "intercity", record.amount_fen, 0, None, refund_due_fen=claimed_fen, tap_kind=kind,  # type: ignore[arg-type]
+        tariff_version=TARIFF_VERSION,
+    )  # fmt: skip
+    return msgspec.structs.replace(record, route_id="ic1", stop_id=stop_id, vehicle_id="ic1-bus-07", fare=fare)
+
+
+def journey(
+    term: Terminal,
+    card: Card,
+    alight: str = "ic_airport",
+    *,
+    at: dt.datetime = T0,
+    minutes: int = 30,
+    claimed_fen: int | None = None,
+    exit_terminal: Terminal | None = None,
+) -> tuple[TapRecord, TapRecord]:
+    """A tap-on at Xianyang station (the maximum charged) and a tap-off at ``alight`` claiming its refund."""
+    tap_on = transit(term.tap(card, IC_MAX_FEN, at), "tap_on", "ic_xianyang_station")
+    term.pending[-1] = tap_on
+    out = exit_terminal or term
+    claim = IC_MAX_FEN - IC_FARES_FEN[alight] if claimed_fen is None else claimed_fen
+    tap_off = transit(out.tap(card, 0, at + dt.timedelta(minutes=minutes)), "tap_off", alight, claimed_fen=claim)
+    out.pending[-1] = tap_off
+    return tap_on, tap_off
+
+
 # --- a registered world: issuers, operator, terminals, cards with their opening balance ---------
 
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
-from tapfactory import OWN_ISSUER, T0, Card, Terminal, body, make_keystore, register_world
+from tapfactory import OWN_ISSUER, T0, Card, Terminal, body, journey, make_keystore, register_world
 
 from cardos.apdu import split_response
 from cardos.card import Card as EmulatedCard
@@ -337,23 +337,25 @@ def test_load_refusals_404_409_and_forged_tac(api: Api) -> None:
 
 
 def test_a_tap_off_refund_becomes_a_pending_credit_paid_by_the_operator(api: Api) -> None:
-    from clearing.contract import FareInfo
     from clearing.ingest import refund_load_id
     from clearing.models import Account
 
     emulated, asn = _issued(api, 1000)
     card = Card(0, balance_fen=1000, asn_hex=asn)
     term = Terminal(TERMINAL)
-    tap_on = term.tap(card, 300, when=NOW - dt.timedelta(minutes=40))  # the maximum fare at entry
-    tap_off = term.tap(card, 0, when=NOW - dt.timedelta(minutes=10))
-    tap_off = msgspec.structs.replace(tap_off, fare=FareInfo("metro", "adult", None, 200, 0, None, refund_due_fen=100))
+    # the maximum (800) at entry, the exit one zone on: clearing computes 300 back itself
+    tap_on, tap_off = journey(term, card, "ic_airport", at=NOW - dt.timedelta(minutes=40))
     response = api.upload(term.batch([tap_on, tap_off]))
     assert verdicts(response) == [("accepted", "OK"), ("accepted", "OK")]
     load_id = refund_load_id(TERMINAL, tap_off.terminal_seq)
     with Session(api.engine) as session:
         pending = session.get(PendingLoad, load_id)
-        assert pending is not None and (pending.amount_fen, pending.state) == (100, "pending")
-    req = _initialize_load(emulated, 100, asn)
+        payable = session.execute(select(Account.id).where(Account.owner_ref == "operator:bus-1")).scalar_one()
+        assert pending is not None and (pending.amount_fen, pending.state, pending.kind) == (300, "pending", "refund")
+        assert pending.payer_account_id == payable  # a column, not parsed from the load id
+        tap = session.execute(select(Tap).where(Tap.terminal_seq == tap_off.terminal_seq)).scalar_one()
+        assert (tap.refund_fen, tap.fare_refund_claimed_fen, tap.fare_tap_kind) == (300, 300, "tap_off")
+    req = _initialize_load(emulated, 300, asn)
     answer = api.client.post(f"/v1/loads/{load_id}/authorize", content=msgspec.json.encode(req), headers=api.headers())
     assert answer.status_code == 200, answer.text
     local = dt.datetime.fromisoformat(answer.json()["tx_time"])
@@ -362,7 +364,7 @@ def test_a_tap_off_refund_becomes_a_pending_credit_paid_by_the_operator(api: Api
     assert done.status_code == 200, done.text
     with Session(api.engine) as session:
         payable = session.execute(select(Account).where(Account.owner_ref == "operator:bus-1")).scalar_one()
-        assert (payable.credits_posted, payable.debits_posted) == (300, 100)
+        assert (payable.credits_posted, payable.debits_posted) == (800, 300)
         trial_balance(session)
 
 

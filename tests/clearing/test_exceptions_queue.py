@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from cardos.profile import ISSUER_XIANYANG
 from clearing import accounts
-from clearing.exceptions_queue import UNVERIFIED_CODES, ExceptionQueueError, accept, add_item, list_items, write_off
+from clearing.errors import ClearingError
+from clearing.exceptions_queue import UNVERIFIED_CODES, accept, add_item, list_items, write_off
 from clearing.issuance import issue_card
 from clearing.keystore import KeyStore
 from clearing.ledger import account_balance, trial_balance
@@ -89,7 +90,7 @@ def test_accepting_a_rejected_record_posts_it_as_its_tap(db_session: Session, ca
     trial_balance(db_session)
     assert list_items(db_session) == []
 
-    with pytest.raises(ExceptionQueueError, match="E_ALREADY_DECIDED"):
+    with pytest.raises(ClearingError, match="E_ALREADY_DECIDED"):
         accept(db_session, item.id, now=NOW)
 
 
@@ -98,7 +99,7 @@ def test_a_record_whose_tac_was_never_verified_cannot_be_accepted(db_session: Se
     item = add_item(db_session, code=code, message="forged?", record=_record(card))
     db_session.commit()
     transfers_before = db_session.scalar(select(func.count()).select_from(Transfer))
-    with pytest.raises(ExceptionQueueError, match="E_UNVERIFIED_RECORD"):
+    with pytest.raises(ClearingError, match="E_UNVERIFIED_RECORD"):
         accept(db_session, item.id, now=NOW)
     db_session.rollback()
     assert db_session.get(Transfer, f"tap:{TERMINAL}:7") is None
@@ -117,7 +118,7 @@ def test_a_duplicate_cannot_be_accepted_but_can_be_closed_without_money(db_sessi
     accept(db_session, first.id, now=NOW)
     dup = add_item(db_session, code="E_DUPLICATE_TERMINAL_SEQ", record=_record(card, counter=4))
     db_session.commit()
-    with pytest.raises(ExceptionQueueError, match="E_DUPLICATE_TAP"):
+    with pytest.raises(ClearingError, match="E_DUPLICATE_TAP"):
         accept(db_session, dup.id, now=NOW)
     db_session.rollback()
     transfers_before = db_session.scalar(select(func.count()).select_from(Transfer))
@@ -137,14 +138,14 @@ def test_write_off_releases_card_value_to_write_off_income(db_session: Session, 
     assert transfer.credit_account_id == accounts.write_off_income(db_session)
     assert account_balance(db_session, card.account_id).credit_balance_fen == 700
     trial_balance(db_session)
-    with pytest.raises(ExceptionQueueError, match="E_NOTE_REQUIRED"):
+    with pytest.raises(ClearingError, match="E_NOTE_REQUIRED"):
         write_off(db_session, item.id, now=NOW, note=" ")
 
 
 @pytest.mark.parametrize("code", ["E_TAC_MISMATCH", "E_UNKNOWN_TERMINAL"])
 def test_writing_off_an_unverified_record_releases_no_card_value(db_session: Session, card: Card, code: str) -> None:
     item = add_item(db_session, code=code, record=_record(card, amount=300))
-    with pytest.raises(ExceptionQueueError) as info:
+    with pytest.raises(ClearingError) as info:
         write_off(db_session, item.id, now=NOW, note="forged", amount_fen=300)
     assert info.value.code == "E_UNVERIFIED_RECORD"
     write_off(db_session, item.id, now=NOW, note="forged")  # closes with amount 0
@@ -157,7 +158,7 @@ def test_writing_off_an_unverified_record_releases_no_card_value(db_session: Ses
 def test_accepting_more_than_the_card_holds_is_refused(db_session: Session, card: Card) -> None:
     item = add_item(db_session, code="E_AMOUNT_LIMIT", record=_record(card, amount=5000, before=6000))
     db_session.commit()
-    with pytest.raises(ExceptionQueueError) as info:
+    with pytest.raises(ClearingError) as info:
         accept(db_session, item.id, now=NOW)
     assert info.value.code == "E_DEBITS_EXCEED_CREDITS"
 

@@ -7,10 +7,10 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing import accounts
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 from clearing.ledger import (
     LedgerBatchError,
-    LedgerCode,
-    LedgerError,
     TransferSpec,
     account_balance,
     apply_account_deltas,
@@ -60,7 +60,7 @@ def test_replay_with_other_fields_is_transfer_conflict(db_session: Session) -> N
     db_session.commit()
     with pytest.raises(LedgerBatchError) as info:
         post_transfers(db_session, [TransferSpec.single("issue:1", float_, card, 501, TransferCode.CARD_SALE)])
-    assert info.value.code == LedgerCode.E_TRANSFER_CONFLICT
+    assert info.value.code == Code.E_TRANSFER_CONFLICT
     assert "issue:1" in str(info.value)
 
 
@@ -73,7 +73,7 @@ def test_card_liability_never_goes_negative_and_strict_batch_writes_nothing(db_s
     ]
     with pytest.raises(LedgerBatchError) as info:
         post_transfers(db_session, batch)
-    assert info.value.code == LedgerCode.E_DEBITS_EXCEED_CREDITS
+    assert info.value.code == Code.E_DEBITS_EXCEED_CREDITS
     assert [r.status for r in info.value.results] == ["created", "created", "failed"]
     db_session.rollback()
     assert db_session.scalar(select(func.count()).select_from(Transfer)) == 0
@@ -121,7 +121,7 @@ def test_pending_then_partial_post_then_second_resolution_is_refused(db_session:
 
     with pytest.raises(LedgerBatchError) as info:
         post_transfers(db_session, [TransferSpec.void("load:1:void", "load:1")])
-    assert info.value.code == LedgerCode.E_PENDING_ALREADY_RESOLVED
+    assert info.value.code == Code.E_PENDING_ALREADY_RESOLVED
     db_session.rollback()
     # replaying the post is still fine
     assert post_transfers(db_session, [TransferSpec.post("load:1:post", "load:1", 800)])[0].status == "exists"
@@ -164,7 +164,7 @@ def test_pending_reservation_counts_against_the_card_flag(db_session: Session) -
     results = post_transfers(
         db_session, [TransferSpec.single("tap:1", card, payable, 200, TransferCode.PURCHASE)], strict=False
     )
-    assert results[0].code == LedgerCode.E_DEBITS_EXCEED_CREDITS
+    assert results[0].code == Code.E_DEBITS_EXCEED_CREDITS
 
 
 def test_apply_account_deltas_updates_posted_totals_and_respects_flags(db_session: Session) -> None:
@@ -176,9 +176,9 @@ def test_apply_account_deltas_updates_posted_totals_and_respects_flags(db_sessio
     # The ORM object sees the new totals too (stale identity-map entries are expired).
     assert db_session.get(Account, card) is not None
     assert db_session.get(Account, card).credits_posted == 700  # type: ignore[union-attr]
-    with pytest.raises(LedgerError) as info:
+    with pytest.raises(ClearingError) as info:
         apply_account_deltas(db_session, {card: (701, 0), payable: (0, 701)})
-    assert info.value.code == LedgerCode.E_DEBITS_EXCEED_CREDITS
+    assert info.value.code == Code.E_DEBITS_EXCEED_CREDITS
     db_session.rollback()
     assert account_balance(db_session, card).credits_posted == 700
 
@@ -188,9 +188,9 @@ def test_trial_balance_catches_an_account_edited_behind_the_ledger(db_session: S
     post_transfers(db_session, [TransferSpec.single("issue:1", float_, card, 500, TransferCode.CARD_SALE)])
     db_session.commit()
     db_session.execute(update(Account).where(Account.id == float_).values(debits_posted=Account.debits_posted + 1))
-    with pytest.raises(LedgerError) as info:
+    with pytest.raises(ClearingError) as info:
         trial_balance(db_session)
-    assert info.value.code == LedgerCode.E_LEDGER_INVARIANT
+    assert info.value.code == Code.E_LEDGER_INVARIANT
 
 
 def test_db_check_refuses_a_negative_card_liability_even_behind_the_ledger(db_session: Session) -> None:

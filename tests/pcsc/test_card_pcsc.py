@@ -91,9 +91,24 @@ def test_load_with_the_issuer_host_played_by_crypto(pcscd: PcscEnv, vpcd_insert:
         tac = expect_ok(card, bytes.fromhex("805200000B") + date4 + time3 + mac2 + b"\x04")
         assert tac == crypto.load_tac(dtk, balance + amount, online, amount, crypto.TX_EP_LOAD, terminal, date4, time3)
         assert expect_ok(card, bytes.fromhex("805C000204")) == (OPENING_FEN + amount).to_bytes(4, "big")
+        # a host that lost that TAC gets it back (project-defined P2 02, online counter + 1)
+        assert expect_ok(card, bytes.fromhex("805A000202") + (online + 1).to_bytes(2, "big") + b"\x08") == mac2 + tac
     finally:
         conn.disconnect()
     assert CardImage.load(card_path).purse.balance_fen == OPENING_FEN + amount
+
+
+def test_a_one_byte_apdu_gets_an_answer_through_pcscd(pcscd: PcscEnv, vpcd_insert: Insert, card_path: Path) -> None:
+    """vpcd forwards it as a 1-byte frame; it is not a control byte, so the card answers 6700."""
+    vpcd_insert(Card.load(card_path), PORT_CARD)
+    conn = connect(pcscd.card_reader)
+    try:
+        card = pyscard_transmit(conn)
+        assert card(b"\x09") == b"\x67\x00"
+        assert card(b"\x09\x00") == b"\x67\x00"
+        expect_ok(card, SELECT_PURSE)  # and the reader carries on
+    finally:
+        conn.disconnect()
 
 
 def test_torn_debit_removes_the_card_and_prove_recovers_it_on_reinsertion(

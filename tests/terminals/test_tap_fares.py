@@ -9,7 +9,19 @@ from pathlib import Path
 import pytest
 
 from cardos.profile import CardType
-from terminals.fares import Tariff, load_example_tariff
+from clearing.contract import TapRecord
+from fares import (
+    ClearedTap,
+    EntryLeg,
+    ExitTap,
+    RefundReason,
+    TapKind,
+    Tariff,
+    legs_from_cleared_taps,
+    load_example_tariff,
+    rider_category_for_card,
+    tap_off_refund,
+)
 from terminals.session import Outcome
 from terminals.validator import TariffFare
 from tests.terminals.test_tap_kit import ASN_B, NOW, Rig, make_card, make_psam, make_rig, transit_history
@@ -41,6 +53,8 @@ def test_the_fare_comes_from_the_tariff_and_the_record_carries_its_codes(tmp_pat
     assert fare is not None
     assert (fare.product_id, fare.rider_category_id, fare.leg_group_id) == ("urban_2y", "adult", "urban")
     assert (fare.full_fare_fen, fare.discount_fen, fare.transfer_of) == (200, 0, None)
+    assert (fare.tap_kind, fare.tariff_version) == ("single", "xianyang-2026.1")
+    assert rig.records()[0].fare == fare  # journaled as priced
     [leg] = transit_history(card)
     assert (leg.line, leg.station, leg.terminal_seq) == (1026, 103, result.record.terminal_seq)
     rig.close()
@@ -95,5 +109,46 @@ def test_intercity_tap_on_charges_the_maximum_and_tap_off_owes_the_refund(tmp_pa
     fare = exit_.record.fare
     assert fare is not None and fare.refund_due_fen == entry.amount_fen - (fare.full_fare_fen - fare.discount_fen)
     assert [leg.tx_type for leg in transit_history(card)] == [0x04, 0x03]
+    assert entry.record.fare.tap_kind == "tap_on" and fare.tap_kind == "tap_off"
+    assert entry.record.fare.tariff_version == fare.tariff_version == tariff.version
+
+    # The clearing centre's view: the two journaled records, the tariff of the version they
+    # name, and the same engine give the refund the terminal claimed.
+    [on_record] = on.records()
+    [off_record] = off.records()
+    assert off_record.fare == fare
+    refund = tap_off_refund(
+        tariff,
+        rider_category_id=rider_category_for_card(tariff, CardType.ORDINARY),
+        entry=EntryLeg(str(on_record.route_id), str(on_record.stop_id), _when(on_record), on_record.amount_fen),
+        exit_tap=ExitTap(str(off_record.route_id), str(off_record.stop_id), _when(off_record)),
+        history=legs_from_cleared_taps(tariff, []),
+    )
+    assert refund.reason is RefundReason.CLOSED and refund.refund_fen == fare.refund_due_fen > 0
+    assert 0 < refund.refund_fen <= refund.charged_fen - refund.minimum_fare_fen
+    legs = legs_from_cleared_taps(tariff, [_cleared(on_record), _cleared(off_record)])
+    assert [(leg.kind.value, leg.charged_fen) for leg in legs] == [("closed", entry.amount_fen)]
     on.close()
     off.close()
+
+
+def _when(record: TapRecord) -> dt.datetime:
+    return dt.datetime.fromisoformat(record.tx_time)
+
+
+def _cleared(record: TapRecord) -> ClearedTap:
+    """What clearing holds of a tap, as ``legs_from_cleared_taps`` takes it."""
+    kind = TapKind(record.fare.tap_kind) if record.fare is not None and record.fare.tap_kind is not None else None
+    when = _when(record)
+    return ClearedTap(
+        record.route_id, record.stop_id, when, record.amount_fen, kind, record.terminal_id, record.terminal_seq
+    )
+
+
+def test_a_flat_fare_is_a_single_tap_on_no_tariff_version(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)  # FlatFare
+    result = rig.present(make_card())
+    assert result.outcome is Outcome.PAID
+    fare = result.record.fare
+    assert fare is not None and (fare.tap_kind, fare.tariff_version) == ("single", None)
+    rig.close()

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from yikatong.commands.init import cli_errors, fail, open_database, out
+from yikatong.commands.init import cli_errors, open_database, out
 
 app = typer.Typer(help="The exception queue: rejected and suspect records awaiting a decision.", no_args_is_help=True)
 
@@ -20,15 +20,12 @@ def list_command(
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many items.")] = 100,
 ) -> None:
     """List queued records, oldest first."""
-    from clearing.exceptions_queue import ExceptionQueueError, list_items
+    from clearing.exceptions_queue import list_items
 
     with cli_errors():
-        try:
-            factory = open_database()
-            with factory() as session:
-                items = list_items(session, state=None if state == "all" else state, limit=limit)
-        except ExceptionQueueError as exc:
-            fail(str(exc))
+        factory = open_database()
+        with factory() as session:
+            items = list_items(session, state=None if state == "all" else state, limit=limit)
     if not items:
         out.print(f"no {state} exceptions")
         return
@@ -57,16 +54,13 @@ def accept_command(
     note: Annotated[str | None, typer.Option("--note", help="Why it is accepted.")] = None,
 ) -> None:
     """Accept a record: post it as the tap it is (card → operator payable, id tap:<terminal>:<seq>)."""
-    from clearing.exceptions_queue import ExceptionQueueError, accept
+    from clearing.exceptions_queue import accept
 
     with cli_errors():
-        try:
-            factory = open_database()
-            with factory() as session, session.begin():
-                item = accept(session, item_id, now=dt.datetime.now(dt.UTC), note=note, decided_by=_decider())
-                transfer = item.decision_transfer_id
-        except ExceptionQueueError as exc:
-            fail(str(exc))
+        factory = open_database()
+        with factory() as session, session.begin():
+            item = accept(session, item_id, now=dt.datetime.now(dt.UTC), note=note, decided_by=_decider())
+            transfer = item.decision_transfer_id
     out.print(f"exception {item_id} accepted" + (f"; posted transfer {transfer}" if transfer else "; nothing to post"))
 
 
@@ -80,17 +74,14 @@ def write_off_command(
     ] = None,
 ) -> None:
     """Write a record off: release card value to write-off income (or close it with --amount-fen 0)."""
-    from clearing.exceptions_queue import ExceptionQueueError, write_off
+    from clearing.exceptions_queue import write_off
 
     with cli_errors():
-        try:
-            factory = open_database()
-            with factory() as session, session.begin():
-                item = write_off(
-                    session, item_id, now=dt.datetime.now(dt.UTC), note=note, amount_fen=amount_fen,
-                    decided_by=_decider(),
-                )  # fmt: skip
-                transfer = item.decision_transfer_id
-        except ExceptionQueueError as exc:
-            fail(str(exc))
+        factory = open_database()
+        with factory() as session, session.begin():
+            item = write_off(
+                session, item_id, now=dt.datetime.now(dt.UTC), note=note, amount_fen=amount_fen,
+                decided_by=_decider(),
+            )  # fmt: skip
+            transfer = item.decision_transfer_id
     out.print(f"exception {item_id} written off" + (f"; posted transfer {transfer}" if transfer else "; no transfer"))

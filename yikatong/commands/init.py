@@ -34,14 +34,12 @@ def fail(message: str) -> NoReturn:
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Known failures become one line and exit 1; a traceback is for bugs only."""
+    from clearing.errors import ClearingError
     from clearing.keystore import KeyStoreError
-    from clearing.ledger import LedgerError
 
     try:
         yield
-    except KeyStoreError as exc:
-        fail(str(exc))
-    except LedgerError as exc:
+    except (ClearingError, KeyStoreError) as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
         fail(f"E_DATABASE: {type(exc).__name__}: {str(exc).splitlines()[0]}")

@@ -110,10 +110,10 @@ def run(
 ) -> None:
     """Run a validator (or a POS with --pos) on PC/SC readers, showing each tap."""
     from cardos.psam import Psam, PsamImageError
+    from fares import TariffError, load_example_tariff, load_tariff
     from terminals.config import TerminalConfig, UploadConfig
     from terminals.denylist import Denylist
     from terminals.errors import ReaderError, TerminalError
-    from terminals.fares import TariffError, load_example_tariff, load_tariff
     from terminals.journal import Journal
     from terminals.readers import InProcessReader, PcscReader, Reader, pcsc_reader_names
     from terminals.uploader import UploaderThread

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from cardos.profile import CardType
 from cardos.records import SHANGHAI_TZ
-from terminals.fares.errors import (
+from fares.errors import (
     E_FARE_NAIVE_TIME,
     E_FARE_NO_ENTRY,
     E_FARE_NO_RULE,
@@ -34,8 +34,8 @@ from terminals.fares.errors import (
     E_FARE_UNKNOWN_STOP,
     FareError,
 )
-from terminals.fares.model import FareDecision, LegKind, LegRef, PastLeg, Tap, TapKind
-from terminals.fares.tariff import (
+from fares.model import FareDecision, LegKind, LegRef, PastLeg, Tap, TapKind
+from fares.tariff import (
     TRANSFER_COUNT_UNLIMITED,
     FareLegRule,
     FareTransferRule,

@@ -1,6 +1,7 @@
 """Helpers shared by the fare tests (this module holds no tests).
 
-* ``synthetic(...)``: a small tariff from CSV snippets over a fixed base of routes and stops.
+* ``synthetic(...)``: a small tariff from CSV snippets over a fixed base of routes and stops;
+  ``ARRIVAL_SENSITIVE`` is one.
 * ``Rider``: a card that goes through validators: every tap is priced from the legs decoded
   from the card's transit records, and the record the validator writes goes back on the card
   through its 48-byte encoding, in the 30-record cyclic window (``remember``).
@@ -13,7 +14,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 from cardos.records import SHANGHAI_TZ, TransitRecord
-from terminals.fares import (
+from fares import (
     FareDecision,
     Tap,
     TapKind,
@@ -61,6 +62,24 @@ def synthetic(**tables: str) -> Tariff:
     for name, text in tables.items():
         files[f"{name}.csv"] = textwrap.dedent(text).lstrip()
     return parse_tariff(files, source="synthetic")
+
+
+# Where the exit changes the fare in every way: zones, a peak timeframe on arrival, a transfer
+# limited arrival to arrival, a daily cap (the tap-on maximum and refund property tests).
+ARRIVAL_SENSITIVE = synthetic(
+    areas="area_id\nz1\nz2\n",
+    stop_areas="area_id,stop_id\nz1,s1\nz2,s2\nz1,inner\nz2,inner\n",
+    calendar="service_id,monday,tuesday,wednesday,thursday,friday,saturday,sunday,start_date,end_date\n"
+    "weekdays,1,1,1,1,1,0,0,20250101,20301231\n",
+    timeframes="timeframe_group_id,start_time,end_time,service_id\npeak,07:00:00,09:00:00,weekdays\n",
+    fare_products="fare_product_id,amount,currency\nA,1.00,CNY\nB,2.00,CNY\nP,3.00,CNY\nT1,0.50,CNY\n",
+    fare_leg_rules="leg_group_id,network_id,from_area_id,to_area_id,to_timeframe_group_id,fare_product_id,rule_priority\n"
+    "g,,z1,z1,,A,0\ng,,z2,z2,,A,0\ng,,z1,z2,,B,0\ng,,z2,z1,,B,0\ng,,,,peak,P,1\ng,,,,,A,0\n",
+    fare_transfer_rules="from_leg_group_id,to_leg_group_id,transfer_count,duration_limit,duration_limit_type,"
+    "fare_transfer_type,fare_product_id\ng,g,2,1200,3,0,T1\n",
+    rider_categories="rider_category_id,rider_category_name,is_default_fare_category\nadult,Adult,1\n",
+    yikatong_caps="rider_category_id,amount,currency\nadult,6.00,CNY\n",
+)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cardos.profile import PURSE_MAX_FEN, TRANSIT_RECORDS
-from terminals.fares import LegKind, Tap, TapKind, legs_from_transit_records, load_example_tariff, price_tap
-from tests.terminals.test_fares_support import MONDAY, Rider, at, synthetic
+from fares import LegKind, Tap, TapKind, legs_from_transit_records, load_example_tariff, price_tap
+from tests.fares.test_fares_support import ARRIVAL_SENSITIVE, MONDAY, Rider, at
 
 TARIFF = load_example_tariff()
 URBAN_ROUTES = ("1", "6", "19", "K26")
@@ -108,20 +108,6 @@ def test_a_day_of_taps_is_never_charged_more_than_its_uncapped_fares(
 
 # --- the tap-on maximum, on a tariff where the exit changes the fare in every way -----------
 
-ARRIVAL_SENSITIVE = synthetic(
-    areas="area_id\nz1\nz2\n",
-    stop_areas="area_id,stop_id\nz1,s1\nz2,s2\nz1,inner\nz2,inner\n",
-    calendar="service_id,monday,tuesday,wednesday,thursday,friday,saturday,sunday,start_date,end_date\n"
-    "weekdays,1,1,1,1,1,0,0,20250101,20301231\n",
-    timeframes="timeframe_group_id,start_time,end_time,service_id\npeak,07:00:00,09:00:00,weekdays\n",
-    fare_products="fare_product_id,amount,currency\nA,1.00,CNY\nB,2.00,CNY\nP,3.00,CNY\nT1,0.50,CNY\n",
-    fare_leg_rules="leg_group_id,network_id,from_area_id,to_area_id,to_timeframe_group_id,fare_product_id,rule_priority\n"
-    "g,,z1,z1,,A,0\ng,,z2,z2,,A,0\ng,,z1,z2,,B,0\ng,,z2,z1,,B,0\ng,,,,peak,P,1\ng,,,,,A,0\n",
-    fare_transfer_rules="from_leg_group_id,to_leg_group_id,transfer_count,duration_limit,duration_limit_type,"
-    "fare_transfer_type,fare_product_id\ng,g,2,1200,3,0,T1\n",
-    rider_categories="rider_category_id,rider_category_name,is_default_fare_category\nadult,Adult,1\n",
-    yikatong_caps="rider_category_id,amount,currency\nadult,6.00,CNY\n",
-)
 STOPS = ("s1", "s2", "inner", "outer")
 ROUTES = ("rA", "rB", "rN")
 leg_plan = st.lists(

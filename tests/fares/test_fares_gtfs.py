@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from terminals.fares import FareError, Tap, TapKind, price_tap
-from terminals.fares.errors import E_FARE_NO_ENTRY, E_FARE_NO_RULE
-from tests.terminals.test_fares_support import SATURDAY, Leg, Rider, at, fares, synthetic
+from fares import FareError, Tap, TapKind, price_tap
+from fares.errors import E_FARE_NO_ENTRY, E_FARE_NO_RULE
+from tests.fares.test_fares_support import SATURDAY, Leg, Rider, at, fares, synthetic
 
 TR = (
     "from_leg_group_id,to_leg_group_id,transfer_count,duration_limit,duration_limit_type,"

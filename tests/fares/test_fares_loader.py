@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from terminals.fares import EXAMPLE_TARIFF_DIR, TariffError, load_example_tariff, load_tariff, loader, parse_tariff
+from fares import EXAMPLE_TARIFF_DIR, TariffError, load_example_tariff, load_tariff, loader, parse_tariff
 
 
 def example_files() -> dict[str, str]:
@@ -480,7 +480,7 @@ BAD = [
         _append("yikatong_settings.csv", "transfer_minutes,60\n"),
         loader.E_BAD_ENUM,
         "yikatong_settings.csv",
-        4,
+        5,
         "key",
         "'transfer_minutes'",
     ),

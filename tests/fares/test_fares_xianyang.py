@@ -9,7 +9,7 @@ import pytest
 
 from cardos.profile import TRANSIT_RECORDS, CardType
 from cardos.records import SHANGHAI_TZ, TRANSIT_BLOCK, TRANSIT_ENTRY, TRANSIT_EXIT, TRANSIT_SINGLE, TransitRecord
-from terminals.fares import (
+from fares import (
     FareError,
     LegKind,
     PastLeg,
@@ -20,7 +20,7 @@ from terminals.fares import (
     price_tap,
     rider_category_for_card,
 )
-from tests.terminals.test_fares_support import MONDAY, SATURDAY, Leg, Rider, at, fares
+from tests.fares.test_fares_support import MONDAY, SATURDAY, Leg, Rider, at, fares
 
 TARIFF = load_example_tariff()
 

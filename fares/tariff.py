@@ -1,6 +1,6 @@
 """A loaded tariff: the GTFS-Fares v2 tables plus Yikatong's extension files, checked and indexed.
 
-Built only by ``terminals.fares.loader``; everything here is read-only data and pure lookups.
+Built only by ``fares.loader``; everything here is read-only data and pure lookups.
 Semantics follow the GTFS Schedule reference (``fare_leg_rules.txt``, ``fare_transfer_rules.txt``,
 ``timeframes.txt``, ``rider_categories.txt``, ``fare_products.txt``); ``docs/fares.md`` says
 where Yikatong adds to it (codes on the card, daily caps, card types, settings).
@@ -131,9 +131,14 @@ class FareTransferRule:
 class Tariff:
     """Everything the engine needs, validated by the loader; never build one by hand.
 
-    Compared and hashed by identity: a tariff is a loaded object, not a value."""
+    Compared and hashed by identity: a tariff is a loaded object, not a value.
+
+    ``version`` names the tariff on the wire (``FareInfo.tariff_version``) and in a
+    ``TariffBook``: the ``tariff_version`` setting, else ``sha256:`` and the first 12 hex digits
+    of the hash of the tariff's files (``fares.loader.content_version``)."""
 
     source: str
+    version: str
     fare_media: Mapping[str, FareMedia]
     card_fare_media_id: str | None
     rider_categories: Mapping[str, RiderCategory]

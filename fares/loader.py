@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import functools
+import hashlib
 import io
 import os
 import re
@@ -25,8 +26,8 @@ from types import MappingProxyType
 from typing import Final, TypeVar
 
 from cardos.profile import PURSE_MAX_FEN, CardType
-from terminals.fares.errors import TariffError, TariffProblem
-from terminals.fares.tariff import (
+from fares.errors import TariffError, TariffProblem
+from fares.tariff import (
     TRANSFER_COUNT_UNLIMITED,
     DurationLimitType,
     FareLegRule,
@@ -51,6 +52,10 @@ DURATION_LIMIT_MAX_S: Final = 7 * 86400
 TRIP_DURATION_MAX_S_DEFAULT: Final = 4 * 3600
 TRIP_DURATION_MAX_S_LIMIT: Final = 86400
 FILE_BYTES_MAX: Final = 16 * 1024 * 1024
+# A tariff version travels in the wire contract's FareInfo.tariff_version (at most 64 characters).
+TARIFF_VERSION_LENGTH_MAX: Final = 64
+CONTENT_VERSION_PREFIX: Final = "sha256:"  # reserved for versions derived from the files
+CONTENT_VERSION_HEX_DIGITS: Final = 12
 DAY_S: Final = 86400
 
 # Problem codes (stable; tests and operators match on them).
@@ -156,6 +161,8 @@ _AMOUNT = re.compile(r"(-?)([0-9]{1,12})(?:\.([0-9]+))?")
 _TIME = re.compile(r"([0-9]{1,2}):([0-5][0-9]):([0-5][0-9])")
 _DATE = re.compile(r"[0-9]{8}")
 _HEX_CITY = re.compile(r"[0-9A-Fa-f]{4}")
+# No ':' so that a named version can never look like a content version ("sha256:...").
+_VERSION = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{TARIFF_VERSION_LENGTH_MAX - 1}}}")
 
 _E = TypeVar("_E", bound=IntEnum)
 
@@ -424,9 +431,10 @@ class _Builder:
             (routes if kind == "route" else stops)[gtfs_id] = code
         return routes, stops
 
-    def settings(self) -> tuple[int, bytes | None]:
+    def settings(self) -> tuple[int, bytes | None, str | None]:
         trip_duration_max_s = TRIP_DURATION_MAX_S_DEFAULT
         acquirer_city: bytes | None = None
+        version: str | None = None
         keys = _Keys(("key",))
         for row in self.rows("yikatong_settings"):
             key = row.required("key")
@@ -442,9 +450,24 @@ class _Builder:
                     row.problem(E_BAD_VALUE, "value", f"{text!r} is not a 2-byte city code in hex, such as 7120")
                 elif text is not None:
                     acquirer_city = bytes.fromhex(text)
+            elif key == "tariff_version":
+                text = row.required("value")
+                if text is not None and not _VERSION.fullmatch(text):
+                    row.problem(
+                        E_BAD_VALUE,
+                        "value",
+                        f"{text!r} is not a tariff version: 1 to {TARIFF_VERSION_LENGTH_MAX} letters, digits, "
+                        "'.', '_' or '-', starting with a letter or digit (such as xianyang-2026.1)",
+                    )
+                elif text is not None:
+                    version = text
             else:
-                row.problem(E_BAD_ENUM, "key", f"unknown setting {key!r}; known: trip_duration_max_s, acquirer_city")
-        return trip_duration_max_s, acquirer_city
+                row.problem(
+                    E_BAD_ENUM,
+                    "key",
+                    f"unknown setting {key!r}; known: trip_duration_max_s, acquirer_city, tariff_version",
+                )
+        return trip_duration_max_s, acquirer_city, version
 
     # --- GTFS tables ----------------------------------------------------------------------
 
@@ -797,12 +820,27 @@ def _frozen(mapping: dict[_K, _V]) -> Mapping[_K, _V]:
     return MappingProxyType(mapping)
 
 
+def content_version(files: Mapping[str, str]) -> str:
+    """The version of a tariff that names none: ``sha256:`` and the first 12 hex digits of the
+    SHA-256 over its table files (the ``.csv``/``.txt`` names in sorted order, each name and
+    UTF-8 text, a BOM removed, length-prefixed). Other files (a README) do not count, so the
+    same tables give the same version wherever they are loaded from."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        if not name.endswith(_EXTENSIONS):
+            continue
+        for part in (name.encode("utf-8"), files[name].removeprefix("\ufeff").encode("utf-8")):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return CONTENT_VERSION_PREFIX + digest.hexdigest()[:CONTENT_VERSION_HEX_DIGITS]
+
+
 def parse_tariff(files: Mapping[str, str], *, source: str = "<memory>") -> Tariff:
     """Check and index a tariff given as ``{file name: CSV text}``; raise ``TariffError`` listing
     every problem, or return a ``Tariff`` that the engine can trust."""
     builder = _Builder(files, source)
     routes, stops = builder.codes()
-    trip_duration_max_s, acquirer_city = builder.settings()
+    trip_duration_max_s, acquirer_city, version = builder.settings()
     media, card_media_id = builder.fare_media()
     categories, default_category = builder.rider_categories()
     products = builder.fare_products(media, categories)
@@ -827,6 +865,7 @@ def parse_tariff(files: Mapping[str, str], *, source: str = "<memory>") -> Tarif
     area_sets = {stop_areas.get(stop_id, frozenset()) for stop_id in stops}
     return Tariff(
         source=source,
+        version=version if version is not None else content_version(files),
         fare_media=_frozen(media),
         card_fare_media_id=card_media_id,
         rider_categories=_frozen(categories),

@@ -68,3 +68,21 @@ E_FARE_UNKNOWN_STOP: Final = "E_FARE_UNKNOWN_STOP"
 E_FARE_UNKNOWN_CATEGORY: Final = "E_FARE_UNKNOWN_CATEGORY"
 E_FARE_NO_RULE: Final = "E_FARE_NO_RULE"
 E_FARE_NO_ENTRY: Final = "E_FARE_NO_ENTRY"
+E_FARE_UNKNOWN_TARIFF_VERSION: Final = "E_FARE_UNKNOWN_TARIFF_VERSION"
+
+
+class UnknownTariffVersion(FareError, KeyError):
+    """A ``TariffBook`` has no tariff of this version (``code`` is ``E_FARE_UNKNOWN_TARIFF_VERSION``).
+
+    Also a ``KeyError``, so that the book is a well-behaved ``Mapping``: ``version in book`` and
+    ``book.get(version)`` work as for a dict, and ``book[version]`` says which versions it has.
+    """
+
+    def __init__(self, version: str, known: tuple[str, ...]) -> None:
+        listed = ", ".join(repr(name) for name in known) if known else "none"
+        message = f"tariff version {version!r} is not in the tariff book (it has {listed})"
+        FareError.__init__(self, E_FARE_UNKNOWN_TARIFF_VERSION, message)
+        self.version = version
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return f"{self.code}: {self.message}"
