@@ -41,9 +41,11 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clearing import denylist, loads, registry
+from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock, clock_from_settings
 from clearing.contract import Batch as BatchMessage
 from clearing.contract import (
     BatchAnswer,
+    CardLoads,
     DenylistDelta,
     ErrorBody,
     ErrorItem,
@@ -51,6 +53,8 @@ from clearing.contract import (
     LoadAuthorizeResponse,
     LoadCompleteRequest,
     LoadCompleteResponse,
+    LoadResolveRequest,
+    LoadResolveResponse,
     decode_request,
     encode,
 )
@@ -101,13 +105,14 @@ class ApiDeps:
     denylist_mirror_check_s: float = DENYLIST_MIRROR_CHECK_S
     # Prices tap-off refunds from the verified entry leg; default: the demo city's example tariff.
     refund_pricer: RefundPricer | None = field(default_factory=default_refunds)
+    days: BusinessDayClock = DEFAULT_CLOCK
     _local: threading.local = field(default_factory=threading.local)
     _mirror_checked_at: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ingestor is None:
             self.ingestor = make_ingestor(
-                self.engine, limits=self.limits, clock=self.clock, refund_pricer=self.refund_pricer
+                self.engine, limits=self.limits, clock=self.clock, refund_pricer=self.refund_pricer, days=self.days
             )
 
     @classmethod
@@ -117,7 +122,8 @@ class ApiDeps:
         engine = db.ensure_migrated(settings.database_url)
         bus = RedisBus.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else None
         pricer = tariff_refunds(getattr(settings, "tariffs", None))
-        return cls(engine=engine, keystore=KeyStore.from_settings(settings), bus=bus, refund_pricer=pricer)
+        days = clock_from_settings(settings)
+        return cls(engine=engine, keystore=KeyStore.from_settings(settings), bus=bus, refund_pricer=pricer, days=days)
 
     def denylist_mirror_stale(self) -> bool:
         """True at most every ``denylist_mirror_check_s``: time to compare the Redis mirror with the DB.
@@ -235,6 +241,9 @@ def authenticate(engine: Engine, terminal_id: str, authorization: str | None) ->
 _REF: Final = "#/components/schemas/{name}"
 _SCHEMA_TYPES: Final = (
     BatchMessage,
+    CardLoads,
+    LoadResolveRequest,
+    LoadResolveResponse,
     BatchAnswer,
     ErrorBody,
     DenylistDelta,
@@ -294,6 +303,8 @@ def install_openapi(app: FastAPI) -> None:
 
 TerminalId = Annotated[str, Path(pattern=TERMINAL_ID_PATTERN, description="PSAM terminal number, 12 hex (either case)")]
 LoadId = Annotated[str, Path(pattern=LOAD_ID_PATTERN)]
+IssuerId = Annotated[str, Path(pattern="^[0-9a-fA-F]{16}$", description="issuer id, 16 hex")]
+CardAsn = Annotated[str, Path(pattern="^[0-9a-fA-F]{20}$", description="card ASN, 20 hex")]
 AuthHeader = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
 
 
@@ -427,6 +438,28 @@ def terminals_router() -> APIRouter:
 
         return await run_in_threadpool(work)
 
+    @router.get(
+        "/{terminal_id}/cards/{issuer_id}/{card_asn}/loads",
+        summary="The loads waiting for a card (a load-capable terminal asks at the card's presentation)",
+        responses={200: _json("CardLoads", "pending and authorized loads, oldest first"), **_errors(*_COMMON_ERRORS)},
+    )
+    async def card_loads(
+        terminal_id: TerminalId,
+        issuer_id: IssuerId,
+        card_asn: CardAsn,
+        deps: Deps,
+        authorization: AuthHeader = None,
+    ) -> Response:
+        terminal_id = terminal_id.lower()
+
+        def work() -> Response:
+            authenticate(deps.engine, terminal_id, authorization)
+            with Session(deps.engine) as session:
+                answer = loads.for_card(session, issuer_id.lower(), card_asn.lower())
+            return _json_response(encode(answer))
+
+        return await run_in_threadpool(work)
+
     return router
 
 
@@ -478,6 +511,27 @@ def loads_router() -> APIRouter:
             authenticate(deps.engine, terminal[0], authorization)
             with Session(deps.engine) as session, session.begin():
                 answer = loads.complete(session, deps.keystore, load_id, req)
+            return _json_response(encode(answer))
+
+        return await run_in_threadpool(work)
+
+    @router.post(
+        "/{load_id}/resolve",
+        summary="Settle a load in doubt from the card: its proof (GET TRANSACTION PROVE, P2 02) or its counter",
+        responses={
+            200: _json("LoadResolveResponse", "posted or pending again"),
+            **_errors(401, 403, 404, 409, 422, 503),
+        },
+        openapi_extra=_body("LoadResolveRequest"),
+    )
+    async def resolve_load(load_id: LoadId, request: Request, deps: Deps, authorization: AuthHeader = None) -> Response:
+        _declared_length_ok(request, SMALL_BODY_BYTES_MAX)
+        req: LoadResolveRequest = _decode(await _read_body(request, SMALL_BODY_BYTES_MAX), LoadResolveRequest)
+
+        def work() -> Response:
+            authenticate(deps.engine, req.terminal_id, authorization)
+            with Session(deps.engine) as session, session.begin():
+                answer = loads.resolve(session, deps.keystore, load_id, req, deps.clock())
             return _json_response(encode(answer))
 
         return await run_in_threadpool(work)

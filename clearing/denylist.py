@@ -13,6 +13,7 @@ from Redis without touching the database, which stays the source of truth.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Final
 
 from sqlalchemy import and_, or_, select
@@ -37,10 +38,39 @@ def _entry(row: DenylistEntryRow) -> DenylistEntry:
     return DenylistEntry(row.issuer_id, row.card_asn, row.reason, _iso(row.effective_at))
 
 
+_ISSUER_RE: Final = re.compile(r"[0-9a-f]{16}")
+_ASN_RE: Final = re.compile(r"[0-9a-f]{20}")
+EFFECTIVE_YEARS: Final = (2000, 2099)
+
+
+def card_id(issuer_id: str, card_asn: str) -> tuple[str, str]:
+    """The card's ids as the wire contract has them (lower-case hex), or ``E_BAD_CARD_ID``.
+
+    A malformed entry must never reach the list: every terminal decodes the list with the
+    contract's patterns, so one bad row would stop every terminal's denylist updates.
+    """
+    issuer, asn = issuer_id.strip().lower(), card_asn.strip().lower()
+    if not _ISSUER_RE.fullmatch(issuer):
+        raise ClearingError(Code.E_BAD_CARD_ID, f"issuer id {issuer_id!r} is not 16 hex digits")
+    if not _ASN_RE.fullmatch(asn):
+        raise ClearingError(Code.E_BAD_CARD_ID, f"card ASN {card_asn!r} is not 20 hex digits")
+    return issuer, asn
+
+
 def add(session: Session, issuer_id: str, card_asn: str, reason: str, effective_at: dt.datetime | None = None) -> int:
     """Put a card on the list (in the caller's transaction); the new version, or the current one if listed."""
-    if not reason or len(reason) > REASON_LEN_MAX:
-        raise ClearingError(Code.E_BAD_REASON, f"reason must be 1..{REASON_LEN_MAX} characters")
+    issuer_id, card_asn = card_id(issuer_id, card_asn)
+    if not reason.strip() or len(reason) > REASON_LEN_MAX or not reason.isprintable():
+        raise ClearingError(
+            Code.E_BAD_REASON, f"reason must be 1..{REASON_LEN_MAX} printable characters (no tabs or newlines)"
+        )
+    if effective_at is not None and (
+        effective_at.tzinfo is None or not EFFECTIVE_YEARS[0] <= effective_at.year <= EFFECTIVE_YEARS[1]
+    ):
+        raise ClearingError(
+            Code.E_BAD_TIME,
+            f"effective time {effective_at!r} must be an aware time in {EFFECTIVE_YEARS[0]}..{EFFECTIVE_YEARS[1]}",
+        )
     live = session.execute(
         select(DenylistEntryRow).where(
             DenylistEntryRow.issuer_id == issuer_id,
@@ -66,6 +96,7 @@ def add(session: Session, issuer_id: str, card_asn: str, reason: str, effective_
 
 def remove(session: Session, issuer_id: str, card_asn: str, removed_at: dt.datetime | None = None) -> int:
     """Take a card off the list (a found card); taps while it was listed stay rejected."""
+    issuer_id, card_asn = card_id(issuer_id, card_asn)
     live = session.execute(
         select(DenylistEntryRow).where(
             DenylistEntryRow.issuer_id == issuer_id,
@@ -141,6 +172,7 @@ __all__ = [
     "DELTA_VERSIONS_MAX",
     "VERSION_COUNTER",
     "add",
+    "card_id",
     "current_version",
     "delta",
     "live_entries",

@@ -1,96 +1,514 @@
 """The exception queue: rejected and suspect records waiting for a person's decision.
 
-Every decision is a new transfer, never an edit of money (``ARCHITECTURE.md`` flow 4,
-"corrections are new transfers"); ``docs/ledger.md`` ("Transfers per flow") gives the
-accounting:
+A decision acts on what the ledger already holds for the record, never on the record's
+face value (``docs/clearing.md``, "Exception decisions", has the table per code). Every
+item falls in one of five kinds, and each kind says what a decision does:
 
-* **accept**: the record is paid as the tap it is: card liability → the terminal
-  operator's payable, transfer id ``tap:<terminal_id>:<terminal_seq>`` — the same id
-  ingest would have used, so a tap can never be paid twice. A record without a tap row
-  gets one (and claims its natural keys; a key already held by another tap is refused).
-  A record whose TAC was never verified (``UNVERIFIED_CODES``: forged, unknown card,
-  issuer or terminal, unreadable time) is never accepted: it is written off with amount 0.
-* **write off**: the card's value is released to write-off income (card liability →
-  ``WRITE_OFF_INCOME``, id ``exc:<item_id>:write-off``), for a genuine record we will not
-  pay; with amount 0 (a record that was never genuine) the item is closed with no transfer.
+* **posted** — ingest already posted it (a suspect whose TAC verified: ``S_COUNTER_GAP``,
+  ``S_BALANCE_DISCONTINUITY``, …): the card paid the operator. *Accept* closes the item and
+  moves nothing. *Write off* moves nothing either, unless a person names an amount (at most
+  what was posted) and a reason: then the operator is not paid that much — operator payable
+  → write-off income, a new, explained transfer. The card's purse already spent the money,
+  so the card is never debited again.
+* **held** — authentic (TAC verified, stored as a tap) but never posted (``E_BAD_TIME``,
+  ``E_AMOUNT_LIMIT``, ``E_DENYLISTED``, a counter used twice, a debit the liability could not
+  cover): the purse went down, the ledger did not follow. *Accept* re-verifies the TAC with
+  the key store and posts the tap as it is (card → the terminal's operator, id
+  ``tap:<terminal>:<seq>``, so it can never be paid twice). *Write off* releases the value
+  from the card instead (card → write-off income; default the record's amount), for a
+  record we will not pay. Either way the ledger then matches the purse.
+* **unverified** — not stored: a TAC that did not verify, an unknown card, a missing key.
+  *Accept* verifies the TAC again with the key store (a key may have been missing at
+  ingest): if it verifies, the record becomes a tap and is posted like a held one; if not,
+  it is refused (``E_UNVERIFIED_RECORD``): nothing proves the card paid. *Write off* closes
+  it with amount 0 only.
+* **duplicate** — a record already received: the original stands, so no decision moves
+  money; accept and write off both close it.
+* **batch** — a batch that could not be judged (``E_UNJUDGEABLE``): its records are kept on
+  the batch; write off closes the item with a note; there is nothing to accept.
 
-The card's shadow balance follows a decided record that is newer than the last one seen.
+The card's shadow balance follows a decision that moves the card's ledger, when the record
+is newer than the last one cleared; after every decision the ledger, the shadow and the
+purse agree. Gaps (``S_COUNTER_GAP``) usually close themselves when the missing counters
+arrive (``state = resolved``); ``list_items`` hides the ones younger than
+``GAP_AGE_DAYS_DEFAULT`` business days.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import select
+import msgspec
+from sqlalchemy import and_, not_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cardos.records import SHANGHAI_TZ
 from clearing import accounts
+from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
+from clearing.contract import FareInfo, TapRecord
 from clearing.contract.codes import Code
 from clearing.errors import ClearingError
+from clearing.ingest import TacKeys, keystore_dtk, tap_transfer_id
 from clearing.ledger import TransferSpec, post_transfers
-from clearing.models import Card, ExceptionItem, ExceptionState, Tap, Terminal, TransferCode
+from clearing.models import Card, ExceptionItem, ExceptionState, Tap, Terminal, Transfer, TransferCode
+from clearing.validation import before_the_load, parse_tap_time, verify_tacs
 
 LIST_LIMIT_MAX: Final = 10_000
 NOTE_LEN_MAX: Final = 2000
-# Codes of records ingest refused before their TAC was verified (``clearing.validation`` steps
-# 1-4). Without a tap row nothing proves the card was debited: accepting one would take card
-# value for a purchase that may never have happened. A genuine one comes back as a new upload.
-UNVERIFIED_CODES: Final = frozenset(
-    {"E_TAC_MISMATCH", "E_UNKNOWN_CARD", "E_UNKNOWN_ISSUER", "E_UNKNOWN_TERMINAL", "E_BAD_TIME"}
-)
+GAP_AGE_DAYS_DEFAULT: Final = 3
+DUPLICATE_CODES: Final = frozenset({Code.E_DUPLICATE_TERMINAL_SEQ.value, Code.E_DUPLICATE_CARD_COUNTER.value})
+
+
+class Kind(enum.StrEnum):
+    POSTED = "posted"
+    HELD = "held"
+    UNVERIFIED = "unverified"
+    DUPLICATE = "duplicate"
+    BATCH = "batch"
 
 
 @dataclass(frozen=True, slots=True)
-class _Rec:
-    """The fields of a queued record that a decision needs."""
+class Effect:
+    """What one decision would do, said before it is done."""
 
-    terminal_id: str
-    terminal_seq: int
-    issuer_id: str
-    card_asn: str
-    tx_type: int
+    allowed: bool
+    moves_fen: int
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    """An item as a clerk sees it: age, amount, what already moved, and what each decision would do."""
+
+    item: ExceptionItem
+    kind: Kind
+    age_days: int
     amount_fen: int
-    balance_before_fen: int
-    offline_counter: int
-    tx_time: dt.datetime
+    moved: str
+    accept: Effect
+    write_off: Effect
 
 
-def _record_dict(item: ExceptionItem) -> dict[str, Any] | None:
-    record: Any = item.record
-    if isinstance(record, str):
-        record = json.loads(record)
-    return record if isinstance(record, dict) else None
+# --- reading ---------------------------------------------------------------------------------
 
 
-def _rec_of(item: ExceptionItem, tap: Tap | None) -> _Rec:
+def _tap_of(session: Session, item: ExceptionItem) -> Tap | None:
+    if item.tap_id is None:
+        return None
+    tap = session.get(Tap, item.tap_id)
+    assert tap is not None, f"exception {item.id} points at tap {item.tap_id}, which does not exist"
+    return tap
+
+
+def _is_posted(tap: Tap) -> bool:
+    """Ingest (or an earlier decision) posted the tap: its transfer exists, or it moved 0 fen."""
+    return tap.verdict in ("accepted", "suspect") and (tap.transfer_id is not None or tap.amount_fen == 0)
+
+
+def kind_of(item: ExceptionItem, tap: Tap | None) -> Kind:
+    if item.kind == "batch":
+        return Kind.BATCH
+    if tap is None:
+        return Kind.DUPLICATE if item.code in DUPLICATE_CODES else Kind.UNVERIFIED
+    return Kind.POSTED if _is_posted(tap) else Kind.HELD
+
+
+def _posted_fen(session: Session, tap: Tap) -> int:
+    if tap.transfer_id is None:
+        return 0
+    transfer = session.get(Transfer, tap.transfer_id)
+    return transfer.amount_fen if transfer is not None else 0
+
+
+def view(session: Session, item: ExceptionItem, now: dt.datetime, days: BusinessDayClock = DEFAULT_CLOCK) -> ItemView:
+    """What a person needs to decide ``item``, computed from what the ledger holds."""
+    tap = _tap_of(session, item)
+    kind = kind_of(item, tap)
+    amount = int(item.amount_fen or 0)
+    age = days.age_days(item.created_at, now)
+    if kind is Kind.POSTED:
+        assert tap is not None
+        posted = _posted_fen(session, tap)
+        moved = f"posted {posted} fen, card → operator ({tap.transfer_id})" if posted else "posted, 0 fen"
+        accept_effect = Effect(True, 0, "closes the item; moves nothing (the card already paid)")
+        write_off_effect = Effect(
+            True,
+            0,
+            "closes the item; moves nothing, or with --amount-fen N (≤ "
+            f"{posted}) withholds N fen from the operator (operator → write-off income)",
+        )
+    elif kind is Kind.HELD:
+        moved = "nothing: the purse paid, the ledger did not (held)"
+        accept_effect = Effect(True, amount, f"re-verifies the TAC, then posts {amount} fen card → operator")
+        write_off_effect = Effect(True, amount, f"releases the {amount} fen of card value to write-off income")
+    elif kind is Kind.UNVERIFIED:
+        moved = "nothing: not stored, the TAC proves no debit"
+        accept_effect = Effect(
+            True, amount, f"verifies the TAC with the key store; posts {amount} fen if it verifies, else refused"
+        )
+        write_off_effect = Effect(True, 0, "closes the item; moves nothing (amount 0 only)")
+    elif kind is Kind.DUPLICATE:
+        moved = "nothing: the original record stands"
+        accept_effect = Effect(True, 0, "closes the item; moves nothing")
+        write_off_effect = Effect(True, 0, "closes the item; moves nothing")
+    else:
+        moved = "nothing: the batch's records were not judged"
+        accept_effect = Effect(False, 0, "not possible: the records must be judged again")
+        write_off_effect = Effect(True, 0, "closes the item with a note; moves nothing")
+    return ItemView(item, kind, age, amount, moved, accept_effect, write_off_effect)
+
+
+def list_items(
+    session: Session,
+    *,
+    state: str | None = "open",
+    limit: int = 100,
+    now: dt.datetime | None = None,
+    gap_age_days: int = GAP_AGE_DAYS_DEFAULT,
+    days: BusinessDayClock = DEFAULT_CLOCK,
+) -> list[ExceptionItem]:
+    """Items oldest first (``state=None``: all).
+
+    Open counter gaps younger than ``gap_age_days`` business days are left out: nearly all of
+    them close themselves when the missing counters arrive. ``gap_age_days=0`` lists them all.
+    """
+    if not 0 < limit <= LIST_LIMIT_MAX:
+        raise ClearingError(Code.E_BAD_STATE, f"limit must be 1..{LIST_LIMIT_MAX}")
+    if gap_age_days < 0:
+        raise ClearingError(Code.E_BAD_STATE, "the gap age is a number of business days ≥ 0")
+    stmt = select(ExceptionItem).order_by(ExceptionItem.created_at, ExceptionItem.id).limit(limit)
+    if state is not None:
+        if state not in tuple(ExceptionState):
+            raise ClearingError(Code.E_BAD_STATE, f"state must be one of {', '.join(ExceptionState)}")
+        stmt = stmt.where(ExceptionItem.state == state)
+    if gap_age_days > 0:
+        today = days.day_of(now or dt.datetime.now(dt.UTC))
+        young_from = days.start_of(today - dt.timedelta(days=gap_age_days - 1))
+        stmt = stmt.where(
+            not_(
+                and_(
+                    ExceptionItem.code == Code.S_COUNTER_GAP.value,
+                    ExceptionItem.state == ExceptionState.OPEN.value,
+                    ExceptionItem.created_at >= young_from,
+                )
+            )
+        )
+    return list(session.scalars(stmt))
+
+
+def open_counts(session: Session) -> dict[str, int]:
+    """Open items per code (what the queue holds, young gaps included)."""
+    from sqlalchemy import func
+
+    rows = session.execute(
+        select(ExceptionItem.code, func.count())
+        .where(ExceptionItem.state == ExceptionState.OPEN.value)
+        .group_by(ExceptionItem.code)
+    )
+    return {code: int(n) for code, n in rows}
+
+
+# --- the record behind an item ------------------------------------------------------------------
+
+
+def _record_of(item: ExceptionItem, tap: Tap | None) -> TapRecord:
+    """The record as uploaded: rebuilt from the tap row, or decoded from the item's raw copy."""
     if tap is not None:
-        return _Rec(
-            tap.terminal_id, tap.terminal_seq, tap.issuer_id, tap.card_asn, tap.tx_type, tap.amount_fen,
-            tap.balance_before_fen, tap.offline_counter, tap.tx_time,
+        offset = dt.timedelta(minutes=tap.tx_utc_offset_min)
+        local = tap.tx_time.astimezone(dt.timezone(offset)).isoformat(timespec="seconds")
+        fare = None
+        if tap.fare_product_id is not None:
+            fare = FareInfo(
+                tap.fare_product_id, tap.fare_rider_category_id or "", tap.fare_leg_group_id, tap.fare_full_fen or 0,
+                tap.fare_discount_fen or 0, tap.fare_transfer_of,
+            )  # fmt: skip
+        return TapRecord(
+            terminal_id=tap.terminal_id, terminal_seq=tap.terminal_seq, psam_serial=tap.psam_serial,
+            issuer_id=tap.issuer_id, card_asn=tap.card_asn, card_type=tap.card_type, tx_type=tap.tx_type,  # type: ignore[arg-type]
+            amount_fen=tap.amount_fen, balance_before_fen=tap.balance_before_fen,
+            offline_counter=tap.offline_counter, tx_time=local, key_version=tap.key_version, alg_id=tap.alg_id,
+            tac=tap.tac, route_id=tap.route_id, stop_id=tap.stop_id, vehicle_id=tap.vehicle_id, fare=fare,
+            status=tap.status,  # type: ignore[arg-type]
         )  # fmt: skip
-    record = _record_dict(item)
-    if record is None:
+    raw: Any = item.record
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    if not isinstance(raw, Mapping):
         raise ClearingError(Code.E_NO_RECORD, f"exception {item.id} has neither a tap nor a record")
     try:
-        return _Rec(
-            terminal_id=str(record["terminal_id"]).lower(),
-            terminal_seq=int(record["terminal_seq"]),
-            issuer_id=str(record["issuer_id"]).lower(),
-            card_asn=str(record["card_asn"]).lower(),
-            tx_type=int(record["tx_type"]),
-            amount_fen=int(record["amount_fen"]),
-            balance_before_fen=int(record["balance_before_fen"]),
-            offline_counter=int(record["offline_counter"]),
-            tx_time=dt.datetime.fromisoformat(str(record["tx_time"])),
-        )
-    except (KeyError, ValueError, TypeError) as exc:
+        return msgspec.convert(raw, TapRecord)
+    except msgspec.ValidationError as exc:
         raise ClearingError(Code.E_BAD_RECORD, f"exception {item.id}: unusable record ({exc})") from None
+
+
+def _tac_verifies(record: TapRecord, keystore: object) -> bool | None:
+    """Whether the record's TAC verifies with the key store now (None: no key for it)."""
+    from clearing.keystore import KeyStore
+
+    assert isinstance(keystore, KeyStore)
+    keys = TacKeys(keystore_dtk(keystore), keystore.issuers())
+    return verify_tacs([record], [parse_tap_time(record.tx_time)], keys.for_record)[0]
+
+
+def _require_verified(item: ExceptionItem, record: TapRecord, keystore: object) -> None:
+    verified = _tac_verifies(record, keystore)
+    if verified is None:
+        raise ClearingError(
+            Code.E_UNVERIFIED_RECORD,
+            f"exception {item.id}: the key store holds no TAC key for issuer {record.issuer_id}, key version "
+            f"{record.key_version}; import it, then accept again",
+        )
+    if not verified:
+        raise ClearingError(
+            Code.E_UNVERIFIED_RECORD,
+            f"exception {item.id} ({item.code}): the TAC does not verify with the card's key, so nothing proves "
+            "the card paid; write it off with amount 0",
+        )
+
+
+# --- deciding --------------------------------------------------------------------------------------
+
+
+def _open_item(session: Session, item_id: int) -> ExceptionItem:
+    item = session.get(ExceptionItem, item_id, with_for_update=True)
+    if item is None:
+        raise ClearingError(Code.E_NO_SUCH_EXCEPTION, f"no exception item {item_id}")
+    if item.state != ExceptionState.OPEN:
+        raise ClearingError(Code.E_ALREADY_DECIDED, f"exception {item_id} is already {item.state}")
+    return item
+
+
+def _card(session: Session, record: TapRecord) -> Card:
+    card = session.execute(
+        select(Card).where(Card.issuer_id == record.issuer_id, Card.card_asn == record.card_asn).with_for_update()
+    ).scalar_one_or_none()
+    if card is None:
+        raise ClearingError(Code.E_UNKNOWN_CARD, f"card {record.issuer_id}:{record.card_asn} is not registered here")
+    return card
+
+
+def _move_shadow(card: Card, record: TapRecord) -> None:
+    """A decision that moves the card's ledger, for a record newer than the last one cleared, moves the shadow."""
+    after = record.balance_before_fen - record.amount_fen
+    when = parse_tap_time(record.tx_time)
+    if after < 0 or when is None:
+        return
+    if card.last_offline_counter is None or record.offline_counter > card.last_offline_counter:
+        card.last_offline_counter = record.offline_counter
+        card.last_tx_at = when.at
+        if not before_the_load(when.at, record.balance_before_fen, card.shadow_balance_fen, card.shadow_load_at):
+            card.shadow_balance_fen = after
+            card.shadow_load_at = None
+
+
+def _decide(
+    item: ExceptionItem,
+    state: ExceptionState,
+    note: str | None,
+    decided_by: str | None,
+    now: dt.datetime,
+    *,
+    transfer_id: str | None = None,
+    amount_fen: int = 0,
+) -> None:
+    if note is not None and len(note) > NOTE_LEN_MAX:
+        raise ClearingError(Code.E_NOTE_TOO_LONG, f"notes are at most {NOTE_LEN_MAX} characters")
+    item.state = state.value
+    item.note = note
+    item.decided_by = decided_by
+    item.decided_at = now
+    item.decision_transfer_id = transfer_id
+    item.decision_amount_fen = amount_fen
+
+
+def _terminal(session: Session, record: TapRecord) -> Terminal:
+    terminal = session.get(Terminal, record.terminal_id)
+    if terminal is None:
+        raise ClearingError(Code.E_UNKNOWN_TERMINAL, f"terminal {record.terminal_id} is not registered")
+    return terminal
+
+
+def accept(
+    session: Session,
+    keystore: object,
+    item_id: int,
+    *,
+    now: dt.datetime,
+    note: str | None = None,
+    decided_by: str | None = None,
+    days: BusinessDayClock = DEFAULT_CLOCK,
+) -> ExceptionItem:
+    """Accept a queued record (in the caller's transaction): what that does depends on its kind (module docstring)."""
+    item = _open_item(session, item_id)
+    tap = _tap_of(session, item)
+    kind = kind_of(item, tap)
+    if kind is Kind.BATCH:
+        raise ClearingError(
+            Code.E_DECISION_NOT_ALLOWED,
+            f"exception {item.id} is a batch that could not be judged; its records must be judged again "
+            "(write the item off once they are)",
+        )
+    if kind in (Kind.POSTED, Kind.DUPLICATE):
+        _decide(item, ExceptionState.ACCEPTED, note, decided_by, now)  # nothing moves
+        session.flush()
+        return item
+    record = _record_of(item, tap)
+    _require_verified(item, record, keystore)
+    card = _card(session, record)
+    terminal = _terminal(session, record)
+    if tap is None:
+        tap = _store_tap(session, item, record, days.day_of(now), now)
+    transfer_id = None
+    if record.amount_fen > 0:
+        transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
+        post_transfers(
+            session,
+            [
+                TransferSpec.single(
+                    transfer_id, card.account_id, terminal.payable_account_id, record.amount_fen,
+                    TransferCode.PURCHASE, source_ref=f"exception:{item.id}",
+                )
+            ],
+        )  # fmt: skip
+        tap.transfer_id = transfer_id
+    _move_shadow(card, record)
+    _decide(item, ExceptionState.ACCEPTED, note, decided_by, now, transfer_id=transfer_id, amount_fen=record.amount_fen)
+    session.flush()
+    return item
+
+
+def _store_tap(session: Session, item: ExceptionItem, record: TapRecord, day: dt.date, now: dt.datetime) -> Tap:
+    """A verified record without a tap row gets one, claiming its natural keys (or a clear refusal)."""
+    held = _key_held(session, record)
+    if held is not None:
+        raise ClearingError(
+            Code.E_DUPLICATE_TAP, f"exception {item.id}: another tap already holds this record's {held}"
+        )
+    when = parse_tap_time(record.tx_time)
+    assert when is not None, "a verified TAC implies a readable time"
+    offset = when.at.utcoffset()
+    fare = record.fare
+    tap = Tap(
+        business_day=day, batch_seq=item.batch_seq, terminal_id=record.terminal_id,
+        terminal_seq=record.terminal_seq, psam_serial=record.psam_serial, issuer_id=record.issuer_id,
+        card_asn=record.card_asn, card_type=record.card_type, tx_type=record.tx_type,
+        amount_fen=record.amount_fen, balance_before_fen=record.balance_before_fen,
+        offline_counter=record.offline_counter, tx_time=when.at,
+        tx_utc_offset_min=int(offset.total_seconds() // 60) if offset is not None else 480,
+        key_version=record.key_version, alg_id=record.alg_id, tac=record.tac, route_id=record.route_id,
+        stop_id=record.stop_id, vehicle_id=record.vehicle_id,
+        fare_product_id=fare.product_id if fare else None,
+        fare_rider_category_id=fare.rider_category_id if fare else None,
+        fare_leg_group_id=fare.leg_group_id if fare else None, fare_full_fen=fare.full_fare_fen if fare else None,
+        fare_discount_fen=fare.discount_fen if fare else None, fare_transfer_of=fare.transfer_of if fare else None,
+        status=record.status, verdict="accepted", code=item.code, message=item.message, received_at=now,
+    )  # fmt: skip
+    try:
+        with session.begin_nested():  # a savepoint: losing the key to a concurrent batch is a clear refusal
+            session.add(tap)
+            session.flush()
+    except IntegrityError as exc:
+        raise ClearingError(
+            Code.E_DUPLICATE_TAP, f"exception {item.id}: another tap took this record's key meanwhile"
+        ) from exc
+    item.tap_id, item.tap_business_day = tap.id, tap.business_day
+    return tap
+
+
+def _key_held(session: Session, record: TapRecord) -> str | None:
+    """Which natural key of the record another tap already holds, if any (the unique indexes are the guarantee)."""
+    by_seq = select(Tap.id).where(Tap.terminal_id == record.terminal_id, Tap.terminal_seq == record.terminal_seq)
+    if session.scalar(by_seq) is not None:
+        return "terminal sequence"
+    by_counter = select(Tap.id).where(
+        Tap.issuer_id == record.issuer_id,
+        Tap.card_asn == record.card_asn,
+        Tap.offline_counter == record.offline_counter,
+        Tap.tx_type == record.tx_type,
+    )
+    return "card counter" if session.scalar(by_counter) is not None else None
+
+
+def write_off(
+    session: Session,
+    item_id: int,
+    *,
+    now: dt.datetime,
+    note: str,
+    amount_fen: int | None = None,
+    decided_by: str | None = None,
+) -> ExceptionItem:
+    """Write a queued record off (in the caller's transaction): what that moves depends on its kind."""
+    if not note.strip():
+        raise ClearingError(Code.E_NOTE_REQUIRED, "a write-off needs a note saying why")
+    item = _open_item(session, item_id)
+    tap = _tap_of(session, item)
+    kind = kind_of(item, tap)
+    if amount_fen is not None and amount_fen < 0:
+        raise ClearingError(Code.E_BAD_AMOUNT, "a write-off amount is 0 or more fen")
+    if kind in (Kind.DUPLICATE, Kind.UNVERIFIED, Kind.BATCH):
+        if amount_fen:
+            why = {
+                Kind.DUPLICATE: "the original record stands: a duplicate's decision never moves money",
+                Kind.UNVERIFIED: "its TAC never verified: nothing proves the card paid",
+                Kind.BATCH: "its records were never judged",
+            }[kind]
+            raise ClearingError(Code.E_DECISION_NOT_ALLOWED, f"exception {item.id} can only be closed with 0: {why}")
+        _decide(item, ExceptionState.WRITTEN_OFF, note, decided_by, now)
+        session.flush()
+        return item
+    assert tap is not None
+    record = _record_of(item, tap)
+    income = accounts.write_off_income(session)
+    transfer_id = f"exc:{item.id}:write-off"
+    if kind is Kind.POSTED:
+        posted = _posted_fen(session, tap)
+        amount = amount_fen or 0
+        if amount > posted:
+            raise ClearingError(
+                Code.E_BAD_AMOUNT, f"exception {item.id}: at most the {posted} fen posted can be withheld"
+            )
+        if amount == 0:
+            _decide(item, ExceptionState.WRITTEN_OFF, note, decided_by, now)
+            session.flush()
+            return item
+        payable = _terminal(session, record).payable_account_id
+        post_transfers(
+            session,
+            [TransferSpec.single(transfer_id, payable, income, amount, TransferCode.WRITE_OFF,
+                                 source_ref=f"exception:{item.id}")],
+        )  # fmt: skip
+        _decide(item, ExceptionState.WRITTEN_OFF, note, decided_by, now, transfer_id=transfer_id, amount_fen=amount)
+        session.flush()
+        return item
+    # held: the purse paid, the ledger did not; release the card's value instead of paying the
+    # operator. All of it: anything less would leave the card's ledger above what its purse holds.
+    amount = record.amount_fen if amount_fen is None else amount_fen
+    if amount != record.amount_fen:
+        raise ClearingError(
+            Code.E_BAD_AMOUNT,
+            f"exception {item.id}: the purse paid {record.amount_fen} fen; a write-off releases exactly that",
+        )
+    if amount > 0:
+        card = _card(session, record)
+        post_transfers(
+            session,
+            [TransferSpec.single(transfer_id, card.account_id, income, amount, TransferCode.WRITE_OFF,
+                                 source_ref=f"exception:{item.id}")],
+        )  # fmt: skip
+        if amount == record.amount_fen:
+            _move_shadow(card, record)
+    _decide(
+        item, ExceptionState.WRITTEN_OFF, note, decided_by, now,
+        transfer_id=transfer_id if amount else None, amount_fen=amount,
+    )  # fmt: skip
+    session.flush()
+    return item
 
 
 def add_item(
@@ -103,7 +521,7 @@ def add_item(
     batch_seq: int | None = None,
     now: dt.datetime | None = None,
 ) -> ExceptionItem:
-    """Queue a record (ingest calls this, or writes the same columns in bulk)."""
+    """Queue a record by hand (ingest writes the same columns in bulk)."""
     source: Mapping[str, Any] = record or {}
     item = ExceptionItem(
         kind="tap",
@@ -128,234 +546,17 @@ def add_item(
     return item
 
 
-def list_items(session: Session, *, state: str | None = "open", limit: int = 100) -> list[ExceptionItem]:
-    """Items oldest first (``state=None``: all)."""
-    assert 0 < limit <= LIST_LIMIT_MAX
-    stmt = select(ExceptionItem).order_by(ExceptionItem.created_at, ExceptionItem.id).limit(limit)
-    if state is not None:
-        if state not in tuple(ExceptionState):
-            raise ClearingError(Code.E_BAD_STATE, f"state must be one of {', '.join(ExceptionState)}")
-        stmt = stmt.where(ExceptionItem.state == state)
-    return list(session.scalars(stmt))
-
-
-def _open_item(session: Session, item_id: int) -> ExceptionItem:
-    item = session.get(ExceptionItem, item_id, with_for_update=True)
-    if item is None:
-        raise ClearingError(Code.E_NO_SUCH_EXCEPTION, f"no exception item {item_id}")
-    if item.state != ExceptionState.OPEN:
-        raise ClearingError(Code.E_ALREADY_DECIDED, f"exception {item_id} is already {item.state}")
-    return item
-
-
-def _tap_of(session: Session, item: ExceptionItem) -> Tap | None:
-    if item.tap_id is None:
-        return None
-    tap = session.get(Tap, item.tap_id)
-    assert tap is not None, f"exception {item.id} points at tap {item.tap_id}, which does not exist"
-    assert item.tap_business_day is None or tap.business_day == item.tap_business_day
-    return tap
-
-
-def _card(session: Session, rec: _Rec) -> Card:
-    card = session.execute(
-        select(Card).where(Card.issuer_id == rec.issuer_id, Card.card_asn == rec.card_asn).with_for_update()
-    ).scalar_one_or_none()
-    if card is None:
-        raise ClearingError(Code.E_UNKNOWN_CARD, f"card {rec.issuer_id}:{rec.card_asn} is not registered here")
-    return card
-
-
-def _move_shadow(card: Card, rec: _Rec) -> None:
-    """A decided record newer than the card's last one moves the shadow balance to its after-balance."""
-    after = rec.balance_before_fen - rec.amount_fen
-    if after < 0:
-        return
-    if card.last_offline_counter is None or rec.offline_counter > card.last_offline_counter:
-        card.shadow_balance_fen = after
-        card.last_offline_counter = rec.offline_counter
-        card.last_tx_at = rec.tx_time
-        card.shadow_load_at = None
-
-
-def _post(session: Session, spec: TransferSpec) -> None:
-    post_transfers(session, [spec])
-
-
-def _decide(
-    item: ExceptionItem, state: ExceptionState, note: str | None, decided_by: str | None, now: dt.datetime
-) -> None:
-    if note is not None and len(note) > NOTE_LEN_MAX:
-        raise ClearingError(Code.E_NOTE_TOO_LONG, f"notes are at most {NOTE_LEN_MAX} characters")
-    item.state = state.value
-    item.note = note
-    item.decided_by = decided_by
-    item.decided_at = now
-
-
-def accept(
-    session: Session,
-    item_id: int,
-    *,
-    now: dt.datetime,
-    note: str | None = None,
-    decided_by: str | None = None,
-    business_day: dt.date | None = None,
-) -> ExceptionItem:
-    """Accept a queued record: post it as the tap it is (see the module docstring)."""
-    item = _open_item(session, item_id)
-    tap = _tap_of(session, item)
-    if tap is None and item.code in UNVERIFIED_CODES:
-        raise ClearingError(
-            Code.E_UNVERIFIED_RECORD,
-            f"exception {item.id} ({item.code}): the record's TAC was never verified, so it cannot be paid; "
-            "write it off with amount 0, or have the terminal upload a verified record",
-        )
-    rec = _rec_of(item, tap)
-    card = _card(session, rec)
-    terminal = session.get(Terminal, rec.terminal_id)
-    if terminal is None:
-        raise ClearingError(Code.E_UNKNOWN_TERMINAL, f"terminal {rec.terminal_id} is not registered")
-    transfer_id = f"tap:{rec.terminal_id}:{rec.terminal_seq}"
-
-    if tap is None:
-        day = business_day or now.astimezone(SHANGHAI_TZ).date()
-        held = _key_held(session, rec)
-        if held is not None:
-            raise ClearingError(
-                Code.E_DUPLICATE_TAP, f"exception {item.id}: another tap already holds this record's {held}"
-            )
-        tap = _tap_row(item, rec, day, now)
-        try:
-            with session.begin_nested():  # a savepoint: losing the key to a concurrent batch is a clear refusal
-                session.add(tap)
-                session.flush()
-        except IntegrityError as exc:
-            raise ClearingError(
-                Code.E_DUPLICATE_TAP, f"exception {item.id}: another tap took this record's key meanwhile"
-            ) from exc
-        item.tap_id, item.tap_business_day = tap.id, tap.business_day
-
-    if rec.amount_fen > 0:
-        _post(
-            session,
-            TransferSpec.single(
-                transfer_id, card.account_id, terminal.payable_account_id, rec.amount_fen, TransferCode.PURCHASE,
-                source_ref=f"exception:{item.id}",
-            ),
-        )  # fmt: skip
-        item.decision_transfer_id = transfer_id
-        tap.transfer_id = transfer_id
-    tap.verdict = "accepted"
-    tap.message = (tap.message + " " if tap.message else "") + f"[accepted by exception {item.id}]"
-    _move_shadow(card, rec)
-    _decide(item, ExceptionState.ACCEPTED, note, decided_by, now)
-    session.flush()
-    return item
-
-
-def _key_held(session: Session, rec: _Rec) -> str | None:
-    """Which natural key of the record another tap already holds, if any.
-
-    The unique indexes on ``taps`` are the guarantee (a concurrent insert of the same key
-    fails the flush); this check gives the usual case a clear error.
-    """
-    by_seq = select(Tap.id).where(Tap.terminal_id == rec.terminal_id, Tap.terminal_seq == rec.terminal_seq)
-    if session.scalar(by_seq) is not None:
-        return "terminal sequence"
-    by_counter = select(Tap.id).where(
-        Tap.issuer_id == rec.issuer_id,
-        Tap.card_asn == rec.card_asn,
-        Tap.offline_counter == rec.offline_counter,
-        Tap.tx_type == rec.tx_type,
-    )
-    return "card counter" if session.scalar(by_counter) is not None else None
-
-
-def _tap_row(item: ExceptionItem, rec: _Rec, day: dt.date, now: dt.datetime) -> Tap:
-    record = _record_dict(item) or {}
-    fare = record.get("fare") or {}
-    offset = rec.tx_time.utcoffset()
-    return Tap(
-        business_day=day,
-        batch_seq=item.batch_seq,
-        terminal_id=rec.terminal_id,
-        terminal_seq=rec.terminal_seq,
-        psam_serial=str(record.get("psam_serial", "")),
-        issuer_id=rec.issuer_id,
-        card_asn=rec.card_asn,
-        card_type=str(record.get("card_type", "")),
-        tx_type=rec.tx_type,
-        amount_fen=rec.amount_fen,
-        balance_before_fen=rec.balance_before_fen,
-        offline_counter=rec.offline_counter,
-        tx_time=rec.tx_time,
-        tx_utc_offset_min=int(offset.total_seconds() // 60) if offset is not None else 480,
-        key_version=int(record.get("key_version", 0)),
-        alg_id=int(record.get("alg_id", 0)),
-        tac=str(record.get("tac", "")),
-        route_id=record.get("route_id"),
-        stop_id=record.get("stop_id"),
-        vehicle_id=record.get("vehicle_id"),
-        fare_product_id=fare.get("product_id"),
-        fare_rider_category_id=fare.get("rider_category_id"),
-        fare_leg_group_id=fare.get("leg_group_id"),
-        fare_full_fen=fare.get("full_fare_fen"),
-        fare_discount_fen=fare.get("discount_fen"),
-        fare_transfer_of=fare.get("transfer_of"),
-        status=str(record.get("status", "normal")),
-        verdict="accepted",
-        code=item.code,
-        message=item.message,
-        received_at=now,
-    )
-
-
-def write_off(
-    session: Session,
-    item_id: int,
-    *,
-    now: dt.datetime,
-    note: str,
-    amount_fen: int | None = None,
-    decided_by: str | None = None,
-) -> ExceptionItem:
-    """Write a queued record off: release ``amount_fen`` (default: the record's amount) of the card's value.
-
-    Amount 0 closes the item with no transfer (a record that never took money from the card).
-    A record whose TAC was never verified proves no debit, so it can only be closed with 0
-    (the default for it): releasing its amount would move real card value on a forger's word.
-    """
-    if not note.strip():
-        raise ClearingError(Code.E_NOTE_REQUIRED, "a write-off needs a note saying why")
-    item = _open_item(session, item_id)
-    tap = _tap_of(session, item)
-    rec = _rec_of(item, tap)
-    unverified = tap is None and item.code in UNVERIFIED_CODES
-    amount = (0 if unverified else rec.amount_fen) if amount_fen is None else amount_fen
-    if unverified and amount != 0:
-        raise ClearingError(
-            Code.E_UNVERIFIED_RECORD,
-            f"{item.code} record {item.id} never had its TAC verified: it can only be written off with amount 0",
-        )
-    if not 0 <= amount <= rec.amount_fen:
-        raise ClearingError(Code.E_BAD_AMOUNT, f"write-off amount must be 0..{rec.amount_fen} fen")
-    if amount > 0:
-        card = _card(session, rec)
-        transfer_id = f"exc:{item.id}:write-off"
-        _post(
-            session,
-            TransferSpec.single(
-                transfer_id, card.account_id, accounts.write_off_income(session), amount, TransferCode.WRITE_OFF,
-                source_ref=f"exception:{item.id}",
-            ),
-        )  # fmt: skip
-        item.decision_transfer_id = transfer_id
-        if amount == rec.amount_fen:
-            _move_shadow(card, rec)
-    _decide(item, ExceptionState.WRITTEN_OFF, note, decided_by, now)
-    session.flush()
-    return item
-
-
-__all__ = ["UNVERIFIED_CODES", "accept", "add_item", "list_items", "write_off"]
+__all__ = [
+    "DUPLICATE_CODES",
+    "GAP_AGE_DAYS_DEFAULT",
+    "Effect",
+    "ItemView",
+    "Kind",
+    "accept",
+    "add_item",
+    "kind_of",
+    "list_items",
+    "open_counts",
+    "view",
+    "write_off",
+]

@@ -27,7 +27,7 @@ import msgspec
 from sqlalchemy import Engine
 
 from cardos import crypto
-from cardos.records import SHANGHAI_TZ
+from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import (
     Batch,
     BatchAnswer,
@@ -61,7 +61,6 @@ MAC_KEYS_CACHED_MAX: Final = 200_000  # ~1.1 KB each (one OpenSSL context): ~220
 INGEST_ATTEMPTS_MAX: Final = 6
 RETRY_BACKOFF_S: Final = (0.05, 0.2, 0.5, 1.0, 2.0)
 EXCEPTION_CODES_AUTHENTIC: Final = frozenset({Code.E_BAD_TIME, Code.E_AMOUNT_LIMIT, Code.E_DENYLISTED})
-_SHANGHAI_OFFSET: Final = SHANGHAI_TZ.utcoffset(None)
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -132,13 +131,9 @@ def content_hash(batch: Batch) -> str:
     return hashlib.sha256(encode(batch)).hexdigest()
 
 
-def business_day(moment: dt.datetime) -> dt.date:
-    """The Asia/Shanghai calendar day (cut-off 00:00) a tap belongs to."""
-    # A tap time at +08:00 (almost all of them) already shows the Shanghai date. Year 1 goes
-    # through astimezone, which refuses the instants before 0001-01-01T00:00Z as it always did.
-    if moment.utcoffset() == _SHANGHAI_OFFSET and moment.year > 1:
-        return moment.date()
-    return moment.astimezone(SHANGHAI_TZ).date()
+def business_day(moment: dt.datetime, days: BusinessDayClock = DEFAULT_CLOCK) -> dt.date:
+    """The business day a tap belongs to (``clearing.business_day``; default cut-off 00:00 Asia/Shanghai)."""
+    return days.day_of(moment)
 
 
 def iso(moment: dt.datetime) -> str:
@@ -320,6 +315,7 @@ def make_plan(
     ctx: Context,
     judgement: Judgement,
     parties: Parties,
+    days: BusinessDayClock = DEFAULT_CLOCK,
 ) -> WritePlan:
     """What to write for a judged batch: the same plan for every database path."""
     records = batch.records
@@ -350,7 +346,7 @@ def make_plan(
         else:
             moment, utc_offset_min = tx_at, _utc_offset_min(record.tx_time)
         verdicts.append(Verdict(record.terminal_seq, verdict, code, message))  # type: ignore[arg-type]
-        day = business_day(moment)
+        day = days.day_of(moment)
         if outcome.forwards:
             forwards.append(ForwardRow(record, record_digest(record), day, moment, encode(record).decode()))
             continue
@@ -441,9 +437,10 @@ def decide(
     ctx: Context,
     parties: Parties,
     received_at: dt.datetime,
+    days: BusinessDayClock = DEFAULT_CLOCK,
 ) -> WritePlan:
     judgement = judge(prepared.batch.records, ctx, prepared.tacs, prepared.times)
-    return make_plan(prepared.terminal_id, prepared.batch, received_at, ctx, judgement, parties)
+    return make_plan(prepared.terminal_id, prepared.batch, received_at, ctx, judgement, parties, days)
 
 
 def redecide(
@@ -453,6 +450,7 @@ def redecide(
     parties: Parties,
     received_at: dt.datetime,
     moved: Iterable[CardKey],
+    days: BusinessDayClock = DEFAULT_CLOCK,
 ) -> WritePlan:
     """The plan again after the cards ``moved`` changed under the batch; ``ctx`` has their new state.
 
@@ -461,7 +459,7 @@ def redecide(
     """
     assert plan.judgement is not None, "a plan made by decide() carries its judgement"
     judgement = rejudge_cards(prepared.batch.records, prepared.times, plan.judgement, ctx, moved)
-    return make_plan(prepared.terminal_id, prepared.batch, received_at, ctx, judgement, parties)
+    return make_plan(prepared.terminal_id, prepared.batch, received_at, ctx, judgement, parties, days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,9 +657,10 @@ def make_ingestor(
     limits: Limits | None = None,
     clock: Callable[[], dt.datetime] | None = None,
     refund_pricer: RefundPricer | None = None,
+    days: BusinessDayClock = DEFAULT_CLOCK,
 ) -> Ingestor:
     """The ingest path for the engine's database: COPY and set-based SQL on PostgreSQL, Core on SQLite."""
-    kwargs: dict[str, object] = {"limits": limits, "refund_pricer": refund_pricer}
+    kwargs: dict[str, object] = {"limits": limits, "refund_pricer": refund_pricer, "days": days}
     if clock is not None:
         kwargs["clock"] = clock
     if engine.dialect.name == "postgresql":

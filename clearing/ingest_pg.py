@@ -42,6 +42,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
+from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import TapRecord
 from clearing.ingest import (
     RESOLVER,
@@ -249,12 +250,14 @@ class PgIngestor:
         limits: Limits | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         refund_pricer: RefundPricer | None = None,
+        days: BusinessDayClock = DEFAULT_CLOCK,
     ) -> None:
         assert engine.dialect.name == "postgresql", "PgIngestor needs a PostgreSQL engine"
         self.engine = engine
         self.limits = limits or Limits()
         self.clock = clock
         self.refund_pricer = refund_pricer
+        self.days = days
         # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
         self.before_commit: Callable[[Prepared], None] | None = None
         self._denylist_cache: tuple[int, dict[CardKey, list[DenyInterval]]] | None = None
@@ -315,7 +318,7 @@ class PgIngestor:
                 batch_id = int(stored[0])
             # Phase 1, no card locks: judge against a snapshot of the cards and write the rows.
             ctx, parties, versions = self._load(cur, terminal_id, prepared, operator_account_id, received_at, batch_id)
-            plan = decide(prepared, ctx, parties, received_at)
+            plan = decide(prepared, ctx, parties, received_at, self.days)
             self._write_rows(cur, plan, batch_id, prepared.batch.batch_seq, received_at)
             if self.between_phases is not None:
                 self.between_phases(prepared)
@@ -393,7 +396,7 @@ class PgIngestor:
         moved_records = [r for r in prepared.batch.records if (r.issuer_id, r.card_asn) in fresh]
         reads = read_cards(PgReads(cur, batch_id, self._denylist), moved_records, fresh, ctx.own_issuers)
         ctx = with_fresh_cards(ctx, fresh, reads)
-        final = redecide(prepared, plan, ctx, parties, received_at, fresh.keys())
+        final = redecide(prepared, plan, ctx, parties, received_at, fresh.keys(), self.days)
         if [t.transfer_id for t in final.taps] != [t.transfer_id for t in plan.taps] or [
             t.stored for t in final.taps
         ] != [t.stored for t in plan.taps]:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import TapRecord
 from clearing.contract.codes import Code
 from clearing.db import session_factory
@@ -97,6 +98,7 @@ class SqlIngestor:
         limits: Limits | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         refund_pricer: RefundPricer | None = None,
+        days: BusinessDayClock = DEFAULT_CLOCK,
     ) -> None:
         assert engine.dialect.name == "sqlite", "SqlIngestor is the SQLite path; PostgreSQL uses PgIngestor"
         self.engine = engine
@@ -104,6 +106,7 @@ class SqlIngestor:
         self.limits = limits or Limits()
         self.clock = clock
         self.refund_pricer = refund_pricer
+        self.days = days
         # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
         self.before_commit: Callable[[Prepared], None] | None = None
 
@@ -168,7 +171,7 @@ class SqlIngestor:
             refund_pricer=self.refund_pricer,
         )
         parties = Parties(int(terminal[1]), {key: state.account_id for key, state in ctx.cards.items()})
-        plan = decide(prepared, ctx, parties, received_at)
+        plan = decide(prepared, ctx, parties, received_at, self.days)
         self._write(session, plan, int(claimed), batch.batch_seq, received_at)
         if self.before_commit is not None:
             self.before_commit(prepared)

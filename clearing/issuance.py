@@ -6,11 +6,15 @@ deletes the file if the commit fails, so a registered card always has an image a
 image always belongs to a registered card.
 
 Project-defined choices (``card-profile.md`` leaves them to the issuer), kept here:
-* ASN: 20 decimal digits, ``<city code, 4 digits><16-digit serial>``; serials come from
-  the counter ``asn:<issuer_id>`` and skip ASNs registered by hand (``--asn``);
+* ASN: 20 digits, ``<the issuer's city code, 4 digits><16-digit serial>``; serials come
+  from the counter ``asn:<issuer_id>`` and skip ASNs registered by hand (``--asn``);
 * file 0x15: application type 01, version 01, valid from the issue date for
   ``VALIDITY_YEARS`` years; file 0x17: country 0156, province 6100 (Shaanxi), the issuer's
   city code, interoperable;
+* which issuers we issue for is data: the issuer's row in the registry (``issuers``) must
+  exist and be ``own`` (``clearing.registry.register_issuer``, or ``ensure_issuers`` for the
+  built-in cities), and the key store must hold its keys. Nothing is inferred from the
+  issuer id;
 * file 0x16 (holder): flag, staff flag, name (20 bytes GBK), id number (32), id type (1);
 * the citizen-auth certificate: P-256 key made here, certificate signed by the issuer CA
   in the key store, subject = card ASN (hex); made for social security cards and for any
@@ -31,14 +35,14 @@ from sqlalchemy.orm import Session
 
 from cardos.image import HOLDER_LEN, CardImage
 from cardos.personalise import AuthMaterial, personalise
-from cardos.profile import CITY_CODES, ISSUERS, PURSE_MAX_FEN, CardType
+from cardos.profile import PURSE_MAX_FEN, CardType
 from cardos.records import SHANGHAI_TZ, ManagementInfo, PublicInfo
 from clearing import accounts
 from clearing.db import bump_counter
 from clearing.keystore import KeyStore, issuer_bytes
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import Card, CardStatus, Issuer, TransferCode
-from clearing.registry import ensure_issuers, get_card
+from clearing.registry import get_card
 
 VALIDITY_YEARS: Final = 10
 APP_TYPE: Final = 0x01
@@ -92,16 +96,30 @@ def parse_card_type(text: str) -> CardType:
         raise IssuanceError("E_BAD_CARD_TYPE", f"card type {text!r}: expected one of {names}") from None
 
 
-def _city(issuer_hex: str) -> str:
-    for city, raw in ISSUERS.items():
-        if raw.hex() == issuer_hex:
-            return city
-    raise IssuanceError("E_UNKNOWN_ISSUER", f"issuer {issuer_hex} is not a known city issuer")
+def _own_issuer(session: Session, issuer_hex: str) -> Issuer:
+    """The registry row of an issuer we issue cards for; refuses one not registered or not ours."""
+    issuer = session.get(Issuer, issuer_hex)
+    if issuer is None:
+        raise IssuanceError(
+            "E_UNKNOWN_ISSUER",
+            f"issuer {issuer_hex} is not registered; register it with `yikatong issuer add` "
+            "(the built-in cities: `yikatong init`)",
+        )
+    if not issuer.own:
+        raise IssuanceError(
+            "E_NOT_OUR_ISSUER",
+            f"issuer {issuer_hex} ({issuer.city}) is registered as a peer issuer, not ours: we accept its cards "
+            "but do not issue them",
+        )
+    return issuer
 
 
 def allocate_asn(session: Session, issuer_hex: str) -> str:
-    """The next free ASN of an issuer: city code + 16-digit serial from a DB counter."""
-    prefix = CITY_CODES[_city(issuer_hex)].hex()
+    """The next free ASN of an issuer: its city code + 16-digit serial from a DB counter."""
+    issuer = session.get(Issuer, issuer_hex)
+    if issuer is None:
+        raise IssuanceError("E_UNKNOWN_ISSUER", f"issuer {issuer_hex} is not registered")
+    prefix = issuer.city_code.lower()
     for _ in range(1000):
         serial = bump_counter(session, f"asn:{issuer_hex}")
         asn = f"{prefix}{serial:0{ASN_SERIAL_DIGITS}d}"
@@ -156,14 +174,13 @@ def issue_card(
     if pin is not None and not _PIN_RE.match(pin):
         raise IssuanceError("E_BAD_PIN", "the PIN must be 6 digits")
 
-    issuer = session.get(Issuer, issuer_hex)
-    if issuer is None:
-        ensure_issuers(session, own_city=_city(issuer_hex))
-        issuer = session.get(Issuer, issuer_hex)
-    if issuer is None:
-        raise IssuanceError("E_UNKNOWN_ISSUER", f"issuer {issuer_hex} is not registered")
-    if not issuer.own:
-        raise IssuanceError("E_NOT_OUR_ISSUER", f"issuer {issuer_hex} ({issuer.city}) is not ours to issue for")
+    issuer = _own_issuer(session, issuer_hex)
+    if not keystore.has_issuer(issuer_hex):
+        raise IssuanceError(
+            "E_KEY_MISSING",
+            f"issuer {issuer_hex} ({issuer.city}) is ours but the key store holds no keys for it; "
+            f"run `yikatong keys init --issuer {issuer_hex}` or `yikatong keys import`",
+        )
 
     if asn is None:
         asn = allocate_asn(session, issuer_hex)
@@ -188,7 +205,7 @@ def issue_card(
     management = ManagementInfo(
         country_code=COUNTRY_CODE,
         province_code=PROVINCE_CODE,
-        city_code=CITY_CODES[issuer.city],
+        city_code=bytes.fromhex(issuer.city_code),
         interoperable=True,
         card_type=kind,
     )

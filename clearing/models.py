@@ -193,7 +193,14 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 
 class Issuer(Base):
-    """A card issuer: our own (``own``) or a peer whose cards we accept as acquirer (Xi'an)."""
+    """A card issuer: our own (``own``) or a peer whose cards we accept as acquirer (Xi'an).
+
+    Issuers are data: a registered issuer marked ``own`` (``clearing.registry.register_issuer``)
+    whose keys are in the key store can issue cards. ``city_code`` (4 lower-case hex digits)
+    is file 0x17's city code and the first four digits of every ASN it issues; when not given
+    it is the city code inside the issuer id (bytes 2-3, ``docs/decisions.md``), as migration
+    0005 filled it for the rows it found.
+    """
 
     __tablename__ = "issuers"
 
@@ -202,11 +209,18 @@ class Issuer(Base):
     name: Mapped[str] = mapped_column(String(64))
     own: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # default: hex digits 5-8 of the issuer id (its city code)
+    city_code: Mapped[str] = mapped_column(
+        String(4), default=lambda context: str(context.get_current_parameters()["issuer_id"])[4:8].lower()
+    )
 
-    __table_args__ = (CheckConstraint("length(issuer_id) = 16", name="issuer_id_len"),)
+    __table_args__ = (
+        CheckConstraint("length(issuer_id) = 16", name="issuer_id_len"),
+        CheckConstraint("length(city_code) = 4", name="city_code_len"),
+    )
 
     def __repr__(self) -> str:
-        return f"Issuer({self.issuer_id}, {self.city!r}, own={self.own})"
+        return f"Issuer({self.issuer_id}, {self.city!r}, city_code={self.city_code!r}, own={self.own})"
 
 
 class Account(Base):

@@ -27,7 +27,7 @@ from typing import Final
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cardos.profile import ISSUERS
+from cardos.profile import CITY_CODES, ISSUERS
 from clearing import accounts
 from clearing.models import Card, Issuer, Operator, Terminal
 
@@ -40,6 +40,9 @@ TOKEN_SEPARATOR: Final = "."  # noqa: S105 (a separator, not a secret)
 _VERIFIED_MAX: Final = 4096
 _TERMINAL_ID_RE: Final = re.compile(r"^[0-9a-f]{12}$")
 _OPERATOR_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+_ISSUER_ID_RE: Final = re.compile(r"^[0-9a-f]{16}$")
+_CITY_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")
+_CITY_CODE_RE: Final = re.compile(r"^[0-9a-f]{4}$")
 
 ISSUER_NAMES: Final = {"xianyang": "Xianyang Yikatong", "xian": "Xi'an Chang'an Tong"}
 
@@ -55,20 +58,77 @@ class RegistryError(Exception):
 
 
 def ensure_issuers(session: Session, *, own_city: str) -> list[Issuer]:
-    """Register the known issuers (Xianyang, Xi'an) if missing; ``own`` is the configured city's."""
+    """Register the built-in issuers (Xianyang, Xi'an) if missing; ``own`` is the configured city's.
+
+    Rows already there are left as they are (ownership is never changed behind the operator's back).
+    """
     out = []
     for city, raw in ISSUERS.items():
         issuer = session.get(Issuer, raw.hex())
         if issuer is None:
-            issuer = Issuer(issuer_id=raw.hex(), city=city, name=ISSUER_NAMES.get(city, city), own=city == own_city)
+            issuer = Issuer(
+                issuer_id=raw.hex(),
+                city=city,
+                name=ISSUER_NAMES.get(city, city),
+                city_code=CITY_CODES[city].hex(),
+                own=city == own_city,
+            )
             session.add(issuer)
         out.append(issuer)
     session.flush()
     return out
 
 
+def register_issuer(
+    session: Session, issuer_id: str, *, city: str, name: str, city_code: str | None = None, own: bool
+) -> Issuer:
+    """Register a card issuer; any issuer registered ``own`` whose keys are in the key store can issue cards.
+
+    ``issuer_id``: 16 hex chars (file 0x15 bytes 0-7). ``city``: a short lower-case name
+    (letters, digits, ``_``, ``-``; at most 16). ``name``: 1-64 characters. ``city_code``:
+    4 hex digits, file 0x17's city code and the ASN prefix of the issuer's cards; default
+    the city code inside the issuer id (hex digits 5-8, ``docs/decisions.md``). ``own``
+    must be said: whether this installation issues the issuer's cards (and holds its load
+    and TAC keys) or only accepts them as acquirer. Registering the same issuer again with
+    the same details returns it; with other details it is refused (``E_ISSUER_EXISTS``).
+    """
+    issuer_id = issuer_id.strip().lower()
+    if not _ISSUER_ID_RE.fullmatch(issuer_id):
+        raise RegistryError("E_BAD_ISSUER", "issuer id must be 16 hex chars (file 0x15 bytes 0-7)")
+    city = city.strip().lower()
+    if not _CITY_RE.fullmatch(city):
+        raise RegistryError(
+            "E_BAD_ISSUER", "city must be 1-16 lower-case letters, digits, '_' or '-', starting with a letter"
+        )
+    name = name.strip()
+    if not 0 < len(name) <= 64 or not name.isprintable():
+        raise RegistryError("E_BAD_ISSUER", "issuer name must be 1-64 printable characters")
+    code = (issuer_id[4:8] if city_code is None else city_code.strip()).lower()
+    if not _CITY_CODE_RE.fullmatch(code):
+        raise RegistryError("E_BAD_ISSUER", "city code must be 4 hex digits (file 0x17's city code, the ASN prefix)")
+    wanted = {"city": city, "name": name, "city_code": code, "own": own}
+    existing = session.get(Issuer, issuer_id)
+    if existing is not None:
+        differs = [field for field, value in wanted.items() if getattr(existing, field) != value]
+        if differs:
+            raise RegistryError(
+                "E_ISSUER_EXISTS",
+                f"issuer {issuer_id} is already registered with another {', '.join(differs)} "
+                f"({existing.city}, city code {existing.city_code}, {'own' if existing.own else 'peer'})",
+            )
+        return existing
+    issuer = Issuer(issuer_id=issuer_id, city=city, name=name, city_code=code, own=own)
+    session.add(issuer)
+    session.flush()
+    return issuer
+
+
 def get_issuer(session: Session, issuer_id: str) -> Issuer | None:
     return session.get(Issuer, issuer_id.lower())
+
+
+def list_issuers(session: Session) -> list[Issuer]:
+    return list(session.scalars(select(Issuer).order_by(Issuer.issuer_id)))
 
 
 # --- cards ----------------------------------------------------------------------------------
@@ -271,7 +331,9 @@ __all__ = [
     "get_issuer",
     "get_terminal",
     "hash_token",
+    "list_issuers",
     "new_token",
+    "register_issuer",
     "register_terminal",
     "split_token",
     "verify_terminal_token",

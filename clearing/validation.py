@@ -654,7 +654,7 @@ def _judge_card(
             outcome = _late(record, ctx, run.cleared, last)
         else:
             moves_shadow = True
-            before_load = load_at is not None and when.at < load_at
+            before_load = before_the_load(when.at, before, shadow, load_at)
             if last is not None and counter > last + 1:
                 outcome = _suspect(
                     Code.S_COUNTER_GAP,
@@ -840,6 +840,17 @@ def _close_gaps(
             per_card[key] = result._replace(resolutions=kept + closed)
 
 
+def before_the_load(at: dt.datetime, balance_before_fen: int, shadow_fen: int, load_at: dt.datetime | None) -> bool:
+    """Whether a tap newer by counter happened before the online load that set the shadow.
+
+    Timed before that load, it did (its balance is the pre-load one) and must not overwrite
+    the loaded shadow — unless its balance before *is* the loaded shadow: then the terminal's
+    clock is only behind the host's, and the tap followed the load. The judge and the
+    exception queue decide with this one rule.
+    """
+    return load_at is not None and at < load_at and balance_before_fen != shadow_fen
+
+
 def _late(
     record: TapRecord, ctx: Context, cleared_here: Mapping[int, tuple[TapRecord, dt.datetime]], last: int
 ) -> Outcome:
@@ -918,6 +929,7 @@ __all__ = [
     "Resolution",
     "TapTime",
     "TerminalSeqKey",
+    "before_the_load",
     "is_tap_off",
     "judge",
     "late_record_keys",

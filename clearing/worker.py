@@ -7,6 +7,14 @@ work in every round: first take over entries that a dead worker left pending lon
 acknowledged only after its batch committed (or was found done already), so a worker
 killed at any point loses nothing: its entry stays pending, and the transaction it had
 open rolled back with the connection.
+
+Stopping (SIGTERM or SIGINT, to the parent or straight to a worker, at any moment):
+a worker finishes the batch it is clearing (one transaction: committed whole, then
+acknowledged), leaves the entries it has not started pending (another worker claims them
+after ``claim_idle_ms``) and exits 0. The parent spawns workers with both signals
+*blocked*, so a stop that arrives while a worker is still starting up (interpreter,
+imports, unpickling) waits, pending, until the worker has its handler, instead of killing
+it with the default action (exit -15, which made ``yikatong clear`` exit 1).
 """
 
 from __future__ import annotations
@@ -14,19 +22,18 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import signal
 import socket
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import Engine
 
+from clearing.errors import ClearingError
 from clearing.ingest import (
-    IngestError,
     Ingestor,
     TacKeys,
     decode_upload,
@@ -43,6 +50,24 @@ log = logging.getLogger(__name__)
 CLAIM_IDLE_MS_DEFAULT: Final = 30_000  # far above the time one batch takes, so live work is never stolen
 READ_BLOCK_MS: Final = 1_000
 READ_COUNT: Final = 4
+STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
+PARENT_POLL_S: Final = 0.1
+
+
+class StopFlag:
+    """Set from a signal handler, read by the loop. A plain attribute, not a
+    ``threading.Event``: ``Event.set`` takes a non-reentrant lock, and a second signal
+    landing inside the first handler would deadlock on it."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def handle(self, signum: int, _frame: object = None) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    def __call__(self) -> bool:
+        return self.signal is not None
 
 
 @dataclass
@@ -72,29 +97,38 @@ class Worker:
             try:
                 prepared = prepare(entry.terminal_id, decode_upload(body), self.keys)
                 self.ingestor.ingest(prepared)
-            except IngestError as exc:  # cannot become clearable by retrying: say so and move on
+            except ClearingError as exc:  # cannot become clearable by retrying: say so and move on
                 log.error("batch %s/%s refused: %s", entry.terminal_id, entry.batch_seq, exc)
             self.processed += 1
         self.bus.notify_done(entry.terminal_id, entry.batch_seq)
         self.bus.ack(entry.entry_id)
 
-    def run_once(self, block_ms: int = READ_BLOCK_MS) -> int:
-        """One round: stale entries first, then new ones. Returns how many entries were handled."""
+    def run_once(self, block_ms: int = READ_BLOCK_MS, stop: Callable[[], bool] | None = None) -> int:
+        """One round: stale entries first, then new ones. Returns how many entries were handled.
+
+        ``stop`` is asked before each entry: once it says yes, the entries not yet started
+        are left pending (unacknowledged) for a worker to claim after ``claim_idle_ms``.
+        """
         entries = self.bus.claim_stale(self.name, idle_ms=self.claim_idle_ms, count=READ_COUNT)
-        if not entries:
+        if not entries and not (stop is not None and stop()):  # no new entries for a worker on its way out
             entries = self.bus.read(self.name, count=READ_COUNT, block_ms=block_ms)
+        handled = 0
         for entry in entries:
+            if stop is not None and stop():
+                log.info("stopping: %d entr(ies) left pending for another worker", len(entries) - handled)
+                break
+            handled += 1
             try:
                 self.process(entry)
             except Exception:
                 # Not acknowledged: the entry stays pending and is claimed again after
                 # claim_idle_ms (by this or another worker), when the database is back.
                 log.exception("batch %s/%s failed; left pending", entry.terminal_id, entry.batch_seq)
-        return len(entries)
+        return handled
 
     def run(self, stop: Callable[[], bool]) -> None:
         while not stop():
-            self.run_once()
+            self.run_once(stop=stop)
 
 
 GC_THRESHOLDS: Final = (50_000, 20, 100)
@@ -114,49 +148,153 @@ def consumer_name(index: int) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
-def worker_main(settings: Any, index: int, claim_idle_ms: int = CLAIM_IDLE_MS_DEFAULT) -> None:
-    """Entry point of one worker process (spawned): build everything from the settings and run."""
+def _install_stop_handlers(flag: StopFlag) -> dict[int, Any]:
+    return {sig: signal.signal(sig, flag.handle) for sig in STOP_SIGNALS}
+
+
+def worker_main(settings: Any, index: int, claim_idle_ms: int = CLAIM_IDLE_MS_DEFAULT, ready: Any = None) -> None:
+    """Entry point of one worker process (spawned): build everything from the settings and run.
+
+    The parent spawned this process with SIGTERM/SIGINT blocked; the handler goes in first,
+    then the signals are unblocked, so a stop sent during start-up is delivered here (and
+    only sets the flag). When the loop has ended they are blocked again: interpreter
+    shutdown puts the default handlers back, and a second stop (the parent forwarding one
+    this worker also got from its process group) would otherwise kill it on its way out.
+    ``ready`` (an ``Event``) is set once the worker is a consumer of the group.
+    """
+    stopping = StopFlag()
+    _install_stop_handlers(stopping)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    try:
+        _work(settings, index, claim_idle_ms, ready, stopping)
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _work(settings: Any, index: int, claim_idle_ms: int, ready: Any, stopping: StopFlag) -> None:
     from clearing import db
     from clearing.ingest import keystore_dtk
     from clearing.keystore import KeyStore
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    if stopping():
+        log.info("stopped before start-up finished; nothing was read")
+        return
     engine = db.make_engine(settings.database_url, pool_size=2)
     keystore = KeyStore.from_settings(settings)
     keys = TacKeys(keystore_dtk(keystore), keystore.issuers())
     assert settings.redis_url, "workers need Redis"
     bus = RedisBus.from_url(settings.redis_url, prefix=settings.redis_prefix)
-    worker = Worker(engine, bus, keys, consumer_name(index), claim_idle_ms=claim_idle_ms)
-    tune_gc()
-    log.info("clearing worker %s consuming %s", worker.name, bus.stream)
     try:
-        worker.run(stopping.is_set)
+        worker = Worker(engine, bus, keys, consumer_name(index), claim_idle_ms=claim_idle_ms)
+        tune_gc()
+        log.info("clearing worker %s consuming %s", worker.name, bus.stream)
+        if ready is not None:
+            ready.set()
+        worker.run(stopping)
+        log.info("clearing worker %s stopped after %d batch(es)", worker.name, worker.processed)
     finally:
         bus.close()
         engine.dispose()
 
 
-def run_workers(settings: Any, workers: int, claim_idle_ms: int = CLAIM_IDLE_MS_DEFAULT) -> int:
-    """Start ``workers`` processes and wait; SIGTERM/SIGINT stop them cleanly. Exit status."""
+def run_workers(
+    settings: Any,
+    workers: int,
+    claim_idle_ms: int = CLAIM_IDLE_MS_DEFAULT,
+    *,
+    on_start: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Start ``workers`` processes and wait; SIGTERM/SIGINT stop them cleanly. Exit status:
+    0 if every worker ended cleanly, else 1 (each failure is logged).
+
+    The previous signal handlers are put back on return. After a stop, SIGTERM/SIGINT are
+    left *blocked*: the caller was asked to stop and should exit, and a second stop
+    signal (a process-group kill also reaches this process twice) must not kill it with
+    the default action while it does.
+
+    ``on_start`` is called once this process handles the stop signals and the workers are
+    spawned (a stop from then on is a clean stop); ``on_ready`` once every worker is a
+    consumer of the group (both for the CLI's messages and for tests to wait on).
+    """
     assert 1 <= workers <= 64, "between 1 and 64 workers"
+    from multiprocessing import resource_tracker
+
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker_main, args=(settings, i, claim_idle_ms), daemon=False) for i in range(workers)]
-    for p in procs:
-        p.start()
+    stopping = StopFlag()
+    previous = _install_stop_handlers(stopping)
+    try:
+        # Its first launch unblocks SIGINT/SIGTERM in this process when done: get it
+        # running before the mask below, so the mask holds for every worker spawned.
+        resource_tracker.ensure_running()
+        ready = [ctx.Event() for _ in range(workers)]
+        procs = [
+            ctx.Process(target=worker_main, args=(settings, i, claim_idle_ms, ready[i]), name=f"clearing-worker-{i}")
+            for i in range(workers)
+        ]
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for p in procs:
+                p.start()  # the child inherits the blocked mask across fork + exec
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop that came meanwhile is handled now
+        if on_start is not None:
+            on_start()
+        return _supervise(procs, ready, stopping, on_ready)
+    finally:
+        if stopping():
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    def stop(*_: object) -> None:
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while any(p.is_alive() for p in procs):
-        time.sleep(0.5)
-    return 0 if all(p.exitcode == 0 for p in procs) else 1
+def _supervise(procs: list[Any], ready: list[Any], stopping: StopFlag, on_ready: Callable[[], None] | None) -> int:
+    forwarded = announced = False
+    was_ready = [False] * len(procs)
+    while True:
+        alive = [p for p in procs if p.exitcode is None]
+        if not alive:
+            break
+        if stopping() and not forwarded:
+            forwarded = True
+            for p in alive:
+                _signal(p, signal.SIGTERM)
+        for i, event in enumerate(ready):
+            was_ready[i] = was_ready[i] or event.is_set()
+        if not announced and not stopping() and all(was_ready):
+            announced = True
+            if on_ready is not None:
+                on_ready()
+        _wait([p.sentinel for p in alive], PARENT_POLL_S)
+    failed = 0
+    for i, p in enumerate(procs):
+        p.join()
+        if p.exitcode != 0:
+            failed += 1
+            log.error("clearing worker %d (pid %s) exited with %s", i, p.pid, p.exitcode)
+    return 1 if failed else 0
 
 
-__all__ = ["CLAIM_IDLE_MS_DEFAULT", "Worker", "consumer_name", "run_workers", "tune_gc", "worker_main"]
+def _signal(proc: Any, sig: int) -> None:
+    try:
+        if proc.pid is not None and proc.exitcode is None:  # not reaped yet: the pid is still ours
+            os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(sentinels: Iterable[int], timeout_s: float) -> None:
+    multiprocessing.connection.wait(list(sentinels), timeout=timeout_s)
+
+
+__all__ = [
+    "CLAIM_IDLE_MS_DEFAULT",
+    "STOP_SIGNALS",
+    "StopFlag",
+    "Worker",
+    "consumer_name",
+    "run_workers",
+    "tune_gc",
+    "worker_main",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from yikatong.commands import card, clear, demo, exceptions, init, keys, serve, terminal
+from yikatong.commands import card, clear, demo, exceptions, init, issuer, keys, serve, terminal
 
 app = typer.Typer(
     name="yikatong",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.command("init")(init.init)
 app.add_typer(keys.app, name="keys")
+app.add_typer(issuer.app, name="issuer")
 app.add_typer(card.app, name="card")
 app.add_typer(terminal.app, name="terminal")
 app.add_typer(exceptions.app, name="exceptions")

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     # created on first use (development only; production injects it from a secret store).
     kek: SecretStr | None = None
     city: Literal["xianyang", "xian"] = "xianyang"
+    # The business-day clock (clearing.business_day): days start at this Asia/Shanghai time.
+    business_day_cutoff: str = "00:00"
+    # S_COUNTER_GAP items younger than this many business days are not listed: most close themselves.
+    gap_age_days: int = 3
     payments_url: str = "http://127.0.0.1:8420"
     payments_key: SecretStr = SecretStr("sk_test_yikatong")
     # Tariffs clearing prices tap-off refunds with: a tariff directory, or a directory with one

@@ -122,6 +122,7 @@ class Code(StrEnum):
     # --- operations (CLI) --------------------------------------------------------------------
     E_DATABASE = "E_DATABASE"
     E_IO = "E_IO"
+    E_ABORTED = "E_ABORTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,7 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_CEREMONY_FORMAT: _i(422, "the key ceremony file is not in the documented form"),
     C.E_DATABASE: _i(503, "the database refused or is unreachable"),
     C.E_IO: _i(500, "a file could not be read or written"),
+    C.E_ABORTED: _i(409, "the operator answered no; nothing was done"),
 }
 del C
 

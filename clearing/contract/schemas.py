@@ -133,6 +133,36 @@ class LoadCompleteResponse(Struct, forbid_unknown_fields=True, frozen=True):
     status: Literal["posted"]
 
 
+class LoadResolveRequest(Struct, forbid_unknown_fields=True, frozen=True):
+    """A load in doubt, settled from the card: GET TRANSACTION PROVE (P2 02) at the load's online
+    counter + 1 answered ``prove_mac2 ‖ prove_tac`` (the load happened), or ``6A83`` and the card's
+    online counter now is ``online_counter`` (docs/card-image.md, "GET TRANSACTION PROVE")."""
+
+    terminal_id: Hex12
+    online_counter: U16 | None = None
+    prove_mac2: Hex8 | None = None
+    prove_tac: Hex8 | None = None
+
+
+class LoadResolveResponse(Struct, forbid_unknown_fields=True, frozen=True):
+    # posted: the card holds the load and it is posted; pending: the card never credited it,
+    # so it may be authorized again (with a fresh MAC2)
+    status: Literal["posted", "pending"]
+
+
+class CardLoad(Struct, forbid_unknown_fields=True, frozen=True):
+    load_id: str
+    amount_fen: U32
+    state: Literal["pending", "authorized"]
+    online_counter: U16 | None  # an authorized load: the counter INITIALIZE FOR LOAD returned for it
+
+
+class CardLoads(Struct, forbid_unknown_fields=True, frozen=True):
+    """The loads waiting for a card: what a load-capable terminal does at the card's presentation."""
+
+    loads: list[CardLoad]
+
+
 class ErrorItem(Struct, forbid_unknown_fields=True, frozen=True):
     path: str
     code: str
@@ -157,7 +187,11 @@ _MessageT = TypeVar("_MessageT", bound=Struct)
 
 
 def _lower(message: _MessageT, names: tuple[str, ...]) -> _MessageT:
-    changed = {name: value.lower() for name in names if (value := getattr(message, name)) != value.lower()}
+    changed = {
+        name: value.lower()
+        for name in names
+        if (value := getattr(message, name)) is not None and value != value.lower()
+    }
     return msgspec.structs.replace(message, **changed) if changed else message
 
 
@@ -168,6 +202,7 @@ def _lower_record(record: TapRecord) -> TapRecord:
 _REQUEST_HEX_FIELDS: Final[dict[type[Struct], tuple[str, ...]]] = {
     LoadAuthorizeRequest: ("terminal_id", "issuer_id", "card_asn", "card_random", "mac1"),
     LoadCompleteRequest: ("tac",),
+    LoadResolveRequest: ("terminal_id", "prove_mac2", "prove_tac"),
 }
 
 

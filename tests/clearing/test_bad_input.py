@@ -57,7 +57,9 @@ def _record(terminal: Terminal, card: Card, when: dt.datetime | None = None) -> 
     return terminal.tap(card, 150, when)
 
 
-@pytest.mark.parametrize("tx_time", ["9999-12-31T23:59:59+08:00", "0001-01-01T00:00:00+08:00", "9999-12-31T23:59:59-08:00"])
+@pytest.mark.parametrize(
+    "tx_time", ["9999-12-31T23:59:59+08:00", "0001-01-01T00:00:00+08:00", "9999-12-31T23:59:59-08:00"]
+)
 def test_a_time_at_the_end_of_the_calendar_is_a_bad_time_not_a_500(api: Api, tx_time: str) -> None:
     terminal = Terminal(TERMINAL)
     good = _record(terminal, Card(0, balance_fen=5000))

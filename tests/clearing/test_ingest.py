@@ -16,8 +16,8 @@ from clearing.errors import ClearingError
 from clearing.ingest import IngestResult, TacKeys, make_ingestor, prepare
 from clearing.ledger import trial_balance
 from clearing.models import Account, BatchRow, ExceptionItem, InteropForward, Tap, Transfer
-from clearing.refunds import default_refunds
 from clearing.models import Card as CardRow
+from clearing.refunds import default_refunds
 
 NOW = T0 + dt.timedelta(days=1)
 
@@ -237,8 +237,8 @@ def _snapshot(engine: Engine) -> dict[str, Any]:
                 "SELECT card_asn, shadow_balance_fen, last_offline_counter, status FROM cards ORDER BY card_asn"
             ),
             "exceptions": rows(
-                "SELECT terminal_id, terminal_seq, batch_seq, code, message, tap_id IS NULL, state, gap_first, gap_last, "
-                "note FROM exception_items ORDER BY terminal_id, terminal_seq, code"
+                "SELECT terminal_id, terminal_seq, batch_seq, code, message, tap_id IS NULL, state, gap_first, "
+                "gap_last, note FROM exception_items ORDER BY terminal_id, terminal_seq, code"
             ),
             "batches": rows("SELECT terminal_id, batch_seq, status, answer FROM batches ORDER BY 1, 2"),
             "loads": rows(
@@ -274,11 +274,13 @@ def _scenario(engine: Engine) -> list[bytes]:
             answers.append(clearing.upload(term.terminal_id, batch).answer)  # replay
     for term, record in late:
         answers.append(clearing.upload(term.terminal_id, term.batch([record, record])).answer)
-    tap_on, tap_off = journey(terms[0], cards[1], "ic_airport", at=T0 + dt.timedelta(hours=3))
+    journey(terms[0], cards[1], "ic_airport", at=T0 + dt.timedelta(hours=3))
     answers.append(clearing.upload(terms[0].terminal_id, terms[0].batch()).answer)
     # front-door tap-on on one validator, back-door tap-off on the other, uploaded first: the
     # refund waits for the entry, which fills the gap and pays it when it arrives
-    tap_on, tap_off = journey(terms[1], cards[3], "ic_weicheng", at=T0 + dt.timedelta(hours=4), exit_terminal=terms[0])
+    _tap_on, _tap_off = journey(
+        terms[1], cards[3], "ic_weicheng", at=T0 + dt.timedelta(hours=4), exit_terminal=terms[0]
+    )
     answers.append(clearing.upload(terms[0].terminal_id, terms[0].batch()).answer)
     answers.append(clearing.upload(terms[1].terminal_id, terms[1].batch()).answer)
     return answers

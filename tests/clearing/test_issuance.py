@@ -12,16 +12,18 @@ from sqlalchemy.orm import Session
 
 from cardos.crypto import derive_card_key
 from cardos.image import CardImage
-from cardos.profile import ISSUER_XIANYANG, CardType
+from cardos.profile import ISSUER_XIAN, ISSUER_XIANYANG, CardType
 from cardos.records import ManagementInfo, PublicInfo
 from clearing import accounts
 from clearing.issuance import HolderInfo, IssuanceError, issue_card
 from clearing.keystore import KEY_NAMES, KeyStore
 from clearing.ledger import account_balance, trial_balance
-from clearing.models import Card, Transfer, TransferCode
-from clearing.registry import ensure_issuers
+from clearing.models import Card, Issuer, Transfer, TransferCode
+from clearing.registry import RegistryError, ensure_issuers, register_issuer
 
 XY = ISSUER_XIANYANG.hex()
+XA = ISSUER_XIAN.hex()
+BAOJI = "01007210ffffffff"  # an issuer that is not built in
 NOW = dt.datetime(2026, 11, 24, 1, 0, tzinfo=dt.UTC)
 
 
@@ -130,3 +132,90 @@ def test_cards_issued_after_rotation_get_the_new_key_version(session: Session, t
     image, card = issue_card(session, ks, issuer_id=XY, card_type="ordinary", now=NOW)
     assert card.key_version == image.keys.key_version == 2
     assert image.keys.dtk == ks.dtk(XY, card.card_asn, 2) != ks.dtk(XY, card.card_asn, 1)
+
+
+# --- issuers are data -----------------------------------------------------------------------
+
+
+def test_an_unregistered_issuer_is_refused_and_never_registered_on_the_fly(
+    db_session: Session, keystore: KeyStore
+) -> None:
+    with pytest.raises(IssuanceError) as info:
+        issue_card(db_session, keystore, issuer_id="xianyang", card_type="ordinary", now=NOW)
+    assert info.value.code == "E_UNKNOWN_ISSUER" and "issuer add" in info.value.message
+    assert db_session.get(Issuer, XY) is None  # ownership is not inferred from the card's issuer
+
+
+def test_a_newly_registered_own_issuer_with_keys_issues_cards(db_session: Session, tmp_path: Path) -> None:
+    ks = KeyStore.open(tmp_path / "ks.json", bytes(32))
+    ks.init([BAOJI])
+    issuer = register_issuer(db_session, BAOJI.upper(), city="Baoji", name="宝鸡公交卡", city_code="7210", own=True)
+    assert (issuer.issuer_id, issuer.city, issuer.city_code, issuer.own) == (BAOJI, "baoji", "7210", True)
+    image, card = issue_card(db_session, ks, issuer_id=BAOJI, card_type="social-security", now=NOW)
+    db_session.commit()
+    assert card.issuer_id == BAOJI and card.card_asn == "7210" + "0" * 15 + "1"
+    public = PublicInfo.decode(image.public)
+    assert public.issuer_id == bytes.fromhex(BAOJI) and public.asn == bytes.fromhex(card.card_asn)
+    assert ManagementInfo.decode(image.management).city_code == bytes.fromhex("7210")
+    masters = {n: ks._master(BAOJI, 1, n) for n in KEY_NAMES}
+    assert image.keys.dtk == derive_card_key(masters["mtk"], bytes.fromhex(BAOJI), public.asn)
+    assert image.auth is not None
+    x509.load_der_x509_certificate(image.auth.certificate_der).verify_directly_issued_by(ks.ca_certificate(BAOJI))
+    trial_balance(db_session)
+
+
+def test_an_own_issuer_without_keys_and_a_peer_issuer_are_refused(db_session: Session, keystore: KeyStore) -> None:
+    register_issuer(db_session, BAOJI, city="baoji", name="Baoji", own=True)  # keystore holds no Baoji keys
+    with pytest.raises(IssuanceError) as info:
+        issue_card(db_session, keystore, issuer_id=BAOJI, card_type="ordinary", now=NOW)
+    assert info.value.code == "E_KEY_MISSING" and f"keys init --issuer {BAOJI}" in info.value.message
+    register_issuer(db_session, "01007300ffffffff", city="weinan", name="Weinan", own=False)
+    with pytest.raises(IssuanceError) as info:
+        issue_card(db_session, keystore, issuer_id="01007300ffffffff", card_type="ordinary", now=NOW)
+    assert info.value.code == "E_NOT_OUR_ISSUER" and "peer" in info.value.message
+
+
+def test_configured_as_xian_the_same_software_issues_xian_cards(db_session: Session, keystore: KeyStore) -> None:
+    ensure_issuers(db_session, own_city="xian")
+    assert {i.issuer_id: (i.city_code, i.own) for i in db_session.query(Issuer)} == {
+        XY: ("7120", False),
+        XA: ("7100", True),
+    }
+    image, card = issue_card(db_session, keystore, issuer_id="xian", card_type="ordinary", now=NOW)
+    assert card.issuer_id == XA and card.card_asn.startswith("7100")
+    assert ManagementInfo.decode(image.management).city_code == bytes.fromhex("7100")
+    assert image.keys.dtk == keystore.dtk(XA, card.card_asn, 1)
+    with pytest.raises(IssuanceError, match="E_NOT_OUR_ISSUER"):
+        issue_card(db_session, keystore, issuer_id="xianyang", card_type="ordinary", now=NOW)
+
+
+def test_register_issuer_defaults_repeats_and_conflicts(db_session: Session) -> None:
+    first = register_issuer(db_session, BAOJI, city="baoji", name="Baoji", own=True)
+    assert first.city_code == "7210"  # the city code inside the issuer id
+    assert register_issuer(db_session, BAOJI, city="baoji", name="Baoji", city_code="7210", own=True) is first
+    with pytest.raises(RegistryError) as info:
+        register_issuer(db_session, BAOJI, city="baoji", name="Baoji", own=False)
+    assert info.value.code == "E_ISSUER_EXISTS" and "own" in info.value.message
+    db_session.commit()
+    assert db_session.get(Issuer, BAOJI) is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"issuer_id": "01007210ffff"}, "issuer id"),
+        ({"issuer_id": "01007210ffffffzz"}, "issuer id"),
+        ({"city": "Bao ji"}, "city"),
+        ({"city": ""}, "city"),
+        ({"name": "  "}, "name"),
+        ({"name": "x" * 65}, "name"),
+        ({"city_code": "721"}, "city code"),
+        ({"city_code": "72g0"}, "city code"),
+        ({"city_code": "72100"}, "city code"),
+    ],
+)
+def test_register_issuer_refuses_bad_details(db_session: Session, kwargs: dict[str, str], field: str) -> None:
+    args: dict[str, object] = {"issuer_id": BAOJI, "city": "baoji", "name": "Baoji", "own": True, **kwargs}
+    with pytest.raises(RegistryError) as info:
+        register_issuer(db_session, **args)  # type: ignore[arg-type]
+    assert info.value.code == "E_BAD_ISSUER" and field in info.value.message

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cardos.image import CardImage
 from clearing.keystore import KEY_NAMES, KeyStore, load_or_create_dev_kek
-from yikatong.commands import exceptions, init, keys, terminal_admin
+from yikatong.commands import exceptions, init, issuer, keys, terminal_admin
 from yikatong.commands.card import app as card_app
 from yikatong.settings import get_settings
 
@@ -41,6 +41,7 @@ def _admin_app() -> typer.Typer:
     terminal.command("noop")(lambda: None)
     app.add_typer(terminal, name="terminal")
     app.add_typer(exceptions.app, name="exceptions")
+    app.add_typer(issuer.app, name="issuer")
     return app
 
 
@@ -131,7 +132,54 @@ def test_every_command_has_help(env: Path) -> None:
     for args in (
         ["init"], ["keys", "init"], ["keys", "import"], ["keys", "rotate"], ["keys", "list"], ["card", "issue"],
         ["card", "show"], ["terminal", "register"], ["exceptions", "list"], ["exceptions", "accept"],
-        ["exceptions", "write-off"],
+        ["exceptions", "write-off"], ["issuer", "add"], ["issuer", "list"],
     ):  # fmt: skip
         code, output = _run(*args, "--help")
         assert code == 0 and "Usage" in output, args
+
+
+BAOJI = "01007210ffffffff"
+
+
+def test_a_registered_issuer_with_keys_issues_cards_from_the_cli(env: Path) -> None:
+    assert _run("init")[0] == 0
+    out_file = env / "cards" / "baoji.json"
+    code, output = _run("card", "issue", "--type", "ordinary", "--issuer-id", BAOJI, "--out", str(out_file))
+    assert code == 1 and "E_UNKNOWN_ISSUER" in output and "issuer add" in output and not out_file.exists()
+    code, output = _run(
+        "issuer", "add", "--issuer-id", BAOJI.upper(), "--city", "baoji", "--city-code", "7210",
+        "--name", "Baoji Transit Card", "--own",
+    )  # fmt: skip
+    assert code == 0 and "ours" in output, output
+    code, output = _run("card", "issue", "--type", "ordinary", "--issuer-id", BAOJI, "--out", str(out_file))
+    assert code == 1 and "E_KEY_MISSING" in output and "keys init" in output
+    assert _run("keys", "init", "--issuer", BAOJI)[0] == 0
+    code, output = _run("card", "issue", "--type", "ordinary", "--issuer-id", BAOJI, "--out", str(out_file))
+    assert code == 0, output
+    image = CardImage.load(out_file)
+    assert image.public[:8].hex() == BAOJI and image.public[10:20].hex().startswith("7210")
+    code, output = _run("issuer", "list")
+    assert code == 0 and BAOJI in output and "7210" in output and "peer" in output  # Xi'an is a peer here
+
+
+def test_issuer_add_refuses_bad_and_conflicting_details(env: Path) -> None:
+    code, output = _run("issuer", "add", "--issuer-id", BAOJI, "--city", "baoji", "--city-code", "72", "--name", "B")
+    assert code == 1 and "E_BAD_ISSUER" in output and "city code" in output
+    assert _run("issuer", "add", "--issuer-id", BAOJI, "--city", "baoji", "--name", "Baoji")[0] == 0  # a peer
+    code, output = _run("issuer", "add", "--issuer-id", BAOJI, "--city", "baoji", "--name", "Baoji")
+    assert code == 0  # the same again: nothing to do
+    code, output = _run("issuer", "add", "--issuer-id", BAOJI, "--city", "baoji", "--name", "Baoji", "--own")
+    assert code == 1 and "E_ISSUER_EXISTS" in output
+
+
+def test_configured_as_xian_init_and_card_issue_make_xian_cards(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YIKATONG_CITY", "xian")
+    get_settings.cache_clear()
+    assert _run("init")[0] == 0
+    out_file = env / "xian.json"
+    code, output = _run("card", "issue", "--type", "ordinary", "--out", str(out_file))
+    assert code == 0, output
+    image = CardImage.load(out_file)
+    assert image.public[:8].hex() == "01007100ffffffff" and image.public[10:20].hex().startswith("7100")
+    code, output = _run("card", "issue", "--type", "ordinary", "--issuer-id", "xianyang", "--out", str(env / "x.json"))
+    assert code == 1 and "E_NOT_OUR_ISSUER" in output

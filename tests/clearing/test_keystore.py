@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,7 +117,7 @@ def test_card_key_cache_hits_and_stays_bounded(tmp_path: Path) -> None:
     assert (ks.cache_hits, ks.cache_misses) == (1, 1)
     for n in range(2, 8):
         ks.dtk(XY, ASN[:-1] + bytes([n]), 1)
-    assert len(ks._cache) == 3
+    assert ks._masters.cache_len() == 3
     assert ks.dtk(XY, ASN, 1) == first  # evicted, derived again, same value
     assert ks.cache_misses == 8
 
@@ -194,6 +197,33 @@ def test_dev_kek_file_is_created_0600_and_a_readable_one_is_refused(tmp_path: Pa
         load_or_create_dev_kek(ks_path)
 
 
+def test_processes_creating_the_dev_kek_at_once_all_get_the_same_one(tmp_path: Path) -> None:
+    ks_path = tmp_path / "var" / "keystore.json"
+    script = (
+        "import sys, time; from pathlib import Path; from clearing.keystore import load_or_create_dev_kek\n"
+        "while not Path(sys.argv[2]).exists(): time.sleep(0.001)\n"
+        "print(load_or_create_dev_kek(Path(sys.argv[1])).hex())\n"
+    )
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(ks_path), str(go)],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    time.sleep(1.0)
+    go.touch()
+    results = [proc.communicate(timeout=60) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err for _out, err in results]
+    keks = {out.strip() for out, _err in results}
+    assert keks == {load_or_create_dev_kek(ks_path).hex()}
+    assert [p.name for p in ks_path.parent.iterdir()] == ["keystore.json.kek"]  # no temporary files left
+
+
 def test_master_keys_never_appear_in_logs_output_repr_or_errors(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -218,3 +248,85 @@ def test_master_keys_never_appear_in_logs_output_repr_or_errors(
         for key in _masters(ks, XY, version).values():
             assert key.hex() not in blob
     assert keys.dtk.hex() not in blob  # diversified card keys are not shown either
+
+
+def test_a_stale_store_object_keeps_what_another_one_wrote(tmp_path: Path) -> None:
+    """Each change re-reads the file under the lock: an object loaded earlier does not write its old view back."""
+    first = KeyStore.open(tmp_path / "ks.json", KEK)
+    second = KeyStore.open(tmp_path / "ks.json", KEK)  # loaded before first's writes
+    first.init(["xianyang"])
+    second.init(["xian"])
+    assert first.rotate(XY) == 2
+    assert second.rotate(XY) == 3  # not a second version 2
+    again = KeyStore.open(tmp_path / "ks.json", KEK)
+    assert again.issuers() == sorted([XY, ISSUER_XIAN.hex()])
+    assert again.versions(XY) == [1, 2, 3]
+    assert again.ca_certificate(ISSUER_XIAN) is not None and again.ca_certificate(XY) is not None
+    assert stat.S_IMODE((tmp_path / "ks.json.lock").stat().st_mode) == 0o600
+
+
+# One racer per process: waits for the start file, then runs its operation ``n`` times, opening
+# the store afresh each time as a CLI invocation does (load, change, replace the file).
+_RACER = """
+import sys, time
+from pathlib import Path
+from clearing.keystore import KeyStore
+
+path, kek, op, arg, n, go = sys.argv[1:]
+while not Path(go).exists():
+    time.sleep(0.001)
+for i in range(int(n)):
+    store = KeyStore.open(path, bytes.fromhex(kek))
+    if op == "rotate":
+        store.rotate(arg)
+    elif op == "init":
+        store.init([f"{arg}{i:04x}"])
+    elif op == "import":
+        entry = {"issuer_id": f"{arg}{i:04x}", "alg_id": 0, "key_version": 1, "mpk": f"{i:02x}" * 16}
+        store.import_ceremony({"issuers": [entry]})
+    else:
+        raise SystemExit(f"unknown op {op}")
+"""
+
+
+def test_processes_changing_the_store_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ks.json"
+    KeyStore.open(path, KEK).init(["xianyang", "xian", "0100720fffffff00"])
+    go = tmp_path / "go"
+    n = 12
+    racers = [
+        ("rotate", XY),  # two issuers rotated side by side ...
+        ("rotate", ISSUER_XIAN.hex()),
+        ("rotate", "0100720fffffff00"),  # ... and one issuer rotated by two processes
+        ("rotate", "0100720fffffff00"),
+        ("init", "0100aaaaffff"),  # new issuers with keys and a CA
+        ("import", "0100bbbbffff"),  # ceremony imports, each with a new CA
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(path), KEK.hex(), op, arg, str(n), str(go)],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for op, arg in racers
+    ]
+    time.sleep(1.0)  # let every racer import and wait at the start line
+    go.touch()
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+
+    store = KeyStore.open(path, KEK)
+    assert store.versions(XY) == list(range(1, n + 2))
+    assert store.versions(ISSUER_XIAN) == list(range(1, n + 2))
+    assert store.versions("0100720fffffff00") == list(range(1, 2 * n + 2))
+    created = [f"0100aaaaffff{i:04x}" for i in range(n)] + [f"0100bbbbffff{i:04x}" for i in range(n)]
+    assert set(created) <= set(store.issuers())
+    cas = read_ca_certificates(path)
+    assert all(issuer in cas for issuer in created)
+    # and every version written by any racer still decrypts
+    for issuer in store.issuers():
+        for version in store.versions(issuer):
+            store.dpk(issuer, ASN, version)

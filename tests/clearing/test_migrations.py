@@ -140,3 +140,50 @@ INSERT INTO accounts (id, ledger, code, owner_ref, flags, debits_pending, debits
                       credits_posted, created_at)
 VALUES (1, 156, 1, 'a', 0, 0, 0, 0, 5, '2026-01-01'), (2, 156, 1, 'b', 0, 0, 5, 0, 0, '2026-01-01');
 """
+
+
+_SEED_ISSUERS_0004 = (
+    "INSERT INTO issuers (issuer_id, city, name, own, created_at) VALUES"
+    " ('01007120ffffffff', 'xianyang', 'Xianyang Yikatong', true, '2026-01-01'),"
+    " ('01007100ffffffff', 'xian', 'Xi''an Chang''an Tong', false, '2026-01-01')"
+)
+
+
+def _check_0005_backfills_city_codes(engine: Engine, upgrade: Any, downgrade: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(_SEED_ISSUERS_0004))
+    upgrade()
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT issuer_id, city_code FROM issuers ORDER BY issuer_id")).all()
+        assert rows == [("01007100ffffffff", "7100"), ("01007120ffffffff", "7120")]
+    names = {c["name"] for c in inspect(engine).get_check_constraints("issuers")}
+    assert names == {"ck_issuers_issuer_id_len", "ck_issuers_city_code_len"}  # as the model names them
+    downgrade()
+    assert "city_code" not in {c["name"] for c in inspect(engine).get_columns("issuers")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM issuers")).scalar_one() == 2
+
+
+def test_sqlite_0005_gives_existing_issuers_the_city_code_in_their_id(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    db.upgrade(url, "0004")
+    engine = db.make_engine(url)
+    try:
+        _check_0005_backfills_city_codes(engine, lambda: db.upgrade(url), lambda: db.downgrade(url, "0004"))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_0005_gives_existing_issuers_the_city_code_in_their_id(pg_url: str) -> None:
+    with db.isolated_schema(pg_url, prefix="t_mig5_") as schema:
+        db.upgrade(pg_url, revision="0004", schema=schema)
+        engine = db.make_engine(pg_url, schema=schema)
+        try:
+            _check_0005_backfills_city_codes(
+                engine,
+                lambda: db.upgrade(pg_url, schema=schema),
+                lambda: db.downgrade(pg_url, "0004", schema=schema),
+            )
+        finally:
+            engine.dispose()

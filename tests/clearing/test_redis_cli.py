@@ -31,9 +31,21 @@ def test_clear_without_redis_says_there_is_nothing_to_do(monkeypatch: pytest.Mon
     assert "nothing to do" in result.output and "synchronously" in result.output
 
 
-def test_clear_refuses_a_silly_worker_count() -> None:
-    result = CliRunner().invoke(_app(), ["clear", "--workers", "0"])
-    assert result.exit_code != 0
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--workers", "0"], "greater than or equal to 1"),
+        (["--workers", "65"], "less than or equal to 64"),
+        (["--workers", "two"], "integer"),
+        (["--claim-idle-s", "0.5"], "greater than or equal to 1"),
+    ],
+)
+def test_clear_refuses_a_silly_worker_count(args: list[str], why: str) -> None:
+    result = CliRunner().invoke(_app(), ["clear", *args])
+    assert result.exit_code == 2, result.output  # click's usage error, before anything starts
+    said = " ".join(result.output.replace("│", " ").split())  # the rich error box, unwrapped
+    assert f"Invalid value for '{args[0]}'" in said and why in said, result.output
+    assert "clearing with" not in said  # refused before a worker was spawned
 
 
 def test_serve_assembles_the_clearing_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -21,7 +21,12 @@ def issue(
     card_type: Annotated[str, typer.Option("--type", help="Card type: ordinary, student, senior or social-security.")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the card image (JSON).")],
     issuer_id: Annotated[
-        str | None, typer.Option("--issuer-id", help="Issuer id (16 hex chars or city name); default: our city.")
+        str | None,
+        typer.Option(
+            "--issuer-id",
+            help="Issuer id (16 hex chars, or xianyang/xian), registered as ours (`issuer add --own`); "
+            "default: YIKATONG_CITY's issuer.",
+        ),
     ] = None,
     asn: Annotated[
         str | None, typer.Option("--asn", help="Card ASN (20 hex digits); default: the next free one.")
@@ -37,6 +42,9 @@ def issue(
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
 ) -> None:
     """Personalise a card from the key store, register it with its ledger account, write its image.
+
+    The issuer must be registered as ours (`yikatong init` for the built-in cities, `yikatong
+    issuer add --own` for others) and its keys must be in the key store.
 
     With --balance-fen the value sold with the card is posted from the issuer float to
     the card's stored-value liability (transfer id issue:<asn>).

@@ -2,6 +2,13 @@
 
 Without ``YIKATONG_REDIS_URL`` there is no queue: ``yikatong serve`` clears every upload in
 the request that brought it, so this command says so and exits 0.
+
+With it, the command prints ``clearing with N worker(s) …`` once SIGTERM/SIGINT are
+handled (from that line on, a stop is a clean stop), ``N worker(s) ready`` once every
+worker consumes the stream, and ``stopped`` when every worker ended cleanly after a stop.
+A SIGTERM or Ctrl-C lets each worker finish the batch it is clearing (entries it has not
+started stay pending for another worker) and exits 0. A worker that failed (its log says
+why) makes it print ``error: E_INTERNAL: …`` on stderr and exit 1.
 """
 
 from __future__ import annotations
@@ -30,7 +37,17 @@ def clear(
             "each upload synchronously in the request."
         )
         raise typer.Exit(code=0)
+    from clearing.contract.codes import Code
     from clearing.worker import run_workers
 
-    typer.echo(f"clearing with {workers} worker(s) on {settings.redis_url}; Ctrl-C to stop")
-    raise typer.Exit(code=run_workers(settings, workers, claim_idle_ms=int(claim_idle_s * 1000)))
+    code = run_workers(
+        settings,
+        workers,
+        claim_idle_ms=int(claim_idle_s * 1000),
+        on_start=lambda: typer.echo(f"clearing with {workers} worker(s) on {settings.redis_url}; Ctrl-C to stop"),
+        on_ready=lambda: typer.echo(f"{workers} worker(s) ready"),
+    )
+    if code != 0:
+        typer.echo(f"error: {Code.E_INTERNAL.value}: a clearing worker failed; its log is above", err=True)
+        raise typer.Exit(code=1)
+    typer.echo("stopped")

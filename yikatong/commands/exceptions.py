@@ -1,4 +1,9 @@
-"""``yikatong exceptions``: list, accept and write off queued records (each decision is a new transfer)."""
+"""``yikatong exceptions``: the queue of rejected and suspect records, and their decisions.
+
+Every listing shows, per item, its age in business days, its amount, what the ledger already
+holds for it and what each decision would do; ``accept`` and ``write-off`` say it again and
+ask before they do it (``--yes`` skips the question). ``docs/clearing.md`` has the table.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +14,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from yikatong.commands.init import cli_errors, open_database, out
+from yikatong.commands.init import cli_errors, fail, open_database, out
 
 app = typer.Typer(help="The exception queue: rejected and suspect records awaiting a decision.", no_args_is_help=True)
 
 
-@app.command("list")
-def list_command(
-    state: Annotated[str, typer.Option("--state", help="open, accepted, written_off or all.")] = "open",
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many items.")] = 100,
-) -> None:
-    """List queued records, oldest first."""
-    from clearing.exceptions_queue import list_items
-
-    with cli_errors():
-        factory = open_database()
-        with factory() as session:
-            items = list_items(session, state=None if state == "all" else state, limit=limit)
-    if not items:
-        out.print(f"no {state} exceptions")
-        return
-    table = Table(title=f"exceptions ({state})")
-    for column in ("id", "code", "terminal", "seq", "card", "amount (fen)", "state", "created", "decision"):
-        table.add_column(column)
-    for i in items:
-        table.add_row(
-            str(i.id), i.code, i.terminal_id or "", "" if i.terminal_seq is None else str(i.terminal_seq),
-            i.card_asn or "", "" if i.amount_fen is None else str(i.amount_fen), i.state,
-            i.created_at.isoformat()[:19], i.decision_transfer_id or "",
-        )  # fmt: skip
-    out.print(table)
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _decider() -> str:
@@ -48,20 +30,135 @@ def _decider() -> str:
         return "unknown"
 
 
+def _days() -> object:
+    from clearing.business_day import clock_from_settings
+    from yikatong.settings import get_settings
+
+    return clock_from_settings(get_settings())
+
+
+@app.command("list")
+def list_command(
+    state: Annotated[str, typer.Option("--state", help="open, accepted, written_off, resolved or all.")] = "open",
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many items.")] = 100,
+    gap_age_days: Annotated[
+        int | None,
+        typer.Option(
+            "--gap-age-days",
+            min=0,
+            help="List open counter gaps only from this age in business days (default: the setting, 3; 0: all).",
+        ),
+    ] = None,
+) -> None:
+    """List queued records, oldest first, with what already moved and what each decision would do."""
+    from clearing.business_day import BusinessDayClock
+    from clearing.exceptions_queue import list_items, open_counts, view
+    from yikatong.settings import get_settings
+
+    days = _days()
+    assert isinstance(days, BusinessDayClock)
+    age = get_settings().gap_age_days if gap_age_days is None else gap_age_days
+    now = _now()
+    with cli_errors():
+        factory = open_database()
+        with factory() as session:
+            items = list_items(
+                session, state=None if state == "all" else state, limit=limit, now=now, gap_age_days=age, days=days
+            )
+            views = [view(session, i, now, days) for i in items]
+            counts = open_counts(session)
+    if not views:
+        out.print(
+            f"no {state} exceptions" + (f" (open gaps younger than {age} business days not listed)" if age else "")
+        )
+    else:
+        table = Table(title=f"exceptions ({state})", show_lines=True)
+        for column in ("id", "code", "age (days)", "card / terminal·seq", "amount (fen)", "already moved",
+                       "accept would", "write-off would", "state"):  # fmt: skip
+            table.add_column(column)
+        for v in views:
+            i = v.item
+            where = f"{i.card_asn or '-'}\n{i.terminal_id or '-'}·{'' if i.terminal_seq is None else i.terminal_seq}"
+            decided = i.state if i.state == "open" else f"{i.state}\n{i.decision_transfer_id or 'no transfer'}"
+            table.add_row(
+                str(i.id), i.code, str(v.age_days), where, str(v.amount_fen), v.moved,
+                v.accept.sentence if v.accept.allowed else f"[red]{v.accept.sentence}[/]", v.write_off.sentence,
+                decided,
+            )  # fmt: skip
+        out.print(table)
+    if counts:
+        out.print("open per code: " + ", ".join(f"{code} {n}" for code, n in sorted(counts.items())))
+
+
+def _show(item_id: int) -> tuple[object, object]:
+    from clearing.business_day import BusinessDayClock
+    from clearing.errors import ClearingError
+    from clearing.exceptions_queue import view
+    from clearing.models import ExceptionItem
+
+    days = _days()
+    assert isinstance(days, BusinessDayClock)
+    factory = open_database()
+    with factory() as session:
+        item = session.get(ExceptionItem, item_id)
+        if item is None:
+            from clearing.contract.codes import Code
+
+            raise ClearingError(Code.E_NO_SUCH_EXCEPTION, f"no exception item {item_id}")
+        seen = view(session, item, _now(), days)
+        session.expunge_all()
+    return item, seen
+
+
+@app.command("show")
+def show_command(item_id: Annotated[int, typer.Argument(help="Exception item id.")]) -> None:
+    """Show one item: its message, age, amount, what moved, and what each decision would do."""
+    from clearing.exceptions_queue import ItemView
+
+    with cli_errors():
+        _, seen = _show(item_id)
+    assert isinstance(seen, ItemView)
+    i = seen.item
+    out.print(f"exception {i.id}: {i.code} ({seen.kind.value}), {i.state}, {seen.age_days} business days old")
+    out.print(f"  {i.message}")
+    out.print(f"  amount: {seen.amount_fen} fen; already moved: {seen.moved}")
+    out.print(f"  accept would: {seen.accept.sentence}")
+    out.print(f"  write-off would: {seen.write_off.sentence}")
+    if i.state != "open":
+        out.print(
+            f"  decided by {i.decided_by} at {i.decided_at}: {i.note or ''} ({i.decision_transfer_id or 'no transfer'})"
+        )
+
+
+def _confirm(sentence: str, yes: bool) -> None:
+    out.print(sentence)
+    if not yes and not typer.confirm("go ahead?", default=False):
+        fail("E_ABORTED: nothing was decided")
+
+
 @app.command("accept")
 def accept_command(
     item_id: Annotated[int, typer.Argument(help="Exception item id.")],
     note: Annotated[str | None, typer.Option("--note", help="Why it is accepted.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deciding.")] = False,
 ) -> None:
-    """Accept a record: post it as the tap it is (card → operator payable, id tap:<terminal>:<seq>)."""
-    from clearing.exceptions_queue import accept
+    """Accept a record: what that moves depends on what the ledger already holds (see `exceptions show`)."""
+    from clearing.business_day import BusinessDayClock
+    from clearing.exceptions_queue import ItemView, accept
+    from yikatong.commands.init import open_keystore
 
     with cli_errors():
+        _, seen = _show(item_id)
+        assert isinstance(seen, ItemView)
+        _confirm(f"accept {item_id} ({seen.item.code}): {seen.accept.sentence}", yes)
+        keystore = open_keystore()
+        days = _days()
+        assert isinstance(days, BusinessDayClock)
         factory = open_database()
         with factory() as session, session.begin():
-            item = accept(session, item_id, now=dt.datetime.now(dt.UTC), note=note, decided_by=_decider())
+            item = accept(session, keystore, item_id, now=_now(), note=note, decided_by=_decider(), days=days)
             transfer = item.decision_transfer_id
-    out.print(f"exception {item_id} accepted" + (f"; posted transfer {transfer}" if transfer else "; nothing to post"))
+    out.print(f"exception {item_id} accepted" + (f"; posted transfer {transfer}" if transfer else "; nothing moved"))
 
 
 @app.command("write-off")
@@ -70,18 +167,30 @@ def write_off_command(
     note: Annotated[str, typer.Option("--note", help="Why it is written off (required).")],
     amount_fen: Annotated[
         int | None,
-        typer.Option("--amount-fen", min=0, help="Card value to release (default: the record's amount; 0: none)."),
+        typer.Option(
+            "--amount-fen",
+            min=0,
+            help="Posted record: fen to withhold from the operator (default 0). Held record: card value to "
+            "release (default the record's amount). Others: 0 only.",
+        ),
     ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deciding.")] = False,
 ) -> None:
-    """Write a record off: release card value to write-off income (or close it with --amount-fen 0)."""
-    from clearing.exceptions_queue import write_off
+    """Write a record off: what that moves depends on what the ledger already holds (see `exceptions show`)."""
+    from clearing.exceptions_queue import ItemView, write_off
 
     with cli_errors():
+        _, seen = _show(item_id)
+        assert isinstance(seen, ItemView)
+        amount = "" if amount_fen is None else f" with --amount-fen {amount_fen}"
+        _confirm(f"write off {item_id} ({seen.item.code}){amount}: {seen.write_off.sentence}", yes)
         factory = open_database()
         with factory() as session, session.begin():
             item = write_off(
-                session, item_id, now=dt.datetime.now(dt.UTC), note=note, amount_fen=amount_fen,
-                decided_by=_decider(),
+                session, item_id, now=_now(), note=note, amount_fen=amount_fen, decided_by=_decider()
             )  # fmt: skip
-            transfer = item.decision_transfer_id
-    out.print(f"exception {item_id} written off" + (f"; posted transfer {transfer}" if transfer else "; no transfer"))
+            transfer, moved = item.decision_transfer_id, item.decision_amount_fen
+    out.print(
+        f"exception {item_id} written off"
+        + (f"; posted transfer {transfer} ({moved} fen)" if transfer else "; nothing moved")
+    )

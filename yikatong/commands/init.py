@@ -69,13 +69,14 @@ def init(
         typer.Option("--issuer", help="Issuer (city name or 16 hex chars) whose keys to create if missing."),
     ] = None,
 ) -> None:
-    """Migrate the database to the newest schema and create issuer keys that are missing.
+    """Migrate the database to the newest schema, create issuer keys that are missing, and
+    register the built-in issuers (ours: YIKATONG_CITY's).
 
     Safe to run again: existing keys are never touched, and a database already at head is
     left as it is. Without --issuer, the configured city's issuer is used.
     """
     from clearing.keystore import KeyStore, issuer_bytes
-    from clearing.registry import ensure_issuers
+    from clearing.registry import ensure_issuers, get_issuer
     from yikatong.settings import get_settings
 
     settings = get_settings()
@@ -92,7 +93,13 @@ def init(
             out.print("issuer keys already present; nothing generated")
         with factory() as session, session.begin():
             ensure_issuers(session, own_city=settings.city)
+            unregistered = [i for i in wanted if get_issuer(session, i) is None]
         out.print(f"key store: {store.path}")
+        for issuer_hex in unregistered:
+            out.print(
+                f"issuer {issuer_hex} has keys but is not registered; to issue its cards run "
+                f"`yikatong issuer add --issuer-id {issuer_hex} --city NAME --name TEXT --own`"
+            )
 
 
 def _redacted(url: str) -> str:
