@@ -148,14 +148,15 @@ DtkLookup = Callable[[str, str, int], bytes | None]
 
 def keystore_dtk(keystore: object) -> DtkLookup:
     """A ``DtkLookup`` over ``clearing.keystore.KeyStore.dtk``: None for an unknown issuer or version."""
-    from clearing.keystore import KeyStore, KeyStoreError
+    from clearing.errors import ClearingError
+    from clearing.keystore import KeyStore
 
     assert isinstance(keystore, KeyStore)
 
     def lookup(issuer_id: str, card_asn: str, key_version: int) -> bytes | None:
         try:
             return keystore.dtk(issuer_id, card_asn, key_version)
-        except KeyStoreError:
+        except ClearingError:
             return None
 
     return lookup

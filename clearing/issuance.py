@@ -38,7 +38,9 @@ from cardos.personalise import AuthMaterial, personalise
 from cardos.profile import PURSE_MAX_FEN, CardType
 from cardos.records import SHANGHAI_TZ, ManagementInfo, PublicInfo
 from clearing import accounts
+from clearing.contract.codes import Code
 from clearing.db import bump_counter
+from clearing.errors import ClearingError
 from clearing.keystore import KeyStore, issuer_bytes
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import Card, CardStatus, Issuer, TransferCode
@@ -54,13 +56,6 @@ _ASN_RE: Final = re.compile(r"^[0-9a-f]{20}$")
 _PIN_RE: Final = re.compile(r"^[0-9]{6}$")
 
 
-class IssuanceError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True, slots=True)
 class HolderInfo:
     """File 0x16 contents (``epurse-public-sources.md``, "SFI 0x16"; layout project-defined)."""
@@ -74,10 +69,10 @@ class HolderInfo:
         try:
             name = self.name.encode("gbk")
         except UnicodeEncodeError:
-            raise IssuanceError("E_BAD_HOLDER", "holder name is not representable in GBK") from None
+            raise ClearingError(Code.E_BAD_HOLDER, "holder name is not representable in GBK") from None
         id_number = self.id_number.encode("ascii", errors="strict") if self.id_number.isascii() else b""
         if len(name) > 20 or len(id_number) > 32 or not self.id_number.isascii():
-            raise IssuanceError("E_BAD_HOLDER", "holder name must fit 20 bytes (GBK) and id number 32 ASCII chars")
+            raise ClearingError(Code.E_BAD_HOLDER, "holder name must fit 20 bytes (GBK) and id number 32 ASCII chars")
         out = (
             bytes([0x01 if self.name else 0x00, 0x01 if self.staff else 0x00])
             + name.ljust(20, b"\x00")
@@ -93,21 +88,21 @@ def parse_card_type(text: str) -> CardType:
         return CardType(text.lower().replace("-", "_"))
     except ValueError:
         names = ", ".join(t.value.replace("_", "-") for t in CardType)
-        raise IssuanceError("E_BAD_CARD_TYPE", f"card type {text!r}: expected one of {names}") from None
+        raise ClearingError(Code.E_BAD_CARD_TYPE, f"card type {text!r}: expected one of {names}") from None
 
 
 def _own_issuer(session: Session, issuer_hex: str) -> Issuer:
     """The registry row of an issuer we issue cards for; refuses one not registered or not ours."""
     issuer = session.get(Issuer, issuer_hex)
     if issuer is None:
-        raise IssuanceError(
-            "E_UNKNOWN_ISSUER",
+        raise ClearingError(
+            Code.E_UNKNOWN_ISSUER,
             f"issuer {issuer_hex} is not registered; register it with `yikatong issuer add` "
             "(the built-in cities: `yikatong init`)",
         )
     if not issuer.own:
-        raise IssuanceError(
-            "E_NOT_OUR_ISSUER",
+        raise ClearingError(
+            Code.E_NOT_OUR_ISSUER,
             f"issuer {issuer_hex} ({issuer.city}) is registered as a peer issuer, not ours: we accept its cards "
             "but do not issue them",
         )
@@ -118,7 +113,7 @@ def allocate_asn(session: Session, issuer_hex: str) -> str:
     """The next free ASN of an issuer: its city code + 16-digit serial from a DB counter."""
     issuer = session.get(Issuer, issuer_hex)
     if issuer is None:
-        raise IssuanceError("E_UNKNOWN_ISSUER", f"issuer {issuer_hex} is not registered")
+        raise ClearingError(Code.E_UNKNOWN_ISSUER, f"issuer {issuer_hex} is not registered")
     prefix = issuer.city_code.lower()
     for _ in range(1000):
         serial = bump_counter(session, f"asn:{issuer_hex}")
@@ -126,7 +121,7 @@ def allocate_asn(session: Session, issuer_hex: str) -> str:
         assert len(asn) == 20
         if get_card(session, issuer_hex, asn) is None:
             return asn
-    raise IssuanceError("E_ASN_EXHAUSTED", f"no free ASN after 1000 tries for issuer {issuer_hex}")
+    raise ClearingError(Code.E_ASN_EXHAUSTED, f"no free ASN after 1000 tries for issuer {issuer_hex}")
 
 
 def _add_years(day: dt.date, years: int) -> dt.date:
@@ -166,18 +161,18 @@ def issue_card(
     random one, readable once from ``image.auth.pin``. Nothing is committed here.
     """
     if now.tzinfo is None:
-        raise IssuanceError("E_BAD_TIME", "now must be timezone-aware")
+        raise ClearingError(Code.E_BAD_TIME, "now must be timezone-aware")
     issuer_hex = issuer_bytes(issuer_id).hex()
     kind = card_type if isinstance(card_type, CardType) else parse_card_type(card_type)
     if not 0 <= balance_fen <= PURSE_MAX_FEN:
-        raise IssuanceError("E_BAD_BALANCE", f"opening balance {balance_fen} fen outside 0..{PURSE_MAX_FEN}")
+        raise ClearingError(Code.E_BAD_BALANCE, f"opening balance {balance_fen} fen outside 0..{PURSE_MAX_FEN}")
     if pin is not None and not _PIN_RE.match(pin):
-        raise IssuanceError("E_BAD_PIN", "the PIN must be 6 digits")
+        raise ClearingError(Code.E_BAD_PIN, "the PIN must be 6 digits")
 
     issuer = _own_issuer(session, issuer_hex)
     if not keystore.has_issuer(issuer_hex):
-        raise IssuanceError(
-            "E_KEY_MISSING",
+        raise ClearingError(
+            Code.E_KEY_MISSING,
             f"issuer {issuer_hex} ({issuer.city}) is ours but the key store holds no keys for it; "
             f"run `yikatong keys init --issuer {issuer_hex}` or `yikatong keys import`",
         )
@@ -186,9 +181,9 @@ def issue_card(
         asn = allocate_asn(session, issuer_hex)
     asn = asn.lower()
     if not _ASN_RE.match(asn):
-        raise IssuanceError("E_BAD_ASN", "the ASN must be 20 hex digits (10 bytes)")
+        raise ClearingError(Code.E_BAD_ASN, "the ASN must be 20 hex digits (10 bytes)")
     if get_card(session, issuer_hex, asn) is not None:
-        raise IssuanceError("E_CARD_EXISTS", f"card {asn} of issuer {issuer_hex} is already registered")
+        raise ClearingError(Code.E_CARD_EXISTS, f"card {asn} of issuer {issuer_hex} is already registered")
 
     key_version = keystore.current_version(issuer_hex)
     keys = keystore.card_keys(issuer_hex, asn, key_version)
@@ -253,8 +248,8 @@ def issue_card(
 
 
 __all__ = [
+    "ClearingError",
     "HolderInfo",
-    "IssuanceError",
     "allocate_asn",
     "issue_card",
     "make_auth_material",

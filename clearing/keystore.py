@@ -35,7 +35,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cardos.crypto import ALG_3DES
 from cardos.image import CardKeys
-from clearing.keys.common import KeyStoreError, issuer_bytes
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
+from clearing.keys.common import issuer_bytes
 from clearing.keys.issuer_ca import CARD_CERT_VALIDITY_DAYS, IssuerCA, read_ca_certificates
 from clearing.keys.kek import Kek, dev_kek_path, kek_from_settings, load_or_create_dev_kek, parse_kek
 from clearing.keys.master_keys import CACHE_SIZE_DEFAULT, KEY_NAMES, MasterKeys, VersionInfo, parse_ceremony
@@ -125,12 +127,12 @@ class KeyStore:
         """
         wanted = list(dict.fromkeys(issuer_bytes(i).hex() for i in issuers))
         if not wanted:
-            raise KeyStoreError("E_NO_ISSUERS", "name at least one issuer")
+            raise ClearingError(Code.E_NO_ISSUERS, "name at least one issuer")
         with self._changing():
             existing = [i for i in wanted if self._masters.has_issuer(i)]
             if existing:
-                raise KeyStoreError(
-                    "E_KEYS_EXIST", f"issuer(s) {', '.join(existing)} already have keys; use `keys rotate`"
+                raise ClearingError(
+                    Code.E_KEYS_EXIST, f"issuer(s) {', '.join(existing)} already have keys; use `keys rotate`"
                 )
             for issuer_hex in wanted:
                 self._masters.create(issuer_hex, alg_id=alg_id, key_version=key_version)
@@ -237,8 +239,8 @@ class KeyStore:
 
 __all__ = [
     "KEY_NAMES",
+    "ClearingError",
     "KeyStore",
-    "KeyStoreError",
     "VersionInfo",
     "dev_kek_path",
     "issuer_bytes",

@@ -57,7 +57,7 @@ from clearing.contract import (
 )
 from clearing.contract.codes import Code
 from clearing.errors import ClearingError
-from clearing.keystore import KeyStore, KeyStoreError
+from clearing.keystore import KeyStore
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import (
     Card,
@@ -184,7 +184,7 @@ def _card_key(keystore: KeyStore, which: str, issuer_id: str, asn: str, key_vers
         return (
             keystore.dlk(issuer_id, asn, key_version) if which == "dlk" else keystore.dtk(issuer_id, asn, key_version)
         )
-    except KeyStoreError as exc:
+    except ClearingError as exc:
         raise _conflict(Code.E_UNKNOWN_KEY, f"no key version {key_version} for issuer {issuer_id}") from exc
 
 

@@ -36,6 +36,7 @@ class Entry:
     entry_id: str
     terminal_id: str
     batch_seq: int
+    deliveries: int = 1  # how many times the group has handed this entry out, this time included
 
 
 def _text(value: Any) -> str:
@@ -52,6 +53,7 @@ class RedisBus:
         self.client = client
         self.prefix = prefix
         self.stream = self.key("ingest")
+        self.dead_letters = self.key("ingest", "dead")
         self.group = self.key(GROUP)
 
     def key(self, *parts: object) -> str:
@@ -98,11 +100,27 @@ class RedisBus:
         return entries
 
     def claim_stale(self, consumer: str, *, idle_ms: int, count: int = 4) -> list[Entry]:
-        """Entries of dead consumers, idle longer than ``idle_ms``, now this consumer's."""
-        reply = self.client.xautoclaim(
-            self.stream, self.group, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
-        )
-        return self._entries(reply[1])
+        """Entries of dead consumers, idle longer than ``idle_ms``, now this consumer's, with
+        how often each has been handed out (so a batch that kills every worker that takes it
+        can be set aside, ``dead_letter``)."""
+        stale = self.client.xpending_range(self.stream, self.group, min="-", max="+", count=count, idle=idle_ms)
+        if not stale:
+            return []
+        deliveries = {_text(p["message_id"]): int(p["times_delivered"]) + 1 for p in stale}
+        claimed = self.client.xclaim(self.stream, self.group, consumer, idle_ms, list(deliveries))
+        return [
+            Entry(e.entry_id, e.terminal_id, e.batch_seq, deliveries.get(e.entry_id, 1)) for e in self._entries(claimed)
+        ]
+
+    def dead_letter(self, entry: Entry, reason: str) -> str:
+        """Move an entry that keeps failing to the dead-letter stream ``<prefix>:ingest:dead``."""
+        fields = {
+            "terminal_id": entry.terminal_id, "batch_seq": str(entry.batch_seq), "entry_id": entry.entry_id,
+            "deliveries": str(entry.deliveries), "reason": reason[:500],
+        }  # fmt: skip
+        dead_id = _text(self.client.xadd(self.dead_letters, fields, maxlen=STREAM_MAXLEN))  # type: ignore[arg-type]
+        self.ack(entry.entry_id)
+        return dead_id
 
     def ack(self, entry_id: str) -> None:
         self.client.xack(self.stream, self.group, entry_id)

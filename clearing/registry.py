@@ -29,6 +29,8 @@ from sqlalchemy.orm import Session
 
 from cardos.profile import CITY_CODES, ISSUERS
 from clearing import accounts
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 from clearing.models import Card, Issuer, Operator, Terminal
 
 SCRYPT_N: Final = 2**14
@@ -45,13 +47,6 @@ _CITY_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")
 _CITY_CODE_RE: Final = re.compile(r"^[0-9a-f]{4}$")
 
 ISSUER_NAMES: Final = {"xianyang": "Xianyang Yikatong", "xian": "Xi'an Chang'an Tong"}
-
-
-class RegistryError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 # --- issuers ------------------------------------------------------------------------------
@@ -94,25 +89,25 @@ def register_issuer(
     """
     issuer_id = issuer_id.strip().lower()
     if not _ISSUER_ID_RE.fullmatch(issuer_id):
-        raise RegistryError("E_BAD_ISSUER", "issuer id must be 16 hex chars (file 0x15 bytes 0-7)")
+        raise ClearingError(Code.E_BAD_ISSUER, "issuer id must be 16 hex chars (file 0x15 bytes 0-7)")
     city = city.strip().lower()
     if not _CITY_RE.fullmatch(city):
-        raise RegistryError(
-            "E_BAD_ISSUER", "city must be 1-16 lower-case letters, digits, '_' or '-', starting with a letter"
+        raise ClearingError(
+            Code.E_BAD_ISSUER, "city must be 1-16 lower-case letters, digits, '_' or '-', starting with a letter"
         )
     name = name.strip()
     if not 0 < len(name) <= 64 or not name.isprintable():
-        raise RegistryError("E_BAD_ISSUER", "issuer name must be 1-64 printable characters")
+        raise ClearingError(Code.E_BAD_ISSUER, "issuer name must be 1-64 printable characters")
     code = (issuer_id[4:8] if city_code is None else city_code.strip()).lower()
     if not _CITY_CODE_RE.fullmatch(code):
-        raise RegistryError("E_BAD_ISSUER", "city code must be 4 hex digits (file 0x17's city code, the ASN prefix)")
+        raise ClearingError(Code.E_BAD_ISSUER, "city code must be 4 hex digits (file 0x17's city code, the ASN prefix)")
     wanted = {"city": city, "name": name, "city_code": code, "own": own}
     existing = session.get(Issuer, issuer_id)
     if existing is not None:
         differs = [field for field, value in wanted.items() if getattr(existing, field) != value]
         if differs:
-            raise RegistryError(
-                "E_ISSUER_EXISTS",
+            raise ClearingError(
+                Code.E_ISSUER_EXISTS,
                 f"issuer {issuer_id} is already registered with another {', '.join(differs)} "
                 f"({existing.city}, city code {existing.city_code}, {'own' if existing.own else 'peer'})",
             )
@@ -153,7 +148,7 @@ def ensure_operator(
 ) -> Operator:
     """The operator (created with its payable account if new)."""
     if not _OPERATOR_ID_RE.match(operator_id):
-        raise RegistryError("E_BAD_OPERATOR", "operator must be 1-64 letters, digits, space, '.', '_' or '-'")
+        raise ClearingError(Code.E_BAD_OPERATOR, "operator must be 1-64 letters, digits, space, '.', '_' or '-'")
     operator = session.get(Operator, operator_id)
     if operator is None:
         payable = accounts.operator_payable(session, operator_id)
@@ -178,15 +173,15 @@ def register_terminal(
     """
     terminal_id = terminal_id.lower()
     if not _TERMINAL_ID_RE.match(terminal_id):
-        raise RegistryError("E_BAD_TERMINAL_ID", "terminal id must be 12 hex chars (the PSAM terminal number)")
+        raise ClearingError(Code.E_BAD_TERMINAL_ID, "terminal id must be 12 hex chars (the PSAM terminal number)")
     if route is not None and not 0 < len(route) <= 64:
-        raise RegistryError("E_BAD_ROUTE", "route must be 1-64 characters")
+        raise ClearingError(Code.E_BAD_ROUTE, "route must be 1-64 characters")
     op = ensure_operator(session, operator)
     token, secret = new_token(terminal_id)
     existing = session.get(Terminal, terminal_id)
     if existing is not None:
         if not replace_token:
-            raise RegistryError("E_TERMINAL_EXISTS", f"terminal {terminal_id} is already registered")
+            raise ClearingError(Code.E_TERMINAL_EXISTS, f"terminal {terminal_id} is already registered")
         existing.token_hash = hash_token(secret)
         existing.operator_id = op.operator_id
         existing.payable_account_id = op.payable_account_id
@@ -320,7 +315,7 @@ def check_token(stored: str, token: str) -> bool:
 
 __all__ = [
     "TOKEN_SEPARATOR",
-    "RegistryError",
+    "ClearingError",
     "TokenCheck",
     "check_terminal_token",
     "check_token",

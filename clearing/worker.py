@@ -32,14 +32,16 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
+from clearing.contract.codes import Code
 from clearing.errors import ClearingError
 from clearing.ingest import (
     Ingestor,
     TacKeys,
+    clear_or_answer,
     decode_upload,
     make_ingestor,
-    prepare,
     queued_body,
+    store_unjudgeable,
     stored_answer,
 )
 from clearing.redis_bus import Entry, RedisBus
@@ -47,6 +49,7 @@ from clearing.validation import Limits
 
 log = logging.getLogger(__name__)
 
+DELIVERIES_MAX_DEFAULT: Final = 5  # an entry handed out this many times killed every worker: set it aside
 CLAIM_IDLE_MS_DEFAULT: Final = 30_000  # far above the time one batch takes, so live work is never stolen
 READ_BLOCK_MS: Final = 1_000
 READ_COUNT: Final = 4
@@ -80,6 +83,7 @@ class Worker:
     limits: Limits | None = None
     ingestor: Ingestor | None = None
     processed: int = 0
+    deliveries_max: int = DELIVERIES_MAX_DEFAULT
 
     def __post_init__(self) -> None:
         if self.ingestor is None:
@@ -87,21 +91,43 @@ class Worker:
         self.bus.ensure_group()
 
     def process(self, entry: Entry) -> None:
-        """Clear one referenced batch (or see it done already), then acknowledge the entry."""
+        """Clear one referenced batch (or see it done already), then acknowledge the entry.
+
+        A batch that cannot be judged gets its final answer (``clear_or_answer``); a store that
+        is down leaves the entry pending for later. An entry handed out ``deliveries_max``
+        times — it killed every worker that took it — is set aside (``dead_letter``).
+        """
         assert self.ingestor is not None
         body = queued_body(self.engine, entry.terminal_id, entry.batch_seq)
         if body is None:
             if stored_answer(self.engine, entry.terminal_id, entry.batch_seq) is None:
                 log.warning("entry %s: no batch %s/%s", entry.entry_id, entry.terminal_id, entry.batch_seq)
+        elif entry.deliveries > self.deliveries_max:
+            self.dead_letter(entry, body)
+            return
         else:
             try:
-                prepared = prepare(entry.terminal_id, decode_upload(body), self.keys)
-                self.ingestor.ingest(prepared)
-            except ClearingError as exc:  # cannot become clearable by retrying: say so and move on
+                batch = decode_upload(body)
+                clear_or_answer(self.ingestor, self.engine, entry.terminal_id, batch, body, self.keys)
+            except ClearingError as exc:
+                if exc.code is Code.E_UNAVAILABLE:
+                    raise  # the store is down: leave the entry pending
                 log.error("batch %s/%s refused: %s", entry.terminal_id, entry.batch_seq, exc)
             self.processed += 1
         self.bus.notify_done(entry.terminal_id, entry.batch_seq)
         self.bus.ack(entry.entry_id)
+
+    def dead_letter(self, entry: Entry, body: bytes) -> None:
+        """An entry that failed ``deliveries_max`` times: its batch gets a final answer and an
+        exception item, the entry moves to the dead-letter stream, and the terminal moves on."""
+        reason = f"handed out {entry.deliveries} times without being cleared (a worker died on it each time)"
+        log.error("batch %s/%s: %s; dead-lettered", entry.terminal_id, entry.batch_seq, reason)
+        try:
+            store_unjudgeable(self.engine, entry.terminal_id, decode_upload(body), body, RuntimeError(reason))
+        except ClearingError as exc:
+            log.error("batch %s/%s: no final answer stored (%s)", entry.terminal_id, entry.batch_seq, exc)
+        self.bus.dead_letter(entry, reason)
+        self.bus.notify_done(entry.terminal_id, entry.batch_seq)
 
     def run_once(self, block_ms: int = READ_BLOCK_MS, stop: Callable[[], bool] | None = None) -> int:
         """One round: stale entries first, then new ones. Returns how many entries were handled.
@@ -173,8 +199,10 @@ def worker_main(settings: Any, index: int, claim_idle_ms: int = CLAIM_IDLE_MS_DE
 
 def _work(settings: Any, index: int, claim_idle_ms: int, ready: Any, stopping: StopFlag) -> None:
     from clearing import db
+    from clearing.business_day import clock_from_settings
     from clearing.ingest import keystore_dtk
     from clearing.keystore import KeyStore
+    from clearing.refunds import tariff_refunds
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
     if stopping():
@@ -186,7 +214,10 @@ def _work(settings: Any, index: int, claim_idle_ms: int, ready: Any, stopping: S
     assert settings.redis_url, "workers need Redis"
     bus = RedisBus.from_url(settings.redis_url, prefix=settings.redis_prefix)
     try:
-        worker = Worker(engine, bus, keys, consumer_name(index), claim_idle_ms=claim_idle_ms)
+        ingestor = make_ingestor(
+            engine, refund_pricer=tariff_refunds(getattr(settings, "tariffs", None)), days=clock_from_settings(settings)
+        )
+        worker = Worker(engine, bus, keys, consumer_name(index), claim_idle_ms=claim_idle_ms, ingestor=ingestor)
         tune_gc()
         log.info("clearing worker %s consuming %s", worker.name, bus.stream)
         if ready is not None:

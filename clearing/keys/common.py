@@ -6,18 +6,11 @@ import datetime as dt
 from typing import Final
 
 from cardos.profile import ISSUERS
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 
 FORMAT: Final = "yikatong-keystore"
 FORMAT_VERSION: Final = 1
-
-
-class KeyStoreError(Exception):
-    """A key store operation failed: a stable ``code`` and a sentence that never holds key material."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 def issuer_bytes(issuer: str | bytes) -> bytes:
@@ -30,9 +23,11 @@ def issuer_bytes(issuer: str | bytes) -> bytes:
         try:
             raw = bytes.fromhex(issuer)
         except ValueError:
-            raise KeyStoreError("E_BAD_ISSUER", f"issuer {issuer!r} is neither a city name nor 16 hex chars") from None
+            raise ClearingError(
+                Code.E_BAD_ISSUER, f"issuer {issuer!r} is neither a city name nor 16 hex chars"
+            ) from None
     if len(raw) != 8:
-        raise KeyStoreError("E_BAD_ISSUER", f"issuer id must be 8 bytes, got {len(raw)}")
+        raise ClearingError(Code.E_BAD_ISSUER, f"issuer id must be 8 bytes, got {len(raw)}")
     return raw
 
 
@@ -42,9 +37,9 @@ def asn_bytes(asn: str | bytes) -> bytes:
         try:
             asn = bytes.fromhex(asn)
         except ValueError:
-            raise KeyStoreError("E_BAD_ASN", "card ASN is not hex") from None
+            raise ClearingError(Code.E_BAD_ASN, "card ASN is not hex") from None
     if len(asn) not in (8, 10):
-        raise KeyStoreError("E_BAD_ASN", f"card ASN must be 10 bytes (or its last 8), got {len(asn)}")
+        raise ClearingError(Code.E_BAD_ASN, f"card ASN must be 10 bytes (or its last 8), got {len(asn)}")
     return asn[-8:]
 
 
@@ -68,7 +63,7 @@ def utc_now() -> dt.datetime:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
-    "KeyStoreError",
+    "ClearingError",
     "asn_bytes",
     "associated_data",
     "city_of",

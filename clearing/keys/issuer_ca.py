@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from clearing.keys.common import KeyStoreError, associated_data, issuer_bytes, utc_now
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
+from clearing.keys.common import associated_data, issuer_bytes, utc_now
 from clearing.keys.kek import Kek
 from clearing.keys.store_file import KeyStoreFile, read_doc
 
@@ -107,7 +109,7 @@ class IssuerCA:
         issuer_hex = issuer_bytes(issuer).hex()
         ca = self._file.entry(issuer_hex).get("ca")
         if ca is None:
-            raise KeyStoreError("E_NO_CA", f"issuer {issuer_hex} has no CA in this key store")
+            raise ClearingError(Code.E_NO_CA, f"issuer {issuer_hex} has no CA in this key store")
         return x509.load_pem_x509_certificate(ca["certificate_pem"].encode("ascii"))
 
     def _private_key(self, issuer_hex: str) -> ec.EllipticCurvePrivateKey:
@@ -116,7 +118,7 @@ class IssuerCA:
             return key
         ca = self._file.entry(issuer_hex).get("ca")
         if ca is None:
-            raise KeyStoreError("E_NO_CA", f"issuer {issuer_hex} has no CA in this key store")
+            raise ClearingError(Code.E_NO_CA, f"issuer {issuer_hex} has no CA in this key store")
         der = self._kek.open(ca["key"], _ca_key_ad(issuer_hex), "issuer CA key")
         loaded = serialization.load_der_private_key(der, password=None)
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)

@@ -19,7 +19,8 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from clearing.keys.common import KeyStoreError
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 
 KEK_LEN: Final = 32
 NONCE_LEN: Final = 12
@@ -35,9 +36,11 @@ def parse_kek(hex_kek: str) -> bytes:
     try:
         kek = bytes.fromhex(hex_kek.strip())
     except ValueError:
-        raise KeyStoreError("E_BAD_KEK", "the KEK is not hex") from None
+        raise ClearingError(Code.E_BAD_KEK, "the KEK is not hex") from None
     if len(kek) != KEK_LEN:
-        raise KeyStoreError("E_BAD_KEK", f"the KEK must be {KEK_LEN} bytes ({2 * KEK_LEN} hex chars), got {len(kek)}")
+        raise ClearingError(
+            Code.E_BAD_KEK, f"the KEK must be {KEK_LEN} bytes ({2 * KEK_LEN} hex chars), got {len(kek)}"
+        )
     return kek
 
 
@@ -66,7 +69,7 @@ def load_or_create_dev_kek(keystore_path: Path) -> bytes:
         finally:
             Path(tmp).unlink(missing_ok=True)
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyStoreError("E_KEK_PERMISSIONS", f"dev KEK file {path} is accessible to group/others; chmod 600 it")
+        raise ClearingError(Code.E_KEK_PERMISSIONS, f"dev KEK file {path} is accessible to group/others; chmod 600 it")
     return parse_kek(path.read_text(encoding="ascii"))
 
 
@@ -85,7 +88,7 @@ class Kek:
 
     def __init__(self, kek: bytes) -> None:
         if len(kek) != KEK_LEN:
-            raise KeyStoreError("E_BAD_KEK", f"the KEK must be {KEK_LEN} bytes")
+            raise ClearingError(Code.E_BAD_KEK, f"the KEK must be {KEK_LEN} bytes")
         self._aead = AESGCM(kek)
 
     def __repr__(self) -> str:
@@ -101,7 +104,7 @@ class Kek:
         try:
             return self._aead.decrypt(bytes.fromhex(blob["nonce"]), bytes.fromhex(blob["ct"]), ad)
         except (InvalidTag, KeyError, ValueError):
-            raise KeyStoreError("E_KEY_DECRYPT", f"{what} does not decrypt (wrong KEK or tampered store)") from None
+            raise ClearingError(Code.E_KEY_DECRYPT, f"{what} does not decrypt (wrong KEK or tampered store)") from None
 
     def new_check(self) -> dict[str, str]:
         """A fresh ``kek_check`` for a new store."""
@@ -114,8 +117,8 @@ class Kek:
         try:
             self._aead.decrypt(bytes.fromhex(check["nonce"]), bytes.fromhex(check["ct"]), _CHECK_AD)
         except (InvalidTag, KeyError, ValueError):
-            raise KeyStoreError(
-                "E_KEK_MISMATCH", f"the KEK does not open key store {where} (wrong YIKATONG_KEK or KEK file?)"
+            raise ClearingError(
+                Code.E_KEK_MISMATCH, f"the KEK does not open key store {where} (wrong YIKATONG_KEK or KEK file?)"
             ) from None
 
 

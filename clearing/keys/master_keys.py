@@ -21,7 +21,9 @@ from typing import Any, Final
 
 from cardos.crypto import ALGORITHMS, KEY_LEN, derive_card_key
 from cardos.image import CardKeys
-from clearing.keys.common import KeyStoreError, asn_bytes, associated_data, city_of, issuer_bytes, utc_now
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
+from clearing.keys.common import asn_bytes, associated_data, city_of, issuer_bytes, utc_now
 from clearing.keys.kek import Kek
 from clearing.keys.store_file import KeyStoreFile
 
@@ -97,7 +99,7 @@ class MasterKeys:
         if v is None and self._file.refresh():  # a version rotated in by another process
             v = self._file.entry(issuer_hex)["versions"].get(str(key_version))
         if v is None:
-            raise KeyStoreError("E_UNKNOWN_KEY_VERSION", f"no key version {key_version} for issuer {issuer_hex}")
+            raise ClearingError(Code.E_UNKNOWN_KEY_VERSION, f"no key version {key_version} for issuer {issuer_hex}")
         assert isinstance(v, dict)
         return v
 
@@ -108,8 +110,8 @@ class MasterKeys:
             return key
         blob = self._version(issuer_hex, key_version)["keys"].get(name)
         if blob is None:
-            raise KeyStoreError(
-                "E_KEY_MISSING",
+            raise ClearingError(
+                Code.E_KEY_MISSING,
                 f"issuer {issuer_hex} key version {key_version} has no {name.upper()} "
                 "(a peer issuer's load and TAC keys stay with that issuer)",
             )
@@ -131,18 +133,20 @@ class MasterKeys:
     def _add_version(self, issuer_hex: str, key_version: int, alg_id: int, keys: Mapping[str, bytes]) -> None:
         assert self._file.changing, "master keys change only inside KeyStoreFile.update()"
         if alg_id not in ALGORITHMS:
-            raise KeyStoreError("E_BAD_ALG", f"unknown algorithm id {alg_id}")
+            raise ClearingError(Code.E_BAD_ALG, f"unknown algorithm id {alg_id}")
         if not 0 <= key_version <= KEY_VERSION_MAX:
-            raise KeyStoreError("E_BAD_KEY_VERSION", f"key version {key_version} is not a byte")
+            raise ClearingError(Code.E_BAD_KEY_VERSION, f"key version {key_version} is not a byte")
         if "mpk" not in keys:
-            raise KeyStoreError("E_KEY_MISSING", f"issuer {issuer_hex} v{key_version}: an MPK is required")
+            raise ClearingError(Code.E_KEY_MISSING, f"issuer {issuer_hex} v{key_version}: an MPK is required")
         for name, value in keys.items():
             if name not in KEY_NAMES or len(value) != KEY_LEN:
-                raise KeyStoreError("E_BAD_KEY", f"issuer {issuer_hex} v{key_version}: {name} must be {KEY_LEN} bytes")
+                raise ClearingError(
+                    Code.E_BAD_KEY, f"issuer {issuer_hex} v{key_version}: {name} must be {KEY_LEN} bytes"
+                )
         entry = self._file.issuers.setdefault(issuer_hex, {"city": city_of(issuer_hex), "versions": {}})
         if str(key_version) in entry["versions"]:
-            raise KeyStoreError(
-                "E_KEYS_EXIST", f"issuer {issuer_hex} already has key version {key_version}; refusing to overwrite"
+            raise ClearingError(
+                Code.E_KEYS_EXIST, f"issuer {issuer_hex} already has key version {key_version}; refusing to overwrite"
             )
         entry["versions"][str(key_version)] = {
             "alg_id": alg_id,
@@ -155,14 +159,14 @@ class MasterKeys:
     def create(self, issuer_hex: str, *, alg_id: int, key_version: int) -> None:
         """Fresh random master keys, all four, as the issuer's first version."""
         if issuer_hex in self._file.issuers:
-            raise KeyStoreError("E_KEYS_EXIST", f"issuer {issuer_hex} already has keys; use `keys rotate`")
+            raise ClearingError(Code.E_KEYS_EXIST, f"issuer {issuer_hex} already has keys; use `keys rotate`")
         self._add_version(issuer_hex, key_version, alg_id, {name: os.urandom(KEY_LEN) for name in KEY_NAMES})
 
     def rotate(self, issuer_hex: str) -> int:
         """Add version n+1 with fresh keys, the same algorithm and the same key names as version n."""
         current = self.current_version(issuer_hex)
         if current >= KEY_VERSION_MAX:
-            raise KeyStoreError("E_KEY_VERSION_EXHAUSTED", f"issuer {issuer_hex} is at key version {current}")
+            raise ClearingError(Code.E_KEY_VERSION_EXHAUSTED, f"issuer {issuer_hex} is at key version {current}")
         v = self._version(issuer_hex, current)
         keys = {name: os.urandom(KEY_LEN) for name in sorted(v["keys"])}
         self._add_version(issuer_hex, current + 1, int(v["alg_id"]), keys)
@@ -181,8 +185,8 @@ class MasterKeys:
             same = held["alg_id"] == alg_id and sorted(held["keys"]) == sorted(keys)
             same = same and all(self._master(issuer_hex, version, n) == k for n, k in keys.items())
             if not same:
-                raise KeyStoreError(
-                    "E_KEYS_EXIST", f"issuer {issuer_hex} key version {version} is already held with other keys"
+                raise ClearingError(
+                    Code.E_KEYS_EXIST, f"issuer {issuer_hex} key version {version} is already held with other keys"
                 )
         imported: list[tuple[str, int]] = []
         for issuer_hex, version, alg_id, keys in entries:
@@ -298,28 +302,28 @@ def parse_ceremony(source: Path | str | Mapping[str, Any]) -> list[CeremonyEntry
         try:
             doc = json.loads(Path(source).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise KeyStoreError("E_CEREMONY_FILE", f"cannot read key ceremony file: {type(exc).__name__}") from None
+            raise ClearingError(Code.E_CEREMONY_FILE, f"cannot read key ceremony file: {type(exc).__name__}") from None
     if not isinstance(doc, Mapping) or not isinstance(doc.get("issuers"), list):
-        raise KeyStoreError("E_CEREMONY_FORMAT", 'expected {"issuers": [...]}')
+        raise ClearingError(Code.E_CEREMONY_FORMAT, 'expected {"issuers": [...]}')
     return [_parse_ceremony_entry(i, item) for i, item in enumerate(doc["issuers"])]
 
 
 def _parse_ceremony_entry(index: int, item: object) -> CeremonyEntry:
     where = f"issuers[{index}]"
     if not isinstance(item, Mapping):
-        raise KeyStoreError("E_CEREMONY_FORMAT", f"{where} must be an object")
+        raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where} must be an object")
     unknown = set(item) - {"issuer_id", "alg_id", "key_version", *KEY_NAMES}
     if unknown:
-        raise KeyStoreError("E_CEREMONY_FORMAT", f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     issuer_id = item.get("issuer_id")
     if not isinstance(issuer_id, str) or len(issuer_id) != 16:
-        raise KeyStoreError("E_CEREMONY_FORMAT", f"{where}.issuer_id must be 16 hex chars")
+        raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where}.issuer_id must be 16 hex chars")
     issuer_hex = issuer_bytes(issuer_id).hex()
     alg_id, version = item.get("alg_id"), item.get("key_version")
     if type(alg_id) is not int or alg_id not in ALGORITHMS:
-        raise KeyStoreError("E_CEREMONY_FORMAT", f"{where}.alg_id must be one of {sorted(ALGORITHMS)}")
+        raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where}.alg_id must be one of {sorted(ALGORITHMS)}")
     if type(version) is not int or not 0 <= version <= KEY_VERSION_MAX:
-        raise KeyStoreError("E_CEREMONY_FORMAT", f"{where}.key_version must be 0..255")
+        raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where}.key_version must be 0..255")
     keys: dict[str, bytes] = {}
     for name in KEY_NAMES:
         value = item.get(name)
@@ -327,13 +331,13 @@ def _parse_ceremony_entry(index: int, item: object) -> CeremonyEntry:
             continue
         # Never echo the value: it is key material.
         if not isinstance(value, str) or len(value) != 2 * KEY_LEN:
-            raise KeyStoreError("E_CEREMONY_FORMAT", f"{where}.{name} must be {2 * KEY_LEN} hex chars")
+            raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where}.{name} must be {2 * KEY_LEN} hex chars")
         try:
             keys[name] = bytes.fromhex(value)
         except ValueError:
-            raise KeyStoreError("E_CEREMONY_FORMAT", f"{where}.{name} is not hex") from None
+            raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where}.{name} is not hex") from None
     if "mpk" not in keys:
-        raise KeyStoreError("E_CEREMONY_FORMAT", f"{where}: mpk is required")
+        raise ClearingError(Code.E_CEREMONY_FORMAT, f"{where}: mpk is required")
     return issuer_hex, version, alg_id, keys
 
 

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from clearing.keys.common import FORMAT, FORMAT_VERSION, KeyStoreError
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
+from clearing.keys.common import FORMAT, FORMAT_VERSION
 from clearing.keys.kek import Kek
 
 
@@ -41,11 +43,11 @@ def read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KeyStoreError("E_KEYSTORE_FORMAT", f"cannot read key store {path}: {type(exc).__name__}") from None
+        raise ClearingError(Code.E_KEYSTORE_FORMAT, f"cannot read key store {path}: {type(exc).__name__}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("issuers"), dict):
-        raise KeyStoreError("E_KEYSTORE_FORMAT", f"{path} is not a Yikatong key store")
+        raise ClearingError(Code.E_KEYSTORE_FORMAT, f"{path} is not a Yikatong key store")
     if doc.get("format_version") != FORMAT_VERSION:
-        raise KeyStoreError("E_KEYSTORE_FORMAT", f"{path} has format version {doc.get('format_version')!r}")
+        raise ClearingError(Code.E_KEYSTORE_FORMAT, f"{path} has format version {doc.get('format_version')!r}")
     return doc
 
 
@@ -97,7 +99,7 @@ class KeyStoreFile:
     def entry(self, issuer_hex: str) -> dict[str, Any]:
         entry = self.issuers.get(issuer_hex)
         if entry is None:
-            raise KeyStoreError("E_UNKNOWN_ISSUER", f"no keys for issuer {issuer_hex}")
+            raise ClearingError(Code.E_UNKNOWN_ISSUER, f"no keys for issuer {issuer_hex}")
         assert isinstance(entry, dict)
         return entry
 

@@ -15,11 +15,12 @@ from cardos.image import CardImage
 from cardos.profile import ISSUER_XIAN, ISSUER_XIANYANG, CardType
 from cardos.records import ManagementInfo, PublicInfo
 from clearing import accounts
-from clearing.issuance import HolderInfo, IssuanceError, issue_card
+from clearing.errors import ClearingError
+from clearing.issuance import HolderInfo, issue_card
 from clearing.keystore import KEY_NAMES, KeyStore
 from clearing.ledger import account_balance, trial_balance
 from clearing.models import Card, Issuer, Transfer, TransferCode
-from clearing.registry import RegistryError, ensure_issuers, register_issuer
+from clearing.registry import ensure_issuers, register_issuer
 
 XY = ISSUER_XIANYANG.hex()
 XA = ISSUER_XIAN.hex()
@@ -98,7 +99,7 @@ def test_asns_are_allocated_in_sequence_and_duplicates_refused(session: Session,
     _, a = issue_card(session, keystore, issuer_id=XY, card_type="ordinary", now=NOW)
     _, b = issue_card(session, keystore, issuer_id=XY, card_type="ordinary", now=NOW)
     assert int(b.card_asn) == int(a.card_asn) + 1
-    with pytest.raises(IssuanceError, match="E_CARD_EXISTS"):
+    with pytest.raises(ClearingError, match="E_CARD_EXISTS"):
         issue_card(session, keystore, issuer_id=XY, card_type="ordinary", asn=a.card_asn, now=NOW)
     _, c = issue_card(session, keystore, issuer_id=XY, card_type="ordinary", asn="71209999999999999999", now=NOW)
     assert c.card_asn == "71209999999999999999"
@@ -120,7 +121,7 @@ def test_bad_issue_requests_are_refused(
     session: Session, keystore: KeyStore, kwargs: dict[str, object], code: str
 ) -> None:
     args: dict[str, object] = {"issuer_id": XY, "card_type": "ordinary", **kwargs}
-    with pytest.raises(IssuanceError) as info:
+    with pytest.raises(ClearingError) as info:
         issue_card(session, keystore, now=NOW, **args)  # type: ignore[arg-type]
     assert info.value.code == code
 
@@ -140,7 +141,7 @@ def test_cards_issued_after_rotation_get_the_new_key_version(session: Session, t
 def test_an_unregistered_issuer_is_refused_and_never_registered_on_the_fly(
     db_session: Session, keystore: KeyStore
 ) -> None:
-    with pytest.raises(IssuanceError) as info:
+    with pytest.raises(ClearingError) as info:
         issue_card(db_session, keystore, issuer_id="xianyang", card_type="ordinary", now=NOW)
     assert info.value.code == "E_UNKNOWN_ISSUER" and "issuer add" in info.value.message
     assert db_session.get(Issuer, XY) is None  # ownership is not inferred from the card's issuer
@@ -166,11 +167,11 @@ def test_a_newly_registered_own_issuer_with_keys_issues_cards(db_session: Sessio
 
 def test_an_own_issuer_without_keys_and_a_peer_issuer_are_refused(db_session: Session, keystore: KeyStore) -> None:
     register_issuer(db_session, BAOJI, city="baoji", name="Baoji", own=True)  # keystore holds no Baoji keys
-    with pytest.raises(IssuanceError) as info:
+    with pytest.raises(ClearingError) as info:
         issue_card(db_session, keystore, issuer_id=BAOJI, card_type="ordinary", now=NOW)
     assert info.value.code == "E_KEY_MISSING" and f"keys init --issuer {BAOJI}" in info.value.message
     register_issuer(db_session, "01007300ffffffff", city="weinan", name="Weinan", own=False)
-    with pytest.raises(IssuanceError) as info:
+    with pytest.raises(ClearingError) as info:
         issue_card(db_session, keystore, issuer_id="01007300ffffffff", card_type="ordinary", now=NOW)
     assert info.value.code == "E_NOT_OUR_ISSUER" and "peer" in info.value.message
 
@@ -185,7 +186,7 @@ def test_configured_as_xian_the_same_software_issues_xian_cards(db_session: Sess
     assert card.issuer_id == XA and card.card_asn.startswith("7100")
     assert ManagementInfo.decode(image.management).city_code == bytes.fromhex("7100")
     assert image.keys.dtk == keystore.dtk(XA, card.card_asn, 1)
-    with pytest.raises(IssuanceError, match="E_NOT_OUR_ISSUER"):
+    with pytest.raises(ClearingError, match="E_NOT_OUR_ISSUER"):
         issue_card(db_session, keystore, issuer_id="xianyang", card_type="ordinary", now=NOW)
 
 
@@ -193,7 +194,7 @@ def test_register_issuer_defaults_repeats_and_conflicts(db_session: Session) -> 
     first = register_issuer(db_session, BAOJI, city="baoji", name="Baoji", own=True)
     assert first.city_code == "7210"  # the city code inside the issuer id
     assert register_issuer(db_session, BAOJI, city="baoji", name="Baoji", city_code="7210", own=True) is first
-    with pytest.raises(RegistryError) as info:
+    with pytest.raises(ClearingError) as info:
         register_issuer(db_session, BAOJI, city="baoji", name="Baoji", own=False)
     assert info.value.code == "E_ISSUER_EXISTS" and "own" in info.value.message
     db_session.commit()
@@ -216,6 +217,6 @@ def test_register_issuer_defaults_repeats_and_conflicts(db_session: Session) -> 
 )
 def test_register_issuer_refuses_bad_details(db_session: Session, kwargs: dict[str, str], field: str) -> None:
     args: dict[str, object] = {"issuer_id": BAOJI, "city": "baoji", "name": "Baoji", "own": True, **kwargs}
-    with pytest.raises(RegistryError) as info:
+    with pytest.raises(ClearingError) as info:
         register_issuer(db_session, **args)  # type: ignore[arg-type]
     assert info.value.code == "E_BAD_ISSUER" and field in info.value.message

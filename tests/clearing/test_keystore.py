@@ -16,13 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cardos.crypto import ALG_3DES, ALG_SM4, derive_card_key
 from cardos.profile import ISSUER_XIAN, ISSUER_XIANYANG
-from clearing.keystore import (
-    KEY_NAMES,
-    KeyStore,
-    KeyStoreError,
-    load_or_create_dev_kek,
-    read_ca_certificates,
-)
+from clearing.errors import ClearingError
+from clearing.keystore import KEY_NAMES, KeyStore, load_or_create_dev_kek, read_ca_certificates
 
 KEK = bytes(range(32))
 OTHER_KEK = bytes(range(1, 33))
@@ -63,7 +58,7 @@ def test_reopened_store_derives_the_same_card_keys(store: KeyStore) -> None:
 
 
 def test_wrong_kek_fails_clearly(store: KeyStore) -> None:
-    with pytest.raises(KeyStoreError) as info:
+    with pytest.raises(ClearingError) as info:
         KeyStore.open(store.path, OTHER_KEK)
     assert info.value.code == "E_KEK_MISMATCH"
     assert "wrong" in str(info.value)
@@ -75,14 +70,14 @@ def test_a_ciphertext_moved_to_another_slot_does_not_decrypt(store: KeyStore) ->
     keys["mpk"], keys["mtk"] = keys["mtk"], keys["mpk"]
     store.path.write_text(json.dumps(doc))
     tampered = KeyStore.open(store.path, KEK)
-    with pytest.raises(KeyStoreError) as info:
+    with pytest.raises(ClearingError) as info:
         tampered.dtk(XY, ASN, 1)
     assert info.value.code == "E_KEY_DECRYPT"
 
 
 def test_init_refuses_to_overwrite_existing_keys(store: KeyStore) -> None:
     before = store.path.read_bytes()
-    with pytest.raises(KeyStoreError) as info:
+    with pytest.raises(ClearingError) as info:
         store.init(["xianyang"])
     assert info.value.code == "E_KEYS_EXIST"
     assert store.path.read_bytes() == before
@@ -102,9 +97,9 @@ def test_rotation_adds_a_version_and_keeps_the_old_one(store: KeyStore) -> None:
 
 
 def test_unknown_version_and_issuer_are_clear_errors(store: KeyStore) -> None:
-    with pytest.raises(KeyStoreError, match="E_UNKNOWN_KEY_VERSION"):
+    with pytest.raises(ClearingError, match="E_UNKNOWN_KEY_VERSION"):
         store.dtk(XY, ASN, 9)
-    with pytest.raises(KeyStoreError, match="E_UNKNOWN_ISSUER"):
+    with pytest.raises(ClearingError, match="E_UNKNOWN_ISSUER"):
         store.dtk("0102030405060708", ASN, 1)
 
 
@@ -137,12 +132,12 @@ def test_ceremony_import_roundtrip_skip_and_conflict(tmp_path: Path) -> None:
     assert "33" * 16 not in ks.path.read_text()
     assert ks.import_ceremony(file) == []  # same keys again: nothing new
     # a peer issuer's TAC key never came here
-    with pytest.raises(KeyStoreError, match="E_KEY_MISSING"):
+    with pytest.raises(ClearingError, match="E_KEY_MISSING"):
         ks.dtk(ISSUER_XIAN, ASN, 1)
     entry["mtk"] = "77" * 16
     file.write_text(json.dumps({"issuers": [entry]}))
     before = ks.path.read_bytes()
-    with pytest.raises(KeyStoreError, match="E_KEYS_EXIST"):
+    with pytest.raises(ClearingError, match="E_KEYS_EXIST"):
         ks.import_ceremony(file)
     assert ks.path.read_bytes() == before
 
@@ -152,7 +147,7 @@ def test_bad_ceremony_values_are_refused_without_echoing_them(tmp_path: Path) ->
     file = tmp_path / "ceremony.json"
     file.write_text(json.dumps({"issuers": [{"issuer_id": XY, "alg_id": 0, "key_version": 1, "mpk": secret}]}))
     ks = KeyStore.open(tmp_path / "ks.json", KEK)
-    with pytest.raises(KeyStoreError) as info:
+    with pytest.raises(ClearingError) as info:
         ks.import_ceremony(file)
     assert info.value.code == "E_CEREMONY_FORMAT"
     assert secret not in str(info.value) and "ab" * 15 not in str(info.value)
@@ -193,7 +188,7 @@ def test_dev_kek_file_is_created_0600_and_a_readable_one_is_refused(tmp_path: Pa
     assert stat.S_IMODE(kek_file.stat().st_mode) == 0o600
     assert load_or_create_dev_kek(ks_path) == kek
     os.chmod(kek_file, 0o644)
-    with pytest.raises(KeyStoreError, match="E_KEK_PERMISSIONS"):
+    with pytest.raises(ClearingError, match="E_KEK_PERMISSIONS"):
         load_or_create_dev_kek(ks_path)
 
 
@@ -237,7 +232,7 @@ def test_master_keys_never_appear_in_logs_output_repr_or_errors(
     keys = ks.card_keys(XY, ASN)
     texts += [repr(ks), str(ks), repr(keys), str(keys), repr(ks.list_versions())]
     for bad in (lambda: ks.dtk(XY, ASN, 7), lambda: ks.init([XY]), lambda: KeyStore.open(ks.path, OTHER_KEK)):
-        with pytest.raises(KeyStoreError) as info:
+        with pytest.raises(ClearingError) as info:
             bad()
         texts.append(str(info.value))
         texts.append(repr(info.value))

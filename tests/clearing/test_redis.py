@@ -193,3 +193,63 @@ def test_redis_is_isolated_by_prefix(bus: RedisBus, redis_url: str) -> None:
     assert other.read("x", block_ms=50) == []
     other.client.delete(other.stream)
     other.close()
+
+
+def _queue(engine: Engine, bus: RedisBus, batch: Any) -> bytes:
+    data = body(batch)
+    enqueue(engine, TERMINAL, batch, content_hash(batch), data, NOW.astimezone(dt.UTC))
+    bus.enqueue(TERMINAL, batch.batch_seq)
+    return data
+
+
+def test_a_batch_that_cannot_be_judged_is_answered_by_the_worker_not_retried_forever(
+    world: tuple[Engine, Any, dict[str, str]], bus: RedisBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clearing.models import ExceptionItem
+
+    engine, keystore, _ = world
+    term = Terminal(TERMINAL)
+    batch = term.batch([term.tap(Card(0, balance_fen=5000))])
+    _queue(engine, bus, batch)
+
+    def broken(*_: object, **__: object) -> None:
+        raise ZeroDivisionError("a bug in the judge")
+
+    monkeypatch.setattr("clearing.ingest.judge", broken)
+    worker = make_worker(engine, bus, keystore)
+    assert worker.run_once(block_ms=100) == 1
+    answer = stored_answer(engine, TERMINAL, batch.batch_seq)
+    assert answer is not None and b"E_UNJUDGEABLE" in answer
+    assert bus.pending_count() == 0  # acknowledged: the terminal gets this answer and moves on
+    with Session(engine) as session:
+        item = session.execute(select(ExceptionItem)).scalar_one()
+        assert (item.kind, item.code) == ("batch", "E_UNJUDGEABLE")
+
+
+def test_an_entry_that_keeps_killing_workers_goes_to_the_dead_letter_stream(
+    world: tuple[Engine, Any, dict[str, str]], bus: RedisBus
+) -> None:
+    """Each delivery 'crashes' (read, never acknowledged); after the limit the entry is set aside."""
+    from clearing.models import ExceptionItem
+
+    engine, keystore, _ = world
+    term = Terminal(TERMINAL)
+    batch = term.batch([term.tap(Card(1, balance_fen=5000))])
+    _queue(engine, bus, batch)
+    bus.ensure_group()
+    assert len(bus.read("doomed-0", block_ms=100)) == 1  # a worker took it and died
+    worker = make_worker(engine, bus, keystore, claim_idle_ms=0)
+    worker.deliveries_max = 3
+    for n in range(1, 3):  # two more deaths: claimed, never finished
+        claimed = bus.claim_stale(f"doomed-{n}", idle_ms=0)
+        assert [e.deliveries for e in claimed] == [n + 1]
+    assert worker.run_once(block_ms=100) == 1  # the fourth hand-out: set aside
+    assert bus.pending_count() == 0
+    dead = bus.client.xrange(bus.dead_letters)
+    assert len(dead) == 1 and dead[0][1][b"batch_seq"] == str(batch.batch_seq).encode()
+    answer = stored_answer(engine, TERMINAL, batch.batch_seq)
+    assert answer is not None and b"E_UNJUDGEABLE" in answer
+    assert posted(engine) == 0
+    with Session(engine) as session:
+        assert session.execute(select(ExceptionItem.code)).scalar_one() == "E_UNJUDGEABLE"
+        trial_balance(session)

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy.orm import Session
 
 from cardos.profile import ISSUER_XIANYANG
+from clearing.errors import ClearingError
 from clearing.issuance import issue_card
 from clearing.keystore import KeyStore
 from clearing.models import Card, Terminal
 from clearing.registry import (
-    RegistryError,
     TokenCheck,
     check_terminal_token,
     check_token,
@@ -58,10 +58,10 @@ def test_terminal_token_is_shown_once_and_stored_hashed(db_session: Session, car
     assert verify_terminal_token(db_session, TERMINAL, token) is None
     assert check_terminal_token(db_session, TERMINAL, token) == (TokenCheck.OTHER_TERMINAL, None)
     assert check_terminal_token(db_session, TERMINAL, token + "x") == (TokenCheck.INVALID, None)
-    with pytest.raises(RegistryError, match="E_TERMINAL_EXISTS"):
+    with pytest.raises(ClearingError, match="E_TERMINAL_EXISTS"):
         register_terminal(db_session, "0000000000b2", "xy-bus-1")
     new_token = register_terminal(db_session, "0000000000b2", "xy-bus-2", replace_token=True)
     assert verify_terminal_token(db_session, "0000000000b2", token) is None
     assert verify_terminal_token(db_session, "0000000000b2", new_token) is terminal
-    with pytest.raises(RegistryError, match="E_BAD_TERMINAL_ID"):
+    with pytest.raises(ClearingError, match="E_BAD_TERMINAL_ID"):
         register_terminal(db_session, "xyz", "xy-bus-1")

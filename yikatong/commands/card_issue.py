@@ -49,8 +49,8 @@ def issue(
     With --balance-fen the value sold with the card is posted from the issuer float to
     the card's stored-value liability (transfer id issue:<asn>).
     """
-    from clearing.issuance import HolderInfo, IssuanceError, issue_card
-    from clearing.registry import RegistryError
+    from clearing.errors import ClearingError
+    from clearing.issuance import HolderInfo, issue_card
     from yikatong.settings import get_settings
 
     if out_file.exists() and not force:
@@ -77,7 +77,7 @@ def issue(
                 except Exception:
                     out_file.unlink(missing_ok=True)
                     raise
-        except (IssuanceError, RegistryError) as exc:
+        except ClearingError as exc:
             fail(str(exc))
     out.print(
         f"issued {card.card_type} card [bold]{card.card_asn}[/] "

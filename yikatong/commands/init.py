@@ -35,11 +35,10 @@ def fail(message: str) -> NoReturn:
 def cli_errors() -> Iterator[None]:
     """Known failures become one line and exit 1; a traceback is for bugs only."""
     from clearing.errors import ClearingError
-    from clearing.keystore import KeyStoreError
 
     try:
         yield
-    except (ClearingError, KeyStoreError) as exc:
+    except ClearingError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
         fail(f"E_DATABASE: {type(exc).__name__}: {str(exc).splitlines()[0]}")

@@ -35,7 +35,8 @@ def add(
     ] = False,
 ) -> None:
     """Register a card issuer. Again with the same details is a no-op; with others it is refused."""
-    from clearing.registry import RegistryError, register_issuer
+    from clearing.errors import ClearingError
+    from clearing.registry import register_issuer
 
     with cli_errors():
         try:
@@ -43,7 +44,7 @@ def add(
             with factory() as session, session.begin():
                 issuer = register_issuer(session, issuer_id, city=city, name=name, city_code=city_code, own=own)
                 shown = (issuer.issuer_id, issuer.city, issuer.city_code, issuer.own)
-        except RegistryError as exc:
+        except ClearingError as exc:
             fail(str(exc))
     issuer_hex, city_name, code, is_own = shown
     role = "ours (issues cards)" if is_own else "peer (cards accepted as acquirer)"

@@ -18,14 +18,15 @@ def register(
     ] = False,
 ) -> None:
     """Register a terminal with its operator and print its token (shown once, stored only hashed)."""
-    from clearing.registry import RegistryError, register_terminal
+    from clearing.errors import ClearingError
+    from clearing.registry import register_terminal
 
     with cli_errors():
         try:
             factory = open_database()
             with factory() as session, session.begin():
                 token = register_terminal(session, terminal_id, operator, route, replace_token=replace_token)
-        except RegistryError as exc:
+        except ClearingError as exc:
             fail(str(exc))
     out.print(
         f"terminal {terminal_id.lower()} registered for operator {operator!r}" + (f", route {route}" if route else "")
