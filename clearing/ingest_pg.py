@@ -60,7 +60,15 @@ from clearing.ingest import (
     unknown_terminal,
     with_retries,
 )
-from clearing.ingest_reads import ForwardKey, LateKey, Snapshot, read_cards, read_context, with_fresh_cards
+from clearing.ingest_reads import (
+    ForwardKey,
+    LateKey,
+    LateReads,
+    Snapshot,
+    read_cards,
+    read_context,
+    with_fresh_cards,
+)
 from clearing.models import LEDGER_CNY, TransferCode, TransferState
 from clearing.validation import (
     CardKey,
@@ -138,10 +146,10 @@ _DENYLIST: Final = "SELECT issuer_id, card_asn, effective_at, removed_at FROM de
 _LEG: Final = """t.offline_counter, t.terminal_id, t.terminal_seq, t.route_id, t.vehicle_id, t.stop_id, t.tx_time,
        t.amount_fen, t.fare_tap_kind, t.fare_tariff_version, t.fare_rider_category_id,
        t.fare_refund_claimed_fen, x.credit_account_id, t.id"""
-_NEIGHBOURS: Final = f"""
+_NEIGHBOURS: Final = """
 SELECT l.issuer_id, l.card_asn, l.counter,
        p.offline_counter, p.balance_before_fen, p.amount_fen,
-       n.*
+       n.offline_counter, n.balance_before_fen, n.amount_fen, n.waiting
 FROM unnest(%(issuers)s::text[], %(asns)s::text[], %(counters)s::int[]) AS l(issuer_id, card_asn, counter)
 LEFT JOIN LATERAL (
     SELECT t.offline_counter, t.balance_before_fen, t.amount_fen FROM taps t
@@ -150,12 +158,31 @@ LEFT JOIN LATERAL (
     ORDER BY t.offline_counter DESC LIMIT 1
 ) p ON true
 LEFT JOIN LATERAL (
-    SELECT t.balance_before_fen, (t.fare_tap_kind = 'tap_off' AND t.refund_fen IS NULL) AS waiting, {_LEG}
-    FROM taps t LEFT JOIN transfers x ON x.id = t.transfer_id
+    SELECT t.offline_counter, t.balance_before_fen, t.amount_fen,
+           CASE WHEN t.fare_tap_kind = 'tap_off' AND t.refund_fen IS NULL THEN t.id END AS waiting
+    FROM taps t
     WHERE t.issuer_id = l.issuer_id AND t.card_asn = l.card_asn AND t.offline_counter > l.counter
       AND t.verdict IN ('accepted', 'suspect') AND t.batch_id IS DISTINCT FROM %(batch)s
     ORDER BY t.offline_counter ASC LIMIT 1
 ) n ON true
+"""
+# The open gaps a late counter falls in: LATERAL with OFFSET 0 (kept from being flattened into a
+# join), so each late record probes the partial index of its card's open items; as a join the
+# planner, its statistics behind the day's growth, scanned every open item once per card.
+_GAPS_AT: Final = """
+SELECT DISTINCT l.issuer_id, l.card_asn, e.id, e.gap_first, e.gap_last,
+       ARRAY(SELECT t.offline_counter FROM taps t WHERE t.issuer_id = l.issuer_id AND t.card_asn = l.card_asn
+             AND t.offline_counter BETWEEN e.gap_first AND e.gap_last)
+FROM unnest(%(issuers)s::text[], %(asns)s::text[], %(counters)s::int[]) AS l(issuer_id, card_asn, counter)
+JOIN LATERAL (
+    SELECT e.id, e.gap_first, e.gap_last FROM exception_items e
+    WHERE e.issuer_id = l.issuer_id AND e.card_asn = l.card_asn AND e.state = 'open'
+      AND e.code = 'S_COUNTER_GAP' AND e.gap_first <= l.counter AND e.gap_last >= l.counter
+    OFFSET 0
+) e ON true
+"""
+_LEGS: Final = f"""
+SELECT {_LEG} FROM taps t LEFT JOIN transfers x ON x.id = t.transfer_id WHERE t.id = ANY(%s::bigint[])
 """  # noqa: S608 - only constant column lists are interpolated
 _ENTRIES: Final = f"""
 SELECT l.issuer_id, l.card_asn, {_LEG}
@@ -170,14 +197,6 @@ WHERE t.issuer_id = %s AND t.card_asn = %s AND t.verdict IN ('accepted', 'suspec
   AND t.tx_time >= %s AND t.tx_time < %s
 ORDER BY t.offline_counter
 """  # noqa: S608
-_OPEN_GAPS: Final = """
-SELECT e.issuer_id, e.card_asn, e.id, e.gap_first, e.gap_last,
-       ARRAY(SELECT t.offline_counter FROM taps t WHERE t.issuer_id = e.issuer_id AND t.card_asn = e.card_asn
-             AND t.offline_counter BETWEEN e.gap_first AND e.gap_last)
-FROM unnest(%s::text[], %s::text[]) AS c(issuer_id, card_asn)
-JOIN exception_items e ON e.issuer_id = c.issuer_id AND e.card_asn = c.card_asn AND e.state = 'open'
-WHERE e.code = 'S_COUNTER_GAP' AND e.gap_first IS NOT NULL
-"""
 _FORWARDS_SEEN: Final = """
 SELECT f.terminal_id, f.terminal_seq, f.record_digest
 FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS k(terminal_id, terminal_seq, record_digest)
@@ -192,9 +211,16 @@ _TAP_REFUNDS: Final = """
 UPDATE taps AS t SET refund_fen = v.fen FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, fen)
 WHERE t.id = v.id AND t.refund_fen IS NULL
 """
-_RESOLVE: Final = """
-UPDATE exception_items SET state = 'resolved', note = %s, decided_by = %s, decided_at = %s
-WHERE state = 'open' AND (id = %s OR (tap_id = %s AND code = 'S_TAPOFF_NO_ENTRY'))
+# Two statements, each on an index (primary key, unique tap_id): an OR of the two would scan.
+_RESOLVE_ITEMS: Final = """
+UPDATE exception_items AS e SET state = 'resolved', note = v.note, decided_by = %s, decided_at = %s
+FROM unnest(%s::bigint[], %s::text[]) AS v(id, note)
+WHERE e.id = v.id AND e.state = 'open'
+"""
+_RESOLVE_TAP_OFFS: Final = """
+UPDATE exception_items AS e SET state = 'resolved', note = v.note, decided_by = %s, decided_at = %s
+FROM unnest(%s::bigint[], %s::text[]) AS v(tap_id, note)
+WHERE e.tap_id = v.tap_id AND e.state = 'open' AND e.code = 'S_TAPOFF_NO_ENTRY'
 """
 _TRANSFER_COLUMNS: Final = (
     "id, debit_account_id, credit_account_id, amount_fen, ledger, code, state, source_ref, created_at"
@@ -499,8 +525,18 @@ class PgIngestor:
                 _TAP_REFUNDS,
                 (int_array(t for t, _ in plan.tap_refunds), int_array(fen for _, fen in plan.tap_refunds)),
             )
-        if plan.resolutions:
-            cur.executemany(_RESOLVE, [(r.note, RESOLVER, received_at, r.item_id, r.tap_id) for r in plan.resolutions])
+        by_item = [r for r in plan.resolutions if r.item_id is not None]
+        if by_item:
+            cur.execute(
+                _RESOLVE_ITEMS,
+                (RESOLVER, received_at, int_array(r.item_id for r in by_item), [r.note for r in by_item]),
+            )
+        by_tap = [r for r in plan.resolutions if r.item_id is None]
+        if by_tap:
+            cur.execute(
+                _RESOLVE_TAP_OFFS,
+                (RESOLVER, received_at, int_array(r.tap_id for r in by_tap), [r.note for r in by_tap]),
+            )
         if plan.account_deltas:
             ordered = sorted(plan.account_deltas.items())
             cur.execute(
@@ -686,25 +722,32 @@ class PgReads:
             denylist=self._denylist(cur, int(version_row[0]) if version_row is not None else 0),
         )
 
-    def neighbours(self, late: Sequence[LateKey]) -> dict[LateKey, tuple[Neighbour | None, Neighbour | None]]:
-        out: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = {}
-        rows = self.cur.execute(
-            _NEIGHBOURS,
-            {
-                "issuers": text_array(k[0] for k in late),
-                "asns": text_array(k[1] for k in late),
-                "counters": int_array(k[2] for k in late),
-                "batch": self.batch_id,  # in phase 2 this batch's own rows are visible: they are not neighbours
-            },
-        )
-        for issuer_id, asn, counter, pc, pb, pa, nb, waiting, *leg_row in rows:
+    def late(self, late: Sequence[LateKey]) -> LateReads:
+        params = {
+            "issuers": text_array(k[0] for k in late),
+            "asns": text_array(k[1] for k in late),
+            "counters": int_array(k[2] for k in late),
+            "batch": self.batch_id,  # in phase 2 this batch's own rows are visible: they are not neighbours
+        }
+        conn = self.cur.connection
+        with conn.pipeline():  # one round trip for both
+            neighbours_cur = conn.execute(_NEIGHBOURS, params)
+            gaps_cur = conn.execute(_GAPS_AT, params)
+        neighbours: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = {}
+        waiting: dict[LateKey, int] = {}
+        for issuer_id, asn, counter, pc, pb, pa, nc, nb, na, waiting_id in neighbours_cur.fetchall():
             below = Neighbour(pc, pb, pa) if pc is not None else None
-            above = None
-            if leg_row[0] is not None:
-                leg = _leg(leg_row)
-                above = Neighbour(leg.counter, nb, leg.amount_fen, leg if waiting else None)
-            out[(issuer_id, asn, counter)] = (below, above)
-        return out
+            above = Neighbour(nc, nb, na) if nc is not None else None
+            neighbours[(issuer_id, asn, counter)] = (below, above)
+            if waiting_id is not None:
+                waiting[(issuer_id, asn, counter)] = int(waiting_id)
+        gaps: dict[CardKey, list[OpenGap]] = {}
+        for issuer_id, asn, item_id, first, last, held in gaps_cur.fetchall():
+            gaps.setdefault((issuer_id, asn), []).append(OpenGap(item_id, first, last, frozenset(held)))
+        return LateReads(neighbours, waiting, gaps)
+
+    def legs(self, tap_ids: Sequence[int]) -> dict[int, Leg]:
+        return {leg.tap_id: leg for leg in map(_leg, self.cur.execute(_LEGS, (int_array(tap_ids),))) if leg.tap_id}
 
     def forwards_seen(self, keys: Sequence[ForwardKey]) -> set[ForwardKey]:
         rows = self.cur.execute(
@@ -728,13 +771,6 @@ class PgReads:
             key: [_leg(row) for row in self.cur.execute(_DAY_LEGS, (key[0], key[1], start, end))]
             for key, start, end in cards
         }
-
-    def open_gaps(self, cards: Sequence[CardKey]) -> dict[CardKey, list[OpenGap]]:
-        out: dict[CardKey, list[OpenGap]] = {}
-        rows = self.cur.execute(_OPEN_GAPS, (text_array(k[0] for k in cards), text_array(k[1] for k in cards)))
-        for issuer_id, asn, item_id, first, last, held in rows:
-            out.setdefault((issuer_id, asn), []).append(OpenGap(item_id, first, last, frozenset(held)))
-        return out
 
 
 __all__ = ["PgIngestor", "is_transient"]

@@ -49,14 +49,29 @@ class Snapshot:
     denylist: Mapping[CardKey, Sequence[DenyInterval]]
 
 
+@dataclass(frozen=True, slots=True)
+class LateReads:
+    """What the late records of a batch need: their cleared neighbours and the open gaps they fall in."""
+
+    neighbours: dict[LateKey, tuple[Neighbour | None, Neighbour | None]]
+    # the neighbour above is a stored tap-off still waiting for its refund: its tap id
+    waiting: dict[LateKey, int]
+    # per card, its open counter-gap items that contain a late counter of this batch
+    open_gaps: dict[CardKey, list[OpenGap]]
+
+
 class BatchReads(Protocol):
     """How one database path fetches each piece ``read_context`` asks for."""
 
     def snapshot(self, records: Sequence[TapRecord]) -> Snapshot: ...
 
-    def neighbours(self, late: Sequence[LateKey]) -> dict[LateKey, tuple[Neighbour | None, Neighbour | None]]:
-        """The cleared purchases at-or-below and above each late counter (the one above with
-        ``waiting`` set when it is a stored tap-off whose refund is not computed yet)."""
+    def late(self, late: Sequence[LateKey]) -> LateReads:
+        """The cleared purchases at-or-below and above each late counter, and the open gaps
+        containing those counters (with the counters of each gap already held by taps)."""
+        ...
+
+    def legs(self, tap_ids: Sequence[int]) -> dict[int, Leg]:
+        """Stored taps as legs, by tap id."""
         ...
 
     def forwards_seen(self, keys: Sequence[ForwardKey]) -> set[ForwardKey]: ...
@@ -67,10 +82,6 @@ class BatchReads(Protocol):
 
     def day_legs(self, cards: Sequence[tuple[CardKey, dt.datetime, dt.datetime]]) -> dict[CardKey, list[Leg]]:
         """Each card's posted taps with a time in [from, to), in counter order."""
-        ...
-
-    def open_gaps(self, cards: Sequence[CardKey]) -> dict[CardKey, list[OpenGap]]:
-        """Each card's open counter-gap items, with the counters of the gap already held by taps."""
         ...
 
 
@@ -94,7 +105,14 @@ def read_cards(
 ) -> CardReads:
     """The per-card reads of ``records`` against the card states ``cards``."""
     late = late_record_keys(records, cards)
-    neighbours = reads.neighbours(late) if late else {}
+    facts = reads.late(late) if late else LateReads({}, {}, {})
+    neighbours = facts.neighbours
+    if facts.waiting:  # rare: a stored tap-off still waiting for its entry, just above a late record
+        legs = reads.legs(sorted(set(facts.waiting.values())))
+        for key, tap_id in facts.waiting.items():
+            below, above = neighbours[key]
+            if above is not None and tap_id in legs:
+                neighbours[key] = (below, above._replace(waiting=legs[tap_id]))
     tap_offs = [
         r for r in records if r.issuer_id in own_issuers and (r.issuer_id, r.card_asn) in cards and is_tap_off(r)
     ]
@@ -120,9 +138,7 @@ def read_cards(
         if above is not None and above.waiting is not None:
             widen((issuer, asn), above.waiting.at)
     day_legs = reads.day_legs([(key, start, end) for key, (start, end) in windows.items()]) if windows else {}
-    late_cards = sorted({(issuer, asn) for issuer, asn, _ in late})
-    open_gaps = reads.open_gaps(late_cards) if late_cards else {}
-    return CardReads(neighbours, entries, day_legs, open_gaps)
+    return CardReads(neighbours, entries, day_legs, facts.open_gaps)
 
 
 def _time_ok(text: str) -> bool:
@@ -186,6 +202,7 @@ __all__ = [
     "CardReads",
     "ForwardKey",
     "LateKey",
+    "LateReads",
     "Snapshot",
     "read_cards",
     "read_context",

@@ -35,7 +35,7 @@ from clearing.ingest import (
     unknown_terminal,
     with_retries,
 )
-from clearing.ingest_reads import ForwardKey, LateKey, Snapshot, read_context
+from clearing.ingest_reads import ForwardKey, LateKey, LateReads, Snapshot, read_context
 from clearing.ledger import apply_account_deltas
 from clearing.models import (
     LEDGER_CNY,
@@ -399,33 +399,71 @@ class SqlReads:
             denylist=denylist,
         )
 
-    def neighbours(self, late: Sequence[LateKey]) -> dict[LateKey, tuple[Neighbour | None, Neighbour | None]]:
-        """The cleared purchases next to each late record's counter: one read per card, not two per record.
-
-        A card's cleared taps come back in counter order; the nearest at or below and the nearest
-        above each late counter are found by bisection.
-        """
-        history: dict[tuple[str, str], list[tuple[int, int, int, Leg | None]]] = {}
+    def late(self, late: Sequence[LateKey]) -> LateReads:
+        """The cleared purchases next to each late record's counter (one read per card, not two per
+        record: a card's cleared taps come back in counter order and are bisected), and the open
+        gaps those counters fall in."""
+        history: dict[tuple[str, str], list[tuple[int, int, int, int | None]]] = {}
         card_keys = sorted({(issuer_id, asn) for issuer_id, asn, _ in late})
         for chunk in _chunks(card_keys):
             rows = self.session.execute(
-                select(Tap.issuer_id, Tap.card_asn, Tap.balance_before_fen, Tap.refund_fen, *_LEG_COLUMNS)
-                .outerjoin(Transfer, Transfer.id == Tap.transfer_id)
+                select(
+                    Tap.issuer_id, Tap.card_asn, Tap.offline_counter, Tap.balance_before_fen, Tap.amount_fen,
+                    Tap.id, Tap.fare_tap_kind, Tap.refund_fen,
+                )
                 .where(tuple_(Tap.issuer_id, Tap.card_asn).in_(chunk), _POSTED)
                 .order_by(Tap.issuer_id, Tap.card_asn, Tap.offline_counter)
-            )
-            for issuer_id, asn, before, refund_fen, *leg_row in rows:
-                leg = _leg(leg_row)
-                waiting = leg if leg.tap_kind == "tap_off" and refund_fen is None else None
-                history.setdefault((issuer_id, asn), []).append((leg.counter, before, leg.amount_fen, waiting))
-        out: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = {}
+            )  # fmt: skip
+            for issuer_id, asn, counter, before, amount, tap_id, kind, refund_fen in rows:
+                waiting = tap_id if kind == "tap_off" and refund_fen is None else None
+                history.setdefault((issuer_id, asn), []).append((counter, before, amount, waiting))
+        neighbours: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = {}
+        waiting_ids: dict[LateKey, int] = {}
         for issuer_id, asn, counter in late:
             taps = history.get((issuer_id, asn), [])
             split = bisect.bisect_right(taps, counter, key=lambda t: t[0])  # taps[:split] are at or below
             below = Neighbour(*taps[split - 1][:3]) if split > 0 else None
-            above = Neighbour(*taps[split]) if split < len(taps) else None
-            out[(issuer_id, asn, counter)] = (below, above)
+            above = Neighbour(*taps[split][:3]) if split < len(taps) else None
+            neighbours[(issuer_id, asn, counter)] = (below, above)
+            if split < len(taps) and taps[split][3] is not None:
+                waiting_ids[(issuer_id, asn, counter)] = int(taps[split][3])  # type: ignore[arg-type]
+        return LateReads(neighbours, waiting_ids, self._gaps_at(late))
+
+    def _gaps_at(self, late: Sequence[LateKey]) -> dict[CardKey, list[OpenGap]]:
+        counters: dict[CardKey, list[int]] = {}
+        for issuer_id, asn, counter in late:
+            counters.setdefault((issuer_id, asn), []).append(counter)
+        out: dict[CardKey, list[OpenGap]] = {}
+        for chunk in _chunks(sorted(counters)):
+            items = self.session.execute(
+                select(
+                    ExceptionItem.issuer_id, ExceptionItem.card_asn, ExceptionItem.id, ExceptionItem.gap_first,
+                    ExceptionItem.gap_last,
+                ).where(
+                    tuple_(ExceptionItem.issuer_id, ExceptionItem.card_asn).in_(chunk),
+                    ExceptionItem.state == ExceptionState.OPEN.value,
+                    ExceptionItem.code == "S_COUNTER_GAP",
+                    ExceptionItem.gap_first.is_not(None),
+                )
+            ).all()  # fmt: skip
+            for item_issuer, item_asn, item_id, first, last in items:
+                assert item_issuer is not None and item_asn is not None and first is not None and last is not None
+                key = (item_issuer, item_asn)
+                if not any(first <= c <= last for c in counters[key]):
+                    continue  # no late record of this batch falls in it
+                held = self.session.execute(
+                    select(Tap.offline_counter).where(
+                        Tap.issuer_id == item_issuer, Tap.card_asn == item_asn, Tap.offline_counter.between(first, last)
+                    )
+                ).scalars()
+                out.setdefault(key, []).append(OpenGap(item_id, first, last, frozenset(held)))
         return out
+
+    def legs(self, tap_ids: Sequence[int]) -> dict[int, Leg]:
+        rows = self.session.execute(
+            select(*_LEG_COLUMNS).outerjoin(Transfer, Transfer.id == Tap.transfer_id).where(Tap.id.in_(list(tap_ids)))
+        )
+        return {leg.tap_id: leg for leg in map(_leg, rows) if leg.tap_id is not None}
 
     def forwards_seen(self, keys: Sequence[ForwardKey]) -> set[ForwardKey]:
         found: set[ForwardKey] = set()
@@ -460,30 +498,6 @@ class SqlReads:
                 .order_by(Tap.offline_counter)
             )
             out[(issuer_id, asn)] = [_leg(row) for row in rows]
-        return out
-
-    def open_gaps(self, cards: Sequence[CardKey]) -> dict[CardKey, list[OpenGap]]:
-        out: dict[CardKey, list[OpenGap]] = {}
-        for chunk in _chunks(sorted(set(cards))):
-            items = self.session.execute(
-                select(
-                    ExceptionItem.issuer_id, ExceptionItem.card_asn, ExceptionItem.id, ExceptionItem.gap_first,
-                    ExceptionItem.gap_last,
-                ).where(
-                    tuple_(ExceptionItem.issuer_id, ExceptionItem.card_asn).in_(chunk),
-                    ExceptionItem.state == ExceptionState.OPEN.value,
-                    ExceptionItem.code == "S_COUNTER_GAP",
-                    ExceptionItem.gap_first.is_not(None),
-                )
-            ).all()  # fmt: skip
-            for issuer_id, asn, item_id, first, last in items:
-                assert issuer_id is not None and asn is not None and first is not None and last is not None
-                held = self.session.execute(
-                    select(Tap.offline_counter).where(
-                        Tap.issuer_id == issuer_id, Tap.card_asn == asn, Tap.offline_counter.between(first, last)
-                    )
-                ).scalars()
-                out.setdefault((issuer_id, asn), []).append(OpenGap(item_id, first, last, frozenset(held)))
         return out
 
 
