@@ -207,20 +207,19 @@ _FORWARD_COLUMNS: Final = (
     "batch_id, batch_seq, terminal_id, terminal_seq, record_digest, issuer_id, card_asn, offline_counter, tx_type, "
     "amount_fen, tx_time, business_day, record, state, received_at"
 )
-_TAP_REFUNDS: Final = """
-UPDATE taps AS t SET refund_fen = v.fen FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, fen)
-WHERE t.id = v.id AND t.refund_fen IS NULL
-"""
-# Two statements, each on an index (primary key, unique tap_id): an OR of the two would scan.
+# Rows found by ``id = ANY(…)`` (an index scan), never by joining an unnest: with hash joins off
+# and statistics behind the day's growth, the planner scanned exception_items for every item
+# while the batch held its cards' locks, and the other worker queued behind it. The rare
+# tap-off rows go one statement each (pipelined).
+_TAP_REFUND: Final = "UPDATE taps SET refund_fen = %s WHERE id = %s AND refund_fen IS NULL"
 _RESOLVE_ITEMS: Final = """
-UPDATE exception_items AS e SET state = 'resolved', note = v.note, decided_by = %s, decided_at = %s
-FROM unnest(%s::bigint[], %s::text[]) AS v(id, note)
-WHERE e.id = v.id AND e.state = 'open'
+UPDATE exception_items SET state = 'resolved', decided_by = %(by)s, decided_at = %(at)s,
+       note = (%(notes)s::text[])[array_position(%(ids)s::bigint[], id)]
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'open'
 """
-_RESOLVE_TAP_OFFS: Final = """
-UPDATE exception_items AS e SET state = 'resolved', note = v.note, decided_by = %s, decided_at = %s
-FROM unnest(%s::bigint[], %s::text[]) AS v(tap_id, note)
-WHERE e.tap_id = v.tap_id AND e.state = 'open' AND e.code = 'S_TAPOFF_NO_ENTRY'
+_RESOLVE_TAP_OFF: Final = """
+UPDATE exception_items SET state = 'resolved', note = %s, decided_by = %s, decided_at = %s
+WHERE tap_id = %s AND state = 'open' AND code = 'S_TAPOFF_NO_ENTRY'
 """
 _TRANSFER_COLUMNS: Final = (
     "id, debit_account_id, credit_account_id, amount_fen, ledger, code, state, source_ref, created_at"
@@ -233,10 +232,11 @@ _EXCEPTION_COLUMNS: Final = (
 # found by their natural key (the unique index), the batch's taps have no index of their own.
 _TAP_EXCEPTIONS: Final = f"""
 INSERT INTO exception_items ({_EXCEPTION_COLUMNS}, gap_first, gap_last)
-SELECT 'tap', t.id, t.business_day, NULL, t.terminal_id, t.terminal_seq, t.batch_seq, t.issuer_id, t.card_asn,
-       t.offline_counter, t.amount_fen, t.code, t.message, 'open', t.received_at, v.gap_first, v.gap_last
-FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS v(seq, gap_first, gap_last)
-JOIN taps t ON t.terminal_id = %s AND t.terminal_seq = v.seq
+SELECT 'tap', id, business_day, NULL, terminal_id, terminal_seq, batch_seq, issuer_id, card_asn,
+       offline_counter, amount_fen, code, message, 'open', received_at,
+       (%(firsts)s::int[])[array_position(%(seqs)s::bigint[], terminal_seq)],
+       (%(lasts)s::int[])[array_position(%(seqs)s::bigint[], terminal_seq)]
+FROM taps WHERE terminal_id = %(terminal)s AND terminal_seq = ANY(%(seqs)s::bigint[])
 """  # noqa: S608 - only the constant column list is interpolated
 _ACCOUNT_DELTAS: Final = """
 UPDATE accounts AS a SET debits_posted = a.debits_posted + v.d, credits_posted = a.credits_posted + v.c
@@ -505,12 +505,12 @@ class PgIngestor:
             assert all(t.record.terminal_id == terminal_id for t in queued), "only the uploader's records are stored"
             cur.execute(
                 _TAP_EXCEPTIONS,
-                (
-                    int_array(t.record.terminal_seq for t in queued),
-                    int_array(t.gap[0] if t.gap else None for t in queued),
-                    int_array(t.gap[1] if t.gap else None for t in queued),
-                    terminal_id,
-                ),
+                {
+                    "seqs": int_array(t.record.terminal_seq for t in queued),
+                    "firsts": int_array(t.gap[0] if t.gap else None for t in queued),
+                    "lasts": int_array(t.gap[1] if t.gap else None for t in queued),
+                    "terminal": terminal_id,
+                },
             )
         if plan.refunds:
             cur.executemany(
@@ -521,22 +521,19 @@ class PgIngestor:
                 ],
             )
         if plan.tap_refunds:
-            cur.execute(
-                _TAP_REFUNDS,
-                (int_array(t for t, _ in plan.tap_refunds), int_array(fen for _, fen in plan.tap_refunds)),
-            )
+            cur.executemany(_TAP_REFUND, [(fen, tap_id) for tap_id, fen in plan.tap_refunds])
         by_item = [r for r in plan.resolutions if r.item_id is not None]
         if by_item:
             cur.execute(
                 _RESOLVE_ITEMS,
-                (RESOLVER, received_at, int_array(r.item_id for r in by_item), [r.note for r in by_item]),
-            )
-        by_tap = [r for r in plan.resolutions if r.item_id is None]
+                {
+                    "by": RESOLVER, "at": received_at, "ids": int_array(r.item_id for r in by_item),
+                    "notes": [r.note for r in by_item],
+                },
+            )  # fmt: skip
+        by_tap = [(r.note, RESOLVER, received_at, r.tap_id) for r in plan.resolutions if r.item_id is None]
         if by_tap:
-            cur.execute(
-                _RESOLVE_TAP_OFFS,
-                (RESOLVER, received_at, int_array(r.tap_id for r in by_tap), [r.note for r in by_tap]),
-            )
+            cur.executemany(_RESOLVE_TAP_OFF, by_tap)
         if plan.account_deltas:
             ordered = sorted(plan.account_deltas.items())
             cur.execute(

@@ -9,7 +9,9 @@ Public names (ARCHITECTURE.md: a package's public names are what its ``__init__`
 * the tap: ``Terminal``, ``Validator``, ``TapResult``, ``Outcome``, ``TerminalConfig``,
   ``TariffFare``, ``FlatFare``, ``Price``, ``Pricer``;
 * storage and upload: ``Journal``, ``Denylist``, ``Uploader``, ``UploaderThread``,
-  ``UploadConfig``.
+  ``UploadConfig``;
+* online loads: ``load_card``, ``HttpLoadHost``, ``LoadHost``, ``LoadReport``, ``LoadResult``,
+  ``LoadOutcome``, ``LoadRefused``.
 
 The fare engine is the top-level package ``fares`` (pure, imports only ``cardos``), which the
 clearing centre uses too.
@@ -19,6 +21,7 @@ from terminals.config import TerminalConfig, UploadConfig
 from terminals.denylist import Denylist
 from terminals.errors import CardRefused, CardRemoved, JournalError, ReaderError, TerminalError, UploadError
 from terminals.journal import Journal, PendingTap, StoredBatch
+from terminals.loading import HttpLoadHost, LoadHost, LoadOutcome, LoadRefused, LoadReport, LoadResult, load_card
 from terminals.readers import (
     Apdu,
     Channel,
@@ -41,9 +44,15 @@ __all__ = [
     "Channel",
     "Denylist",
     "FlatFare",
+    "HttpLoadHost",
     "InProcessReader",
     "Journal",
     "JournalError",
+    "LoadHost",
+    "LoadOutcome",
+    "LoadRefused",
+    "LoadReport",
+    "LoadResult",
     "Outcome",
     "PcscReader",
     "PendingTap",
@@ -67,6 +76,7 @@ __all__ = [
     "Uploader",
     "UploaderThread",
     "Validator",
+    "load_card",
     "pcsc_reader_names",
     "transceive",
 ]

@@ -188,3 +188,16 @@ def test_the_loads_of_another_terminals_card_need_this_terminals_token(rig: Rig)
         f"/v1/terminals/{TERMINAL}/cards/{OWN_ISSUER}/{rig.asn}/loads", headers={"Authorization": "Bearer x.y"}
     )
     assert response.status_code == 401 and response.json()["code"] == "E_UNAUTHORIZED"
+
+
+def test_a_payer_that_cannot_cover_the_reservation_is_a_clear_refusal_not_a_500(rig: Rig) -> None:
+    """The ledger refuses to reserve a refund from an operator with nothing on its payable."""
+    with Session(rig.engine) as session:
+        payable_id = session.execute(select(Account.id).where(Account.owner_ref == "operator:bus-1")).scalar_one()
+    rig.pending("refund:0000aa0000f1:9", 300, payment_ref=None, kind=LoadKind.REFUND, payer_account_id=payable_id)
+    report = rig.present()
+    assert report.results[0].outcome is LoadOutcome.REFUSED
+    assert "E_DEBITS_EXCEED_CREDITS" in report.results[0].reason
+    assert rig.state("refund:0000aa0000f1:9") == "pending" and rig.card.registers.balance_fen == 1000
+    assert rig.transfers("load:refund") == []
+    rig.agree()
