@@ -29,9 +29,9 @@ item falls in one of five kinds, and each kind says what a decision does:
 
 The card's shadow balance follows a decision that moves the card's ledger, when the record
 is newer than the last one cleared; after every decision the ledger, the shadow and the
-purse agree. Gaps (``S_COUNTER_GAP``) usually close themselves when the missing counters
-arrive (``state = resolved``); ``list_items`` hides the ones younger than
-``GAP_AGE_DAYS_DEFAULT`` business days.
+purse agree. Counter gaps (``S_COUNTER_GAP``) are queued only when still open
+``GAP_AGE_DAYS_DEFAULT`` business days after their tap (``sweep_gaps``), and resolve
+themselves when the missing counters arrive (``state = resolved``).
 """
 
 from __future__ import annotations
@@ -44,16 +44,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
-from sqlalchemy import and_, not_, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from clearing import accounts
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import FareInfo, TapRecord
 from clearing.contract.codes import Code
 from clearing.errors import ClearingError
-from clearing.ingest import TacKeys, keystore_dtk, tap_transfer_id
+from clearing.ingest import RESOLVER, TacKeys, keystore_dtk, tap_transfer_id
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import Card, ExceptionItem, ExceptionState, Tap, Terminal, Transfer, TransferCode
 from clearing.validation import before_the_load, parse_tap_time, verify_tacs
@@ -163,48 +163,97 @@ def view(session: Session, item: ExceptionItem, now: dt.datetime, days: Business
     return ItemView(item, kind, age, amount, moved, accept_effect, write_off_effect)
 
 
-def list_items(
-    session: Session,
-    *,
-    state: str | None = "open",
-    limit: int = 100,
-    now: dt.datetime | None = None,
-    gap_age_days: int = GAP_AGE_DAYS_DEFAULT,
-    days: BusinessDayClock = DEFAULT_CLOCK,
-) -> list[ExceptionItem]:
-    """Items oldest first (``state=None``: all).
-
-    Open counter gaps younger than ``gap_age_days`` business days are left out: nearly all of
-    them close themselves when the missing counters arrive. ``gap_age_days=0`` lists them all.
-    """
+def list_items(session: Session, *, state: str | None = "open", limit: int = 100) -> list[ExceptionItem]:
+    """Items oldest first (``state=None``: all). Run ``sweep_gaps`` first to bring gaps up to date."""
     if not 0 < limit <= LIST_LIMIT_MAX:
         raise ClearingError(Code.E_BAD_STATE, f"limit must be 1..{LIST_LIMIT_MAX}")
-    if gap_age_days < 0:
-        raise ClearingError(Code.E_BAD_STATE, "the gap age is a number of business days ≥ 0")
     stmt = select(ExceptionItem).order_by(ExceptionItem.created_at, ExceptionItem.id).limit(limit)
     if state is not None:
         if state not in tuple(ExceptionState):
             raise ClearingError(Code.E_BAD_STATE, f"state must be one of {', '.join(ExceptionState)}")
         stmt = stmt.where(ExceptionItem.state == state)
-    if gap_age_days > 0:
-        today = days.day_of(now or dt.datetime.now(dt.UTC))
-        young_from = days.start_of(today - dt.timedelta(days=gap_age_days - 1))
-        stmt = stmt.where(
-            not_(
-                and_(
-                    ExceptionItem.code == Code.S_COUNTER_GAP.value,
-                    ExceptionItem.state == ExceptionState.OPEN.value,
-                    ExceptionItem.created_at >= young_from,
-                )
-            )
-        )
     return list(session.scalars(stmt))
 
 
-def open_counts(session: Session) -> dict[str, int]:
-    """Open items per code (what the queue holds, young gaps included)."""
-    from sqlalchemy import func
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    queued: int  # gaps still open after the age, now exception items
+    resolved: int  # queued gaps whose counters have all arrived since
 
+
+def _held(issuer: Any, asn: Any, first: Any, last: Any) -> Any:
+    """How many distinct counters of first..last a card's stored taps hold (a scalar subquery)."""
+    held = aliased(Tap)
+    return (
+        select(func.count(func.distinct(held.offline_counter)))
+        .where(held.issuer_id == issuer, held.card_asn == asn, held.offline_counter.between(first, last))
+        .scalar_subquery()
+    )
+
+
+def sweep_gaps(
+    session: Session,
+    *,
+    now: dt.datetime,
+    age_days: int = GAP_AGE_DAYS_DEFAULT,
+    days: BusinessDayClock = DEFAULT_CLOCK,
+) -> Sweep:
+    """Bring counter gaps up to date, in the caller's transaction (``yikatong exceptions sweep``).
+
+    Ingest makes no exception item for an ``S_COUNTER_GAP``: the missing counters are on the
+    tap row, and nearly all of them arrive within the day (a bus that was offline uploads).
+    A gap still open ``age_days`` business days after its tap's day becomes an item; a queued
+    gap whose counters have all arrived since resolves itself with a note. Idempotent.
+    """
+    if age_days < 0:
+        raise ClearingError(Code.E_BAD_STATE, "the gap age is a number of business days ≥ 0")
+    e = ExceptionItem
+    filled = session.execute(
+        select(e.id, e.gap_first, e.gap_last).where(
+            e.state == ExceptionState.OPEN.value,
+            e.code == Code.S_COUNTER_GAP.value,
+            e.gap_first.is_not(None),
+            _held(e.issuer_id, e.card_asn, e.gap_first, e.gap_last) == e.gap_last - e.gap_first + 1,
+        )
+    ).all()
+    for item_id, first, last in filled:
+        session.execute(
+            update(e)
+            .where(e.id == item_id, e.state == ExceptionState.OPEN.value)
+            .values(
+                state=ExceptionState.RESOLVED.value, decided_by=RESOLVER, decided_at=now,
+                note=f"counters {first}..{last} have all arrived; gap closed",
+            )
+        )  # fmt: skip
+    oldest_open_day = days.day_of(now) - dt.timedelta(days=age_days)
+    queued_already = select(e.id).where(e.tap_id == Tap.id).exists()
+    still_open = session.execute(
+        select(Tap).where(
+            Tap.gap_first.is_not(None),
+            Tap.business_day <= oldest_open_day,
+            ~queued_already,
+            _held(Tap.issuer_id, Tap.card_asn, Tap.gap_first, Tap.gap_last) < Tap.gap_last - Tap.gap_first + 1,
+        )
+    ).scalars()
+    queued = 0
+    for tap in still_open:
+        assert tap.gap_first is not None and tap.gap_last is not None
+        session.add(
+            ExceptionItem(
+                kind="tap", tap_id=tap.id, tap_business_day=tap.business_day, terminal_id=tap.terminal_id,
+                terminal_seq=tap.terminal_seq, batch_seq=tap.batch_seq, issuer_id=tap.issuer_id,
+                card_asn=tap.card_asn, offline_counter=tap.offline_counter, amount_fen=tap.amount_fen,
+                code=tap.code, message=tap.message, state=ExceptionState.OPEN.value, created_at=tap.received_at,
+                gap_first=tap.gap_first, gap_last=tap.gap_last,
+            )
+        )  # fmt: skip
+        queued += 1
+    session.flush()
+    return Sweep(queued, len(filled))
+
+
+def open_counts(session: Session) -> dict[str, int]:
+    """Open items per code (what the queue holds)."""
     rows = session.execute(
         select(ExceptionItem.code, func.count())
         .where(ExceptionItem.state == ExceptionState.OPEN.value)
@@ -552,11 +601,13 @@ __all__ = [
     "Effect",
     "ItemView",
     "Kind",
+    "Sweep",
     "accept",
     "add_item",
     "kind_of",
     "list_items",
     "open_counts",
+    "sweep_gaps",
     "view",
     "write_off",
 ]

@@ -226,7 +226,7 @@ class TapRow(NamedTuple):
     stored: bool
     exception: bool
     record_json: str | None
-    gap: tuple[int, int] | None = None  # S_COUNTER_GAP: the missing counters
+    gap: tuple[int, int] | None = None  # S_COUNTER_GAP: the missing counters (on the tap row; no item yet)
     refund_fen: int | None = None  # a tap-off whose refund clearing computed now
 
 
@@ -285,7 +285,7 @@ class WritePlan:
     forwards: list[ForwardRow] = field(default_factory=list)
     # stored tap-offs whose refund is computed now that their entry arrived: (tap id, fen)
     tap_refunds: list[tuple[int, int]] = field(default_factory=list)
-    resolutions: list[Resolution] = field(default_factory=list)  # exception items clearing closes itself
+    resolutions: list[Resolution] = field(default_factory=list)  # tap-off items clearing closes itself
 
 
 REFUND_PREFIX: Final = "refund:"
@@ -351,7 +351,9 @@ def make_plan(
         if outcome.forwards:
             forwards.append(ForwardRow(record, record_digest(record), day, moment, encode(record).decode()))
             continue
-        exception = verdict in ("rejected", "suspect")
+        # A gap gets no item now: nearly all fill within the day (``exceptions_queue.sweep_gaps``
+        # queues the ones still open after an age); its missing counters go on the tap row.
+        exception = verdict in ("rejected", "suspect") and outcome.gap is None
         taps.append(
             TapRow(
                 position=index,

@@ -78,7 +78,6 @@ from clearing.validation import (
     Leg,
     Limits,
     Neighbour,
-    OpenGap,
     RefundPricer,
 )
 
@@ -96,7 +95,7 @@ _TAP_COLUMNS: Final = (
     "tx_type, amount_fen, balance_before_fen, offline_counter, tx_time, tx_utc_offset_min, key_version, "
     "alg_id, tac, route_id, stop_id, vehicle_id, fare_product_id, fare_rider_category_id, fare_leg_group_id, "
     "fare_full_fen, fare_discount_fen, fare_transfer_of, status, verdict, code, message, transfer_id, received_at, "
-    "fare_tap_kind, fare_tariff_version, fare_refund_claimed_fen, refund_fen"
+    "fare_tap_kind, fare_tariff_version, fare_refund_claimed_fen, refund_fen, gap_first, gap_last"
 )
 # Every read and write of a batch joins a few thousand staged rows with large indexed tables
 # (taps, cards, accounts); the temp tables have no statistics, and a hash join over a
@@ -124,10 +123,16 @@ _CARDS: Final = (
     _CARD_STATE + "WHERE (c.issuer_id, c.card_asn) IN (SELECT DISTINCT issuer_id, card_asn FROM ingest_keys)"  # noqa: S608
 )
 _CARDS_BY_ID: Final = _CARD_STATE + "WHERE c.id = ANY(%s::bigint[])"
+# Everything a verdict decides about a stored row: verdict, code, message, the gap it names and
+# the refund computed for it. Rows found by ``terminal_seq = ANY(…)`` on the unique index.
 _FIX_VERDICTS: Final = """
-UPDATE taps AS t SET verdict = v.verdict, code = v.code, message = v.message
-FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS v(seq, verdict, code, message)
-WHERE t.terminal_id = %s AND t.terminal_seq = v.seq AND t.batch_id = %s
+UPDATE taps SET verdict = (%(verdicts)s::text[])[array_position(%(seqs)s::bigint[], terminal_seq)],
+       code = (%(codes)s::text[])[array_position(%(seqs)s::bigint[], terminal_seq)],
+       message = (%(messages)s::text[])[array_position(%(seqs)s::bigint[], terminal_seq)],
+       gap_first = (%(firsts)s::int[])[array_position(%(seqs)s::bigint[], terminal_seq)],
+       gap_last = (%(lasts)s::int[])[array_position(%(seqs)s::bigint[], terminal_seq)],
+       refund_fen = (%(refunds)s::bigint[])[array_position(%(seqs)s::bigint[], terminal_seq)]
+WHERE terminal_id = %(terminal)s AND terminal_seq = ANY(%(seqs)s::bigint[]) AND batch_id = %(batch)s
 """
 # Phase 2 locks by primary key and reads only the row versions; the full state is read again
 # (under the lock) only when a version moved, which is rare unless workers share cards.
@@ -166,21 +171,6 @@ LEFT JOIN LATERAL (
     ORDER BY t.offline_counter ASC LIMIT 1
 ) n ON true
 """
-# The open gaps a late counter falls in: LATERAL with OFFSET 0 (kept from being flattened into a
-# join), so each late record probes the partial index of its card's open items; as a join the
-# planner, its statistics behind the day's growth, scanned every open item once per card.
-_GAPS_AT: Final = """
-SELECT DISTINCT l.issuer_id, l.card_asn, e.id, e.gap_first, e.gap_last,
-       ARRAY(SELECT t.offline_counter FROM taps t WHERE t.issuer_id = l.issuer_id AND t.card_asn = l.card_asn
-             AND t.offline_counter BETWEEN e.gap_first AND e.gap_last)
-FROM unnest(%(issuers)s::text[], %(asns)s::text[], %(counters)s::int[]) AS l(issuer_id, card_asn, counter)
-JOIN LATERAL (
-    SELECT e.id, e.gap_first, e.gap_last FROM exception_items e
-    WHERE e.issuer_id = l.issuer_id AND e.card_asn = l.card_asn AND e.state = 'open'
-      AND e.code = 'S_COUNTER_GAP' AND e.gap_first <= l.counter AND e.gap_last >= l.counter
-    OFFSET 0
-) e ON true
-"""
 _LEGS: Final = f"""
 SELECT {_LEG} FROM taps t LEFT JOIN transfers x ON x.id = t.transfer_id WHERE t.id = ANY(%s::bigint[])
 """  # noqa: S608 - only constant column lists are interpolated
@@ -207,16 +197,10 @@ _FORWARD_COLUMNS: Final = (
     "batch_id, batch_seq, terminal_id, terminal_seq, record_digest, issuer_id, card_asn, offline_counter, tx_type, "
     "amount_fen, tx_time, business_day, record, state, received_at"
 )
-# Rows found by ``id = ANY(…)`` (an index scan), never by joining an unnest: with hash joins off
-# and statistics behind the day's growth, the planner scanned exception_items for every item
-# while the batch held its cards' locks, and the other worker queued behind it. The rare
-# tap-off rows go one statement each (pipelined).
+# One statement per (rare) row, on an index, pipelined: joined with an unnest, the planner —
+# hash joins off, statistics behind the day's growth — may scan the table per row while the
+# batch holds its cards' locks.
 _TAP_REFUND: Final = "UPDATE taps SET refund_fen = %s WHERE id = %s AND refund_fen IS NULL"
-_RESOLVE_ITEMS: Final = """
-UPDATE exception_items SET state = 'resolved', decided_by = %(by)s, decided_at = %(at)s,
-       note = (%(notes)s::text[])[array_position(%(ids)s::bigint[], id)]
-WHERE id = ANY(%(ids)s::bigint[]) AND state = 'open'
-"""
 _RESOLVE_TAP_OFF: Final = """
 UPDATE exception_items SET state = 'resolved', note = %s, decided_by = %s, decided_at = %s
 WHERE tap_id = %s AND state = 'open' AND code = 'S_TAPOFF_NO_ENTRY'
@@ -231,12 +215,10 @@ _EXCEPTION_COLUMNS: Final = (
 # Exception items of stored taps point at them by id, which the server assigned during the COPY;
 # found by their natural key (the unique index), the batch's taps have no index of their own.
 _TAP_EXCEPTIONS: Final = f"""
-INSERT INTO exception_items ({_EXCEPTION_COLUMNS}, gap_first, gap_last)
+INSERT INTO exception_items ({_EXCEPTION_COLUMNS})
 SELECT 'tap', id, business_day, NULL, terminal_id, terminal_seq, batch_seq, issuer_id, card_asn,
-       offline_counter, amount_fen, code, message, 'open', received_at,
-       (%(firsts)s::int[])[array_position(%(seqs)s::bigint[], terminal_seq)],
-       (%(lasts)s::int[])[array_position(%(seqs)s::bigint[], terminal_seq)]
-FROM taps WHERE terminal_id = %(terminal)s AND terminal_seq = ANY(%(seqs)s::bigint[])
+       offline_counter, amount_fen, code, message, 'open', received_at
+FROM taps WHERE terminal_id = %s AND terminal_seq = ANY(%s::bigint[])
 """  # noqa: S608 - only the constant column list is interpolated
 _ACCOUNT_DELTAS: Final = """
 UPDATE accounts AS a SET debits_posted = a.debits_posted + v.d, credits_posted = a.credits_posted + v.c
@@ -430,19 +412,24 @@ class PgIngestor:
         changed = [
             new
             for new, old in zip(final.taps, plan.taps, strict=True)
-            if new.stored and (new.verdict, new.code, new.message) != (old.verdict, old.code, old.message)
+            if new.stored
+            and (new.verdict, new.code, new.message, new.gap, new.refund_fen)
+            != (old.verdict, old.code, old.message, old.gap, old.refund_fen)
         ]
         if changed:
             cur.execute(
                 _FIX_VERDICTS,
-                (
-                    [t.record.terminal_seq for t in changed],
-                    [t.verdict for t in changed],
-                    [t.code for t in changed],
-                    [t.message for t in changed],
-                    prepared.terminal_id,
-                    batch_id,
-                ),
+                {
+                    "seqs": int_array(t.record.terminal_seq for t in changed),
+                    "verdicts": [t.verdict for t in changed],
+                    "codes": [t.code for t in changed],
+                    "messages": [t.message for t in changed],
+                    "firsts": int_array(t.gap[0] if t.gap else None for t in changed),
+                    "lasts": int_array(t.gap[1] if t.gap else None for t in changed),
+                    "refunds": int_array(t.refund_fen for t in changed),
+                    "terminal": prepared.terminal_id,
+                    "batch": batch_id,
+                },
             )
         return final
 
@@ -503,15 +490,7 @@ class PgIngestor:
         if queued:
             terminal_id = queued[0].record.terminal_id
             assert all(t.record.terminal_id == terminal_id for t in queued), "only the uploader's records are stored"
-            cur.execute(
-                _TAP_EXCEPTIONS,
-                {
-                    "seqs": int_array(t.record.terminal_seq for t in queued),
-                    "firsts": int_array(t.gap[0] if t.gap else None for t in queued),
-                    "lasts": int_array(t.gap[1] if t.gap else None for t in queued),
-                    "terminal": terminal_id,
-                },
-            )
+            cur.execute(_TAP_EXCEPTIONS, (terminal_id, int_array(t.record.terminal_seq for t in queued)))
         if plan.refunds:
             cur.executemany(
                 _REFUND,
@@ -522,18 +501,8 @@ class PgIngestor:
             )
         if plan.tap_refunds:
             cur.executemany(_TAP_REFUND, [(fen, tap_id) for tap_id, fen in plan.tap_refunds])
-        by_item = [r for r in plan.resolutions if r.item_id is not None]
-        if by_item:
-            cur.execute(
-                _RESOLVE_ITEMS,
-                {
-                    "by": RESOLVER, "at": received_at, "ids": int_array(r.item_id for r in by_item),
-                    "notes": [r.note for r in by_item],
-                },
-            )  # fmt: skip
-        by_tap = [(r.note, RESOLVER, received_at, r.tap_id) for r in plan.resolutions if r.item_id is None]
-        if by_tap:
-            cur.executemany(_RESOLVE_TAP_OFF, by_tap)
+        if plan.resolutions:
+            cur.executemany(_RESOLVE_TAP_OFF, [(r.note, RESOLVER, received_at, r.tap_id) for r in plan.resolutions])
         if plan.account_deltas:
             ordered = sorted(plan.account_deltas.items())
             cur.execute(
@@ -587,11 +556,18 @@ def _tap_line(tap: TapRow, batch_id: int, batch_seq: int, received: str) -> str:
         f"\t{r.balance_before_fen}\t{r.offline_counter}\t{tap.tx_at.isoformat()}\t{tap.tx_utc_offset_min}"
         f"\t{r.key_version}\t{r.alg_id}\t{r.tac}\t{copy_text(r.route_id)}\t{copy_text(r.stop_id)}"
         f"\t{copy_text(r.vehicle_id)}\t{fare_fields}\t{r.status}\t{tap.verdict}\t{tap.code}"
-        f"\t{copy_text(tap.message)}\t{copy_text(tap.transfer_id)}\t{received}\t{_tap_off_fields(tap)}\n"
+        f"\t{copy_text(tap.message)}\t{copy_text(tap.transfer_id)}\t{received}\t{_tap_off_fields(tap)}"
+        f"\t{_gap_fields(tap)}\n"
     )
 
 
 _NO_TAP_OFF: Final = "\\N\t\\N\t\\N\t\\N"
+_NO_GAP: Final = "\\N\t\\N"
+
+
+def _gap_fields(tap: TapRow) -> str:
+    """``gap_first, gap_last`` (NULLs for a tap without a counter gap)."""
+    return _NO_GAP if tap.gap is None else f"{tap.gap[0]}\t{tap.gap[1]}"
 
 
 def _tap_off_fields(tap: TapRow) -> str:
@@ -726,10 +702,7 @@ class PgReads:
             "counters": int_array(k[2] for k in late),
             "batch": self.batch_id,  # in phase 2 this batch's own rows are visible: they are not neighbours
         }
-        conn = self.cur.connection
-        with conn.pipeline():  # one round trip for both
-            neighbours_cur = conn.execute(_NEIGHBOURS, params)
-            gaps_cur = conn.execute(_GAPS_AT, params)
+        neighbours_cur = self.cur.execute(_NEIGHBOURS, params)
         neighbours: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = {}
         waiting: dict[LateKey, int] = {}
         for issuer_id, asn, counter, pc, pb, pa, nc, nb, na, waiting_id in neighbours_cur.fetchall():
@@ -738,10 +711,7 @@ class PgReads:
             neighbours[(issuer_id, asn, counter)] = (below, above)
             if waiting_id is not None:
                 waiting[(issuer_id, asn, counter)] = int(waiting_id)
-        gaps: dict[CardKey, list[OpenGap]] = {}
-        for issuer_id, asn, item_id, first, last, held in gaps_cur.fetchall():
-            gaps.setdefault((issuer_id, asn), []).append(OpenGap(item_id, first, last, frozenset(held)))
-        return LateReads(neighbours, waiting, gaps)
+        return LateReads(neighbours, waiting)
 
     def legs(self, tap_ids: Sequence[int]) -> dict[int, Leg]:
         return {leg.tap_id: leg for leg in map(_leg, self.cur.execute(_LEGS, (int_array(tap_ids),))) if leg.tap_id}

@@ -2,7 +2,7 @@
 
 ``read_context`` decides *what* a batch needs from the database — the cards and the keys
 they already hold, the neighbours of late records, a tap-off's entry leg and the card's legs
-of the day, open counter gaps, forwards already received — and builds the pure
+of the day, forwards already received — and builds the pure
 ``validation.Context`` from it. ``ingest_pg`` (COPY, set-based SQL) and ``ingest_sqlite``
 (SQLAlchemy Core) implement ``BatchReads``, which only says *how* to fetch each piece, so
 the two paths cannot disagree about what a batch is judged against (a test runs one
@@ -25,7 +25,6 @@ from clearing.validation import (
     Leg,
     Limits,
     Neighbour,
-    OpenGap,
     RefundPricer,
     is_tap_off,
     late_record_keys,
@@ -51,13 +50,11 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class LateReads:
-    """What the late records of a batch need: their cleared neighbours and the open gaps they fall in."""
+    """What the late records of a batch need: their cleared neighbours."""
 
     neighbours: dict[LateKey, tuple[Neighbour | None, Neighbour | None]]
     # the neighbour above is a stored tap-off still waiting for its refund: its tap id
     waiting: dict[LateKey, int]
-    # per card, its open counter-gap items that contain a late counter of this batch
-    open_gaps: dict[CardKey, list[OpenGap]]
 
 
 class BatchReads(Protocol):
@@ -66,8 +63,7 @@ class BatchReads(Protocol):
     def snapshot(self, records: Sequence[TapRecord]) -> Snapshot: ...
 
     def late(self, late: Sequence[LateKey]) -> LateReads:
-        """The cleared purchases at-or-below and above each late counter, and the open gaps
-        containing those counters (with the counters of each gap already held by taps)."""
+        """The cleared purchases at-or-below and above each late counter."""
         ...
 
     def legs(self, tap_ids: Sequence[int]) -> dict[int, Leg]:
@@ -92,7 +88,6 @@ class CardReads:
     neighbours: dict[LateKey, tuple[Neighbour | None, Neighbour | None]] = field(default_factory=dict)
     entries: dict[LateKey, Leg] = field(default_factory=dict)
     day_legs: dict[CardKey, list[Leg]] = field(default_factory=dict)
-    open_gaps: dict[CardKey, list[OpenGap]] = field(default_factory=dict)
 
 
 # How far back a tap-off's fare may look at the card's earlier legs: the daily cap and the
@@ -105,7 +100,7 @@ def read_cards(
 ) -> CardReads:
     """The per-card reads of ``records`` against the card states ``cards``."""
     late = late_record_keys(records, cards)
-    facts = reads.late(late) if late else LateReads({}, {}, {})
+    facts = reads.late(late) if late else LateReads({}, {})
     neighbours = facts.neighbours
     if facts.waiting:  # rare: a stored tap-off still waiting for its entry, just above a late record
         legs = reads.legs(sorted(set(facts.waiting.values())))
@@ -138,7 +133,7 @@ def read_cards(
         if above is not None and above.waiting is not None:
             widen((issuer, asn), above.waiting.at)
     day_legs = reads.day_legs([(key, start, end) for key, (start, end) in windows.items()]) if windows else {}
-    return CardReads(neighbours, entries, day_legs, facts.open_gaps)
+    return CardReads(neighbours, entries, day_legs)
 
 
 def _time_ok(text: str) -> bool:
@@ -178,7 +173,6 @@ def read_context(
         seen_forwards=forwards,
         entries=per_card.entries,
         day_legs=per_card.day_legs,
-        open_gaps=per_card.open_gaps,
         refund_pricer=refund_pricer,
     )
     return ctx, snap.versions
@@ -192,7 +186,6 @@ def with_fresh_cards(ctx: Context, fresh: Mapping[CardKey, CardState], reads: Ca
         neighbours={**ctx.neighbours, **reads.neighbours},
         entries={**ctx.entries, **reads.entries},
         day_legs={**ctx.day_legs, **reads.day_legs},
-        open_gaps={**{k: v for k, v in ctx.open_gaps.items() if k not in fresh}, **reads.open_gaps},
     )
 
 

@@ -66,7 +66,6 @@ from clearing.validation import (
     Leg,
     Limits,
     Neighbour,
-    OpenGap,
     RefundPricer,
     Resolution,
 )
@@ -199,7 +198,6 @@ class SqlIngestor:
                         "issuer_id": r.issuer_id, "card_asn": r.card_asn, "offline_counter": r.offline_counter,
                         "amount_fen": r.amount_fen, "code": tap.code, "message": tap.message,
                         "state": ExceptionState.OPEN.value, "created_at": received_at,
-                        "gap_first": tap.gap[0] if tap.gap else None, "gap_last": tap.gap[1] if tap.gap else None,
                     }
                 )  # fmt: skip
             if not tap.stored:
@@ -226,6 +224,7 @@ class SqlIngestor:
                     "fare_tariff_version": fare.tariff_version if fare else None,
                     "fare_refund_claimed_fen": fare.refund_due_fen if fare and fare.tap_kind == "tap_off" else None,
                     "refund_fen": tap.refund_fen,
+                    "gap_first": tap.gap[0] if tap.gap else None, "gap_last": tap.gap[1] if tap.gap else None,
                 }
             )  # fmt: skip
         _insert(session, Tap, tap_rows)
@@ -295,16 +294,15 @@ class SqlIngestor:
 
 
 def _resolve(session: Session, resolutions: Sequence[Resolution], now: dt.datetime) -> None:
-    """Close the exception items clearing resolved itself (still open: a person may have decided first)."""
+    """Close the tap-off items clearing resolved itself (still open: a person may have decided first)."""
     for res in resolutions:
-        which = (
-            ExceptionItem.id == res.item_id
-            if res.item_id is not None
-            else (ExceptionItem.tap_id == res.tap_id) & (ExceptionItem.code == Code.S_TAPOFF_NO_ENTRY.value)
-        )
         session.execute(
             update(ExceptionItem)
-            .where(which, ExceptionItem.state == ExceptionState.OPEN.value)
+            .where(
+                ExceptionItem.tap_id == res.tap_id,
+                ExceptionItem.code == Code.S_TAPOFF_NO_ENTRY.value,
+                ExceptionItem.state == ExceptionState.OPEN.value,
+            )
             .values(state=ExceptionState.RESOLVED.value, note=res.note, decided_by=RESOLVER, decided_at=now)
         )
 
@@ -427,37 +425,7 @@ class SqlReads:
             neighbours[(issuer_id, asn, counter)] = (below, above)
             if split < len(taps) and taps[split][3] is not None:
                 waiting_ids[(issuer_id, asn, counter)] = int(taps[split][3])  # type: ignore[arg-type]
-        return LateReads(neighbours, waiting_ids, self._gaps_at(late))
-
-    def _gaps_at(self, late: Sequence[LateKey]) -> dict[CardKey, list[OpenGap]]:
-        counters: dict[CardKey, list[int]] = {}
-        for issuer_id, asn, counter in late:
-            counters.setdefault((issuer_id, asn), []).append(counter)
-        out: dict[CardKey, list[OpenGap]] = {}
-        for chunk in _chunks(sorted(counters)):
-            items = self.session.execute(
-                select(
-                    ExceptionItem.issuer_id, ExceptionItem.card_asn, ExceptionItem.id, ExceptionItem.gap_first,
-                    ExceptionItem.gap_last,
-                ).where(
-                    tuple_(ExceptionItem.issuer_id, ExceptionItem.card_asn).in_(chunk),
-                    ExceptionItem.state == ExceptionState.OPEN.value,
-                    ExceptionItem.code == "S_COUNTER_GAP",
-                    ExceptionItem.gap_first.is_not(None),
-                )
-            ).all()  # fmt: skip
-            for item_issuer, item_asn, item_id, first, last in items:
-                assert item_issuer is not None and item_asn is not None and first is not None and last is not None
-                key = (item_issuer, item_asn)
-                if not any(first <= c <= last for c in counters[key]):
-                    continue  # no late record of this batch falls in it
-                held = self.session.execute(
-                    select(Tap.offline_counter).where(
-                        Tap.issuer_id == item_issuer, Tap.card_asn == item_asn, Tap.offline_counter.between(first, last)
-                    )
-                ).scalars()
-                out.setdefault(key, []).append(OpenGap(item_id, first, last, frozenset(held)))
-        return out
+        return LateReads(neighbours, waiting_ids)
 
     def legs(self, tap_ids: Sequence[int]) -> dict[int, Leg]:
         rows = self.session.execute(

@@ -36,14 +36,15 @@ the tariff the terminal priced with compute what the exit owes back (``Context.r
 ``clearing.refunds``: within the tariff's time limit, at most the entry charge less the
 minimum fare). The refund is stored with the tap and paid by the operator that received the
 entry fare. A tap-off whose entry has not cleared moves no money; when the entry arrives (a
-late record), the refund is computed then. A counter gap closes itself the same way: when
-every missing counter has arrived, its exception item resolves (``Judgement.resolutions``).
+late record), the refund is computed then. A counter gap names its missing counters
+(``Outcome.gap``); it becomes an exception item only if still open after an age
+(``exceptions_queue.sweep_gaps``): nearly all fill within the day.
 
 Decisions (``docs/clearing.md`` explains them at length):
 
 * Suspect records **post**. Their TAC verifies, so the card really was debited; refusing to
   pay the operator would not give the money back to the card. The exception queue gets an
-  item so a person looks at the gap or the discontinuity.
+  item so a person looks at the discontinuity (a gap: once it has stayed open long enough).
 * The shadow balance follows the record with the highest offline counter: after it,
   ``shadow_balance_fen == balance_before_fen - amount_fen`` of that record. A record whose
   counter is below the card's last cleared counter arrived late (a terminal that was
@@ -169,20 +170,10 @@ class RefundDue(NamedTuple):
 
 
 class Resolution(NamedTuple):
-    """An open exception item that clearing closes itself, with the note saying why."""
+    """The open S_TAPOFF_NO_ENTRY item of a stored tap-off that clearing closes itself, and why."""
 
     note: str
-    item_id: int | None = None  # a known item (an open counter gap)
-    tap_id: int | None = None  # the open S_TAPOFF_NO_ENTRY item of this stored tap
-
-
-class OpenGap(NamedTuple):
-    """An open ``S_COUNTER_GAP`` item of a card: the missing counters and those that arrived since."""
-
-    item_id: int
-    first: int
-    last: int
-    held: frozenset[int]
+    tap_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +208,6 @@ class Context:
     entries: Mapping[tuple[str, str, int], Leg] = field(default_factory=dict)
     # per card with a tap-off to price: its posted legs of the days concerned, in counter order
     day_legs: Mapping[CardKey, Sequence[Leg]] = field(default_factory=dict)
-    # per card with late records: its open counter gaps
-    open_gaps: Mapping[CardKey, Sequence[OpenGap]] = field(default_factory=dict)
     refund_pricer: RefundPricer | None = None
 
 
@@ -429,7 +418,6 @@ def judge(
     per_card: dict[CardKey, CardResult] = {}
     for key, indices in by_card.items():
         per_card[key] = _judge_card(records, times, indices, ctx.cards[key], ctx, outcomes)
-    _close_gaps(records, outcomes, ctx, per_card, None)
 
     final = [o for o in outcomes if o is not None]
     assert len(final) == len(records), "every record has a verdict"
@@ -459,7 +447,6 @@ def rejudge_cards(
         if not indices:
             continue
         per_card[key] = _judge_card(records, times, list(indices), ctx.cards[key], ctx, outcomes)
-    _close_gaps(records, outcomes, ctx, per_card, moved)
     final = [o for o in outcomes if o is not None]
     assert len(final) == len(records), "every record has a verdict"
     return Judgement(final, per_card, judgement.tx_times, judgement.card_records)
@@ -805,41 +792,6 @@ def _pay_waiting_tap_off(record: TapRecord, at: dt.datetime, ctx: Context, run: 
     )
 
 
-def _close_gaps(
-    records: Sequence[TapRecord],
-    outcomes: Sequence[Outcome | None],
-    ctx: Context,
-    per_card: dict[CardKey, CardResult],
-    only: set[CardKey] | None,
-) -> None:
-    """Open counter gaps of the batch's cards that this batch fills close themselves.
-
-    A counter has *arrived* when a stored tap holds it: the gap's own held counters plus
-    every record of this batch that claims its keys. Per card, so ``rejudge_cards`` can run
-    it again for the moved cards only.
-    """
-    if not ctx.open_gaps:
-        return
-    arrived: dict[CardKey, set[int]] = {}
-    for record, outcome in zip(records, outcomes, strict=True):
-        key = (record.issuer_id, record.card_asn)
-        if outcome is not None and outcome.claims_keys and key in ctx.open_gaps and (only is None or key in only):
-            arrived.setdefault(key, set()).add(record.offline_counter)
-    for key, counters in arrived.items():
-        closed = tuple(
-            Resolution(
-                f"counters {gap.first}..{gap.last} have all arrived (the last in this batch); gap closed",
-                item_id=gap.item_id,
-            )
-            for gap in ctx.open_gaps[key]
-            if all(c in gap.held or c in counters for c in range(gap.first, gap.last + 1))
-        )
-        if closed:
-            result = per_card.get(key, CardResult(None))
-            kept = tuple(r for r in result.resolutions if r.item_id is None)
-            per_card[key] = result._replace(resolutions=kept + closed)
-
-
 def before_the_load(at: dt.datetime, balance_before_fen: int, shadow_fen: int, load_at: dt.datetime | None) -> bool:
     """Whether a tap newer by counter happened before the online load that set the shadow.
 
@@ -921,7 +873,6 @@ __all__ = [
     "Leg",
     "Limits",
     "Neighbour",
-    "OpenGap",
     "Outcome",
     "RefundDue",
     "RefundPricer",

@@ -1,6 +1,8 @@
 """Clearing trust (issue 8): decisions that follow the money, refunds from verified legs, reserved loads.
 
-- ``taps`` gains the tap-off's fare facts the terminal claims (``fare_tap_kind``,
+- ``taps`` gains the counters a gap is missing (``gap_first``..``gap_last``, partial index
+  ``ix_taps_gaps``: gaps become exception items only when still open after an age) and the
+  tap-off's fare facts the terminal claims (``fare_tap_kind``,
   ``fare_tariff_version``, ``fare_refund_claimed_fen``) and the refund clearing computed
   (``refund_fen``): the refund is stored with the tap.
 - ``exception_items`` gains the missing counter range of a gap (``gap_first``..``gap_last``,
@@ -43,6 +45,10 @@ def upgrade() -> None:
     op.add_column("taps", sa.Column("fare_tariff_version", sa.String(length=64), nullable=True))
     op.add_column("taps", sa.Column("fare_refund_claimed_fen", sa.BigInteger(), nullable=True))
     op.add_column("taps", sa.Column("refund_fen", sa.BigInteger(), nullable=True))
+    op.add_column("taps", sa.Column("gap_first", sa.Integer(), nullable=True))
+    op.add_column("taps", sa.Column("gap_last", sa.Integer(), nullable=True))
+    where = sa.text("gap_first IS NOT NULL")
+    op.create_index("ix_taps_gaps", "taps", ["business_day"], postgresql_where=where, sqlite_where=where)
 
     with op.batch_alter_table("exception_items") as batch:
         batch.add_column(sa.Column("gap_first", sa.Integer(), nullable=True))
@@ -154,5 +160,13 @@ def downgrade() -> None:
         batch.drop_column("gap_last")
         batch.drop_column("gap_first")
     # Forwarded records go back to nothing: 0003's taps would make them claim keys again.
-    for column in ("refund_fen", "fare_refund_claimed_fen", "fare_tariff_version", "fare_tap_kind"):
+    op.drop_index("ix_taps_gaps", table_name="taps")
+    for column in (
+        "gap_last",
+        "gap_first",
+        "refund_fen",
+        "fare_refund_claimed_fen",
+        "fare_tariff_version",
+        "fare_tap_kind",
+    ):
         op.drop_column("taps", column)

@@ -149,10 +149,11 @@ def test_rejections_and_suspects_go_to_the_exception_queue(clearing: Clearing) -
     result = clearing.upload(term.terminal_id, term.batch([later, after_gap]))
     assert clearing.verdicts(result) == [("accepted", "OK"), ("suspect", "S_COUNTER_GAP")]
     with Session(clearing.engine) as session:
-        item = session.execute(select(ExceptionItem).where(ExceptionItem.code == "S_COUNTER_GAP")).scalar_one()
-        assert item.tap_id is not None and item.record is None and item.offline_counter == 6
-        tap = session.execute(select(Tap).where(Tap.id == item.tap_id)).scalar_one()
+        # the gap waits on its tap row, not in the queue: it is queued only if still open days on
+        assert session.execute(select(ExceptionItem).where(ExceptionItem.code == "S_COUNTER_GAP")).first() is None
+        tap = session.execute(select(Tap).where(Tap.offline_counter == 6)).scalar_one()
         assert (tap.verdict, tap.transfer_id) == ("suspect", f"tap:{term.terminal_id}:{after_gap.terminal_seq}")
+        assert (tap.gap_first, tap.gap_last) == (5, 5)
 
 
 def test_peer_cards_are_forwarded_stored_and_not_posted(clearing: Clearing) -> None:
@@ -224,8 +225,8 @@ def _snapshot(engine: Engine) -> dict[str, Any]:
             "taps": rows(
                 "SELECT terminal_id, terminal_seq, batch_seq, issuer_id, card_asn, offline_counter, tx_type, "
                 "amount_fen, balance_before_fen, business_day, verdict, code, message, transfer_id, fare_product_id, "
-                "tx_utc_offset_min, fare_tap_kind, fare_tariff_version, fare_refund_claimed_fen, refund_fen "
-                "FROM taps ORDER BY terminal_id, terminal_seq"
+                "tx_utc_offset_min, fare_tap_kind, fare_tariff_version, fare_refund_claimed_fen, refund_fen, "
+                "gap_first, gap_last FROM taps ORDER BY terminal_id, terminal_seq"
             ),
             "transfers": rows(
                 "SELECT t.id, d.owner_ref, c.owner_ref, t.amount_fen, t.code, t.state, t.source_ref FROM transfers t "
@@ -292,9 +293,9 @@ def test_sqlite_and_postgresql_paths_write_the_same(sqlite_engine: Engine, pg_en
     lite, pg = _snapshot(sqlite_engine), _snapshot(pg_engine)
     for table in lite:
         assert lite[table] == pg[table], table
-    assert {row[3] for row in lite["exceptions"]} >= {"E_TAC_MISMATCH", "S_COUNTER_GAP"}
-    gaps = {(row[7], row[8], row[6]) for row in lite["exceptions"] if row[3] == "S_COUNTER_GAP"}
-    assert ("resolved" in {state for *_, state in gaps}) and ("open" in {state for *_, state in gaps})
+    assert {row[3] for row in lite["exceptions"]} >= {"E_TAC_MISMATCH"}
+    assert [row[-2:] for row in lite["taps"] if row[11] == "S_COUNTER_GAP"]  # gaps on their tap rows
+    assert all(row[-2:] == (None, None) for row in lite["taps"] if row[11] != "S_COUNTER_GAP")
     assert [(row[2], row[4]) for row in lite["loads"]] == [(300, "refund"), (600, "refund")]
     assert len(lite["forwards"]) == 3
 

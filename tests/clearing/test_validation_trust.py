@@ -1,7 +1,7 @@
 """Issue 8 at the level of the pure judge: refunds from verified legs, gaps that close, forwards that squat nothing.
 
 Each of these failed on the code before issue 8: the terminal's ``refund_due_fen`` was paid as
-claimed, counter gaps never closed, and a forwarded record claimed the natural keys.
+claimed, and a forwarded record claimed the natural keys.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from test_validation import codes, context, run, state
 
 from clearing.contract import FareInfo
 from clearing.refunds import default_refunds
-from clearing.validation import Leg, Neighbour, OpenGap, RefundDue, Resolution, record_digest
+from clearing.validation import Leg, Neighbour, RefundDue, record_digest
 
 PRICER = default_refunds()
 OPERATOR_B = 4242  # the payable of another operator, who received an entry fare
@@ -123,30 +123,6 @@ def test_a_tap_off_waiting_for_its_entry_is_refunded_when_the_entry_arrives_late
         RefundDue(OWN_ISSUER, card.asn, back.terminal_id, tap_off.terminal_seq, 300, None, exit_tap_id=991)
     ]
     assert [r.tap_id for r in j.resolutions] == [991]
-
-
-def test_a_counter_gap_closes_itself_when_every_missing_counter_has_arrived(term: Terminal) -> None:
-    card = Card(1, balance_fen=5000)
-    five, six = term.tap(card, 100), term.tap(card, 100)  # counters 0 and 1 arrive late, after 2 cleared
-    neighbours = {(OWN_ISSUER, card.asn, c): (None, Neighbour(2, 4800, 100)) for c in (0, 1)}
-    gap = OpenGap(item_id=31, first=0, last=1, held=frozenset())
-    only_one = run(
-        [five],
-        context(term, {card: state(card, last=2)}, neighbours=neighbours, open_gaps={(OWN_ISSUER, card.asn): [gap]}),
-    )
-    assert only_one.resolutions == []  # counter 1 is still missing
-    both = run(
-        [five, six],
-        context(term, {card: state(card, last=2)}, neighbours=neighbours, open_gaps={(OWN_ISSUER, card.asn): [gap]}),
-    )
-    assert codes(both) == [("accepted", "OK"), ("accepted", "OK")]
-    assert both.resolutions == [Resolution("counters 0..1 have all arrived (the last in this batch); gap closed", 31)]
-    held = OpenGap(item_id=31, first=0, last=1, held=frozenset({0}))
-    rest = run(
-        [six],
-        context(term, {card: state(card, last=2)}, neighbours=neighbours, open_gaps={(OWN_ISSUER, card.asn): [held]}),
-    )
-    assert [r.item_id for r in rest.resolutions] == [31]
 
 
 def test_a_gap_outcome_names_its_missing_counters(term: Terminal) -> None:

@@ -37,40 +37,67 @@ def _days() -> object:
     return clock_from_settings(get_settings())
 
 
-@app.command("list")
-def list_command(
-    state: Annotated[str, typer.Option("--state", help="open, accepted, written_off, resolved or all.")] = "open",
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many items.")] = 100,
-    gap_age_days: Annotated[
-        int | None,
-        typer.Option(
-            "--gap-age-days",
-            min=0,
-            help="List open counter gaps only from this age in business days (default: the setting, 3; 0: all).",
-        ),
-    ] = None,
-) -> None:
-    """List queued records, oldest first, with what already moved and what each decision would do."""
+def _sweep(gap_age_days: int | None) -> tuple[int, int]:
+    """Queue the gaps still open after their age, resolve queued gaps that filled (one transaction)."""
     from clearing.business_day import BusinessDayClock
-    from clearing.exceptions_queue import list_items, open_counts, view
+    from clearing.exceptions_queue import sweep_gaps
     from yikatong.settings import get_settings
 
     days = _days()
     assert isinstance(days, BusinessDayClock)
     age = get_settings().gap_age_days if gap_age_days is None else gap_age_days
+    factory = open_database()
+    with factory() as session, session.begin():
+        done = sweep_gaps(session, now=_now(), age_days=age, days=days)
+    return done.queued, done.resolved
+
+
+GapAge = Annotated[
+    int | None,
+    typer.Option(
+        "--gap-age-days",
+        min=0,
+        help="Queue counter gaps open this many business days (default: the setting, 3).",
+    ),
+]
+
+
+@app.command("sweep")
+def sweep_command(gap_age_days: GapAge = None) -> None:
+    """Queue the counter gaps still open after their age; resolve queued gaps whose counters arrived."""
+    with cli_errors():
+        queued, resolved = _sweep(gap_age_days)
+    out.print(f"gaps: {queued} queued, {resolved} resolved")
+
+
+@app.command("list")
+def list_command(
+    state: Annotated[str, typer.Option("--state", help="open, accepted, written_off, resolved or all.")] = "open",
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many items.")] = 100,
+    gap_age_days: GapAge = None,
+) -> None:
+    """List queued records, oldest first, with what already moved and what each decision would do.
+
+    Counter gaps are swept first: the ones still open after their age join the queue, queued
+    ones whose counters arrived since resolve themselves.
+    """
+    from clearing.business_day import BusinessDayClock
+    from clearing.exceptions_queue import list_items, open_counts, view
+
+    days = _days()
+    assert isinstance(days, BusinessDayClock)
     now = _now()
     with cli_errors():
+        queued, resolved = _sweep(gap_age_days)
         factory = open_database()
         with factory() as session:
-            items = list_items(
-                session, state=None if state == "all" else state, limit=limit, now=now, gap_age_days=age, days=days
-            )
+            items = list_items(session, state=None if state == "all" else state, limit=limit)
             views = [view(session, i, now, days) for i in items]
             counts = open_counts(session)
+    if queued or resolved:
+        out.print(f"gaps: {queued} newly queued, {resolved} resolved")
     if not views:
-        out.print(
-            f"no {state} exceptions" + (f" (open gaps younger than {age} business days not listed)" if age else "")
-        )
+        out.print(f"no {state} exceptions")
     else:
         table = Table(title=f"exceptions ({state})", show_lines=True)
         for column in ("id", "code", "age (days)", "card / terminal·seq", "amount (fen)", "already moved",
