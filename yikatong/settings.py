@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     city: Literal["xianyang", "xian"] = "xianyang"
     # The business-day clock (clearing.business_day): days start at this Asia/Shanghai time.
     business_day_cutoff: str = "00:00"
-    # S_COUNTER_GAP items younger than this many business days are not listed: most close themselves.
+    # A counter gap still open this many business days after its tap is queued (most fill within the day).
     gap_age_days: int = 3
     payments_url: str = "http://127.0.0.1:8420"
     payments_key: SecretStr = SecretStr("sk_test_yikatong")
