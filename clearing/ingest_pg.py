@@ -65,6 +65,7 @@ from clearing.ingest_reads import (
     LateKey,
     LateReads,
     Snapshot,
+    leg_from_row,
     read_cards,
     read_context,
     with_fresh_cards,
@@ -635,14 +636,6 @@ def _card_states(rows: Iterable[tuple[Any, ...]]) -> tuple[dict[CardKey, CardSta
     return cards, versions
 
 
-def _leg(row: Sequence[Any]) -> Leg:
-    counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed, payer, tap_id = row
-    return Leg(
-        counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed or 0, payer,
-        tap_id,
-    )  # fmt: skip
-
-
 class PgReads:
     """``ingest_reads.BatchReads`` on the ingest connection: COPY'd keys and set-based reads."""
 
@@ -714,7 +707,8 @@ class PgReads:
         return LateReads(neighbours, waiting)
 
     def legs(self, tap_ids: Sequence[int]) -> dict[int, Leg]:
-        return {leg.tap_id: leg for leg in map(_leg, self.cur.execute(_LEGS, (int_array(tap_ids),))) if leg.tap_id}
+        rows = self.cur.execute(_LEGS, (int_array(tap_ids),))
+        return {leg.tap_id: leg for leg in map(leg_from_row, rows) if leg.tap_id is not None}
 
     def forwards_seen(self, keys: Sequence[ForwardKey]) -> set[ForwardKey]:
         rows = self.cur.execute(
@@ -729,13 +723,13 @@ class PgReads:
         )
         out: dict[LateKey, Leg] = {}
         for issuer_id, asn, *leg_row in rows:
-            leg = _leg(leg_row)
+            leg = leg_from_row(leg_row)
             out[(issuer_id, asn, leg.counter)] = leg
         return out
 
     def day_legs(self, cards: Sequence[tuple[CardKey, dt.datetime, dt.datetime]]) -> dict[CardKey, list[Leg]]:
         return {
-            key: [_leg(row) for row in self.cur.execute(_DAY_LEGS, (key[0], key[1], start, end))]
+            key: [leg_from_row(row) for row in self.cur.execute(_DAY_LEGS, (key[0], key[1], start, end))]
             for key, start, end in cards
         }
 

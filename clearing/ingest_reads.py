@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from clearing.contract import TapRecord
 from clearing.validation import (
@@ -93,6 +93,15 @@ class CardReads:
 # How far back a tap-off's fare may look at the card's earlier legs: the daily cap and the
 # transfer windows of any tariff live within a day (docs/fares.md).
 LEGS_LOOKBACK: dt.timedelta = dt.timedelta(days=1)
+
+
+def leg_from_row(row: Sequence[Any]) -> Leg:
+    """A stored tap as a ``Leg``, from a row in the order both paths select it (the leg columns)."""
+    counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed, payer, tap_id = row
+    return Leg(
+        counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed or 0, payer,
+        tap_id,
+    )  # fmt: skip
 
 
 def read_cards(
@@ -197,6 +206,7 @@ __all__ = [
     "LateKey",
     "LateReads",
     "Snapshot",
+    "leg_from_row",
     "read_cards",
     "read_context",
     "with_fresh_cards",

@@ -35,7 +35,7 @@ from clearing.ingest import (
     unknown_terminal,
     with_retries,
 )
-from clearing.ingest_reads import ForwardKey, LateKey, LateReads, Snapshot, read_context
+from clearing.ingest_reads import ForwardKey, LateKey, LateReads, Snapshot, leg_from_row, read_context
 from clearing.ledger import apply_account_deltas
 from clearing.models import (
     LEDGER_CNY,
@@ -321,14 +321,6 @@ _LEG_COLUMNS = (
 )  # fmt: skip
 
 
-def _leg(row: Sequence[Any]) -> Leg:
-    counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed, payer, tap_id = row
-    return Leg(
-        counter, terminal_id, seq, route, vehicle, stop, at, amount, kind, version, category, claimed or 0, payer,
-        tap_id,
-    )  # fmt: skip
-
-
 class SqlReads:
     """``ingest_reads.BatchReads`` through SQLAlchemy Core, in the ingest transaction (SQLite)."""
 
@@ -431,7 +423,7 @@ class SqlReads:
         rows = self.session.execute(
             select(*_LEG_COLUMNS).outerjoin(Transfer, Transfer.id == Tap.transfer_id).where(Tap.id.in_(list(tap_ids)))
         )
-        return {leg.tap_id: leg for leg in map(_leg, rows) if leg.tap_id is not None}
+        return {leg.tap_id: leg for leg in map(leg_from_row, rows) if leg.tap_id is not None}
 
     def forwards_seen(self, keys: Sequence[ForwardKey]) -> set[ForwardKey]:
         found: set[ForwardKey] = set()
@@ -450,7 +442,7 @@ class SqlReads:
                 .where(tuple_(Tap.issuer_id, Tap.card_asn, Tap.offline_counter).in_(chunk), _POSTED)
             )
             for issuer_id, asn, *leg_row in rows:
-                leg = _leg(leg_row)
+                leg = leg_from_row(leg_row)
                 out[(issuer_id, asn, leg.counter)] = leg
         return out
 
@@ -465,7 +457,7 @@ class SqlReads:
                 )
                 .order_by(Tap.offline_counter)
             )
-            out[(issuer_id, asn)] = [_leg(row) for row in rows]
+            out[(issuer_id, asn)] = [leg_from_row(row) for row in rows]
         return out
 
 
