@@ -48,7 +48,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from clearing import accounts
+from clearing import accounts, transfer_ids
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import FareInfo, TapRecord
 from clearing.contract.codes import Code
@@ -514,7 +514,7 @@ def write_off(
     assert tap is not None
     record = _record_of(item, tap)
     income = accounts.write_off_income(session)
-    transfer_id = f"exc:{item.id}:write-off"
+    transfer_id = transfer_ids.write_off(item.id)
     if kind is Kind.POSTED:
         posted = _posted_fen(session, tap)
         amount = amount_fen or 0

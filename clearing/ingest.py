@@ -27,6 +27,7 @@ import msgspec
 from sqlalchemy import Engine
 
 from cardos import crypto
+from clearing import transfer_ids
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import (
     Batch,
@@ -288,16 +289,11 @@ class WritePlan:
     resolutions: list[Resolution] = field(default_factory=list)  # tap-off items clearing closes itself
 
 
-REFUND_PREFIX: Final = "refund:"
 RESOLVER: Final = "clearing"  # ``decided_by`` of the exception items clearing resolves itself
 
 
-def refund_load_id(terminal_id: str, terminal_seq: int) -> str:
-    return f"{REFUND_PREFIX}{terminal_id}:{terminal_seq}"
-
-
-def tap_transfer_id(terminal_id: str, terminal_seq: int) -> str:
-    return f"tap:{terminal_id}:{terminal_seq}"
+refund_load_id = transfer_ids.refund_load  # the names callers know
+tap_transfer_id = transfer_ids.tap
 
 
 def _utc_offset_min(tx_time: str) -> int:

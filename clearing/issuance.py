@@ -37,7 +37,7 @@ from cardos.image import HOLDER_LEN, CardImage
 from cardos.personalise import AuthMaterial, personalise
 from cardos.profile import PURSE_MAX_FEN, CardType
 from cardos.records import SHANGHAI_TZ, ManagementInfo, PublicInfo
-from clearing import accounts
+from clearing import accounts, transfer_ids
 from clearing.contract.codes import Code
 from clearing.db import bump_counter
 from clearing.errors import ClearingError
@@ -238,7 +238,7 @@ def issue_card(
             session,
             [
                 TransferSpec.single(
-                    f"issue:{asn}", float_account, liability, balance_fen, TransferCode.CARD_SALE,
+                    transfer_ids.card_sale(asn), float_account, liability, balance_fen, TransferCode.CARD_SALE,
                     source_ref=f"card-sale:{issuer_hex}:{asn}",
                 )
             ],

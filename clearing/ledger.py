@@ -30,8 +30,8 @@ from sqlalchemy.orm.util import identity_key
 from clearing.contract.codes import Code
 from clearing.errors import ClearingError
 from clearing.models import LEDGER_CNY, Account, AccountFlag, Transfer, TransferState, utcnow
+from clearing.transfer_ids import TRANSFER_ID_LEN_MAX
 
-TRANSFER_ID_LEN_MAX: Final = 80
 TRANSFERS_PER_CALL_MAX: Final = 100_000
 _IN_CHUNK: Final = 1000  # ids per IN (...) list; well under SQLite's variable limit
 _T = TypeVar("_T", str, int)

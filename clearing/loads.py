@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from cardos import crypto
 from cardos.records import SHANGHAI_TZ
-from clearing import accounts
+from clearing import accounts, transfer_ids
 from clearing.contract import (
     CardLoad,
     CardLoads,
@@ -72,8 +72,6 @@ from clearing.models import (
 
 LOAD_ID_LEN_MAX: Final = 40
 TX_TYPE: Final = crypto.TX_EP_LOAD  # loads into the electronic purse
-RESERVE_SUFFIX: Final = ":reserve"
-VOID_SUFFIX: Final = ":void"
 OPEN_STATES: Final = (LoadState.PENDING.value, LoadState.AUTHORIZED.value)
 
 
@@ -85,8 +83,7 @@ def _conflict(code: Code, message: str) -> ClearingError:
     return ClearingError(code, message)
 
 
-def load_transfer_id(load_id: str) -> str:
-    return f"load:{load_id}"
+load_transfer_id = transfer_ids.load
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +220,7 @@ def _reserve(session: Session, load: PendingLoad, card: Card) -> None:
     """The pending transfer that holds the amount from the payer until the card has it (idempotent)."""
     if load.reserve_transfer_id is not None:
         return
-    reserve_id = load_transfer_id(load.id) + RESERVE_SUFFIX
+    reserve_id = transfer_ids.load_reserve(load.id)
     post_transfers(
         session,
         [
@@ -469,11 +466,7 @@ def _void(session: Session, load: PendingLoad, state: LoadState) -> PendingLoad:
     if load.reserve_transfer_id is not None:
         post_transfers(
             session,
-            [
-                TransferSpec.void(
-                    load_transfer_id(load.id) + VOID_SUFFIX, load.reserve_transfer_id, code=TransferCode.LOAD
-                )
-            ],
+            [TransferSpec.void(transfer_ids.load_void(load.id), load.reserve_transfer_id, code=TransferCode.LOAD)],
         )
     load.state = state.value
     load.updated_at = utcnow()
