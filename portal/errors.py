@@ -1,0 +1,135 @@
+"""The portal's one error and its own registry of stable codes.
+
+The portal answers citizens and a payment provider, not terminals, so its codes and their
+HTTP statuses are kept apart from the terminal contract's (``clearing.contract.codes``):
+changing one API's error shape never moves the other's. The house style is the same: a
+``PortalError`` carries a code from ``Code`` and a human sentence, and the same string
+appears in API bodies, logs and the staff console
+(``E_ID_NUMBER_CHECK_DIGIT: the check digit does not match the first 17 digits``).
+
+Messages never carry an ID number, a mobile number, a name or a secret, masked or not: a
+message may end up in a log line, and the logs hold no personal data (issue 10, "Security").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+
+class Code(StrEnum):
+    # --- identity (portal.identity) --------------------------------------------------------
+    E_ID_NUMBER_LENGTH = "E_ID_NUMBER_LENGTH"
+    E_ID_NUMBER_FORMAT = "E_ID_NUMBER_FORMAT"
+    E_ID_NUMBER_REGION = "E_ID_NUMBER_REGION"
+    E_ID_NUMBER_BIRTH_DATE = "E_ID_NUMBER_BIRTH_DATE"
+    E_ID_NUMBER_CHECK_DIGIT = "E_ID_NUMBER_CHECK_DIGIT"
+    E_MOBILE_FORMAT = "E_MOBILE_FORMAT"
+    E_REAL_NAME_EMPTY = "E_REAL_NAME_EMPTY"
+    E_REAL_NAME_TOO_LONG = "E_REAL_NAME_TOO_LONG"
+    E_REAL_NAME_CHARACTERS = "E_REAL_NAME_CHARACTERS"
+    # --- payment webhooks (portal.webhooks) ------------------------------------------------
+    E_WEBHOOK_SIGNATURE_MISSING = "E_WEBHOOK_SIGNATURE_MISSING"
+    E_WEBHOOK_SIGNATURE_MALFORMED = "E_WEBHOOK_SIGNATURE_MALFORMED"
+    E_WEBHOOK_SIGNATURE_MISMATCH = "E_WEBHOOK_SIGNATURE_MISMATCH"
+    E_WEBHOOK_TIMESTAMP_STALE = "E_WEBHOOK_TIMESTAMP_STALE"
+    E_WEBHOOK_TIMESTAMP_FUTURE = "E_WEBHOOK_TIMESTAMP_FUTURE"
+    E_WEBHOOK_TOO_LARGE = "E_WEBHOOK_TOO_LARGE"
+    E_WEBHOOK_MALFORMED = "E_WEBHOOK_MALFORMED"
+    # --- top-up limits and states (portal.limits, portal.topups) ---------------------------
+    E_TOPUP_AMOUNT_TYPE = "E_TOPUP_AMOUNT_TYPE"
+    E_TOPUP_BELOW_MIN = "E_TOPUP_BELOW_MIN"
+    E_TOPUP_ABOVE_MAX = "E_TOPUP_ABOVE_MAX"
+    E_CARD_BALANCE_LIMIT = "E_CARD_BALANCE_LIMIT"
+    E_TOPUP_NOT_REFUNDABLE = "E_TOPUP_NOT_REFUNDABLE"
+    # --- notices: nothing refused, a person should look (staff console) --------------------
+    N_PAYMENT_UNMATCHED = "N_PAYMENT_UNMATCHED"
+    N_LOADED_BEFORE_REFUND = "N_LOADED_BEFORE_REFUND"
+    N_UNEXPECTED_EVENT = "N_UNEXPECTED_EVENT"
+    # --- the payment API (portal.payments) -------------------------------------------------
+    E_PAYMENTS_UNAVAILABLE = "E_PAYMENTS_UNAVAILABLE"
+    E_PAYMENTS_AUTH = "E_PAYMENTS_AUTH"
+    E_PAYMENTS_REFUSED = "E_PAYMENTS_REFUSED"
+    E_PAYMENTS_IDEMPOTENCY = "E_PAYMENTS_IDEMPOTENCY"
+    E_PAYMENT_DECLINED = "E_PAYMENT_DECLINED"
+    E_PAYMENT_NOT_FOUND = "E_PAYMENT_NOT_FOUND"
+    E_PAYMENTS_BAD_RESPONSE = "E_PAYMENTS_BAD_RESPONSE"
+    E_PAYMENTS_BAD_ID = "E_PAYMENTS_BAD_ID"
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    status: int  # the HTTP status when this code refuses a request
+    meaning: str
+
+
+def _i(status: int, meaning: str) -> CodeInfo:
+    return CodeInfo(status, meaning)
+
+
+C = Code
+CODES: Final[dict[Code, CodeInfo]] = {
+    C.E_ID_NUMBER_LENGTH: _i(422, "a resident ID number has 18 characters"),
+    C.E_ID_NUMBER_FORMAT: _i(422, "17 digits and a check character (a digit or X) are expected"),
+    C.E_ID_NUMBER_REGION: _i(422, "the first two digits name no province-level region"),
+    C.E_ID_NUMBER_BIRTH_DATE: _i(422, "digits 7-14 are not a plausible date of birth"),
+    C.E_ID_NUMBER_CHECK_DIGIT: _i(422, "the check character does not match the first 17 digits (ISO 7064 MOD 11-2)"),
+    C.E_MOBILE_FORMAT: _i(422, "a mainland mobile number has 11 digits and starts with 13-19"),
+    C.E_REAL_NAME_EMPTY: _i(422, "the real name is empty"),
+    C.E_REAL_NAME_TOO_LONG: _i(422, "the real name is longer than allowed"),
+    C.E_REAL_NAME_CHARACTERS: _i(422, "the real name holds control or formatting characters"),
+    C.E_WEBHOOK_SIGNATURE_MISSING: _i(400, "no Stripe-Signature header"),
+    C.E_WEBHOOK_SIGNATURE_MALFORMED: _i(400, "the Stripe-Signature header cannot be read"),
+    C.E_WEBHOOK_SIGNATURE_MISMATCH: _i(400, "no v1 signature matches the body under any endpoint secret"),
+    C.E_WEBHOOK_TIMESTAMP_STALE: _i(400, "the signed timestamp is older than the tolerance"),
+    C.E_WEBHOOK_TIMESTAMP_FUTURE: _i(400, "the signed timestamp is further ahead than the tolerance"),
+    C.E_WEBHOOK_TOO_LARGE: _i(413, "the webhook body is larger than allowed"),
+    C.E_WEBHOOK_MALFORMED: _i(400, "the signed body is not an event this endpoint reads"),
+    C.E_TOPUP_AMOUNT_TYPE: _i(422, "a top-up amount is a whole number of fen"),
+    C.E_TOPUP_BELOW_MIN: _i(422, "the amount is below the smallest top-up"),
+    C.E_TOPUP_ABOVE_MAX: _i(422, "the amount is above the largest single top-up"),
+    C.E_CARD_BALANCE_LIMIT: _i(422, "the card would hold more than its limit (balance plus pending loads)"),
+    C.E_TOPUP_NOT_REFUNDABLE: _i(409, "the top-up is not paid, already loaded, or already refunded"),
+    C.N_PAYMENT_UNMATCHED: _i(200, "a payment that does not match its top-up: it is refunded, never loaded"),
+    C.N_LOADED_BEFORE_REFUND: _i(200, "the card took the load before the refund could cancel it: no refund"),
+    C.N_UNEXPECTED_EVENT: _i(200, "an event the top-up's state does not expect: recorded, nothing moved"),
+    C.E_PAYMENTS_UNAVAILABLE: _i(503, "the payment service did not answer or failed; retry later"),
+    C.E_PAYMENTS_AUTH: _i(502, "the payment service refused our API key"),
+    C.E_PAYMENTS_REFUSED: _i(502, "the payment service refused the request"),
+    C.E_PAYMENTS_IDEMPOTENCY: _i(409, "the idempotency key was used with other parameters"),
+    C.E_PAYMENT_DECLINED: _i(402, "the payment was declined"),
+    C.E_PAYMENT_NOT_FOUND: _i(404, "no such payment at the payment service"),
+    C.E_PAYMENTS_BAD_RESPONSE: _i(502, "the payment service answered something we did not ask for"),
+    C.E_PAYMENTS_BAD_ID: _i(422, "a payment id of the wrong form"),
+}
+
+
+def status_of(code: Code) -> int:
+    return CODES[code].status
+
+
+class PortalError(Exception):
+    """A refused portal operation: ``code`` (stable, from ``Code``) and ``message`` (a sentence)."""
+
+    def __init__(self, code: Code, message: str, *, status: int | None = None) -> None:
+        assert isinstance(code, Code), f"error codes come from the portal registry, got {code!r}"
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self._status = status
+
+    @property
+    def status(self) -> int:
+        """The HTTP status an API answers this error with."""
+        return self._status if self._status is not None else status_of(self.code)
+
+    def __reduce__(self) -> tuple[object, ...]:  # survives pickling, as ClearingError does
+        return (_rebuild, (self.code.value, self.message, self._status))
+
+
+def _rebuild(code: str, message: str, status: int | None) -> PortalError:
+    return PortalError(Code(code), message, status=status)
+
+
+__all__ = ["CODES", "Code", "CodeInfo", "PortalError", "status_of"]

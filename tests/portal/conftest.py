@@ -1,0 +1,74 @@
+"""A real localstripe server for the payment tests, started once per session and stopped after.
+
+localstripe (PyPI) is the Stripe-compatible payment server of issue 10's tests. Missing, its
+tests skip locally and fail under ``CI=true`` (``tests.conftest.require``). It is started with
+``--from-scratch`` so that it ignores the store it pickles to ``/tmp/localstripe.pickle``
+(a path it hard-codes and any other localstripe on the machine shares).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import require
+
+LOCALSTRIPE_KEY = "sk_test_yikatong"
+START_TIMEOUT_S = 20.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def localstripe_url() -> Iterator[str]:
+    require(
+        importlib.util.find_spec("localstripe") is not None, "localstripe is not installed (pip install localstripe)"
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    # A file, not a pipe: its access log would fill a pipe and block the server.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(
+                        f"localstripe exited with {proc.returncode}: {log.read()[-2000:].decode(errors='replace')}"
+                    )
+                try:
+                    r = httpx.get(
+                        f"{url}/v1/balance", headers={"Authorization": f"Bearer {LOCALSTRIPE_KEY}"}, timeout=1
+                    )
+                    if r.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"localstripe did not answer on {url} within {START_TIMEOUT_S} s")
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
