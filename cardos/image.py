@@ -196,6 +196,7 @@ class CardImage:
     @classmethod
     def from_dict(cls, doc: object) -> CardImage:
         root = _obj(doc, "image")
+        _need(root.get("kind") != "psam", "this is a PSAM image, not a card image")  # cardos.psam.PSAM_IMAGE_KIND
         version = root.get("schema_version")
         _need(
             type(version) is int and version in READABLE_VERSIONS,

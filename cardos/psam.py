@@ -176,6 +176,8 @@ class PsamImage:
     def from_json(cls, doc: object) -> PsamImage:
         if not isinstance(doc, dict):
             raise PsamImageError("a PSAM image is a JSON object")
+        if doc.get("kind") is None and "purse" in doc and "files" in doc:
+            raise PsamImageError("this is a card image, not a PSAM image")
         if doc.get("kind") != PSAM_IMAGE_KIND:
             raise PsamImageError(f"not a PSAM image (kind {doc.get('kind')!r})")
         if doc.get("schema_version") != PSAM_IMAGE_VERSION:

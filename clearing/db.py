@@ -6,10 +6,19 @@ foreign keys on, a busy timeout instead of instant "database is locked", UTC eve
 ``upgrade(url)`` runs the Alembic migrations in ``migrations/`` (the one schema path that
 also partitions ``taps`` on PostgreSQL); ``create_all`` is a quick metadata-only path for
 throwaway SQLite databases.
+
+Only ``yikatong init`` (and the demo, which builds its own city) creates or migrates a
+database: ``ensure_migrated``. Every other command opens one with ``open_migrated``, which
+refuses a SQLite file that does not exist and a database not at head, naming it, so a
+mistyped ``YIKATONG_DATABASE_URL`` is an error rather than a new empty city. A SQLite file
+holds personal data: it is created 0600, and SQLite gives its -wal/-shm/-journal files the
+mode of the database file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -22,6 +31,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from clearing.contract.codes import Code
+from clearing.errors import ClearingError
 from clearing.models import Base, Counter
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
@@ -62,10 +73,7 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False, **kw
     if url.startswith("sqlite"):
         if schema is not None:
             raise ValueError("schema is a PostgreSQL option")
-        parsed = make_url(url)
-        in_memory = parsed.database in (None, "", ":memory:")
-        if not in_memory and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        in_memory = sqlite_path(url) is None
         connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         if in_memory:
             kwargs.setdefault("poolclass", StaticPool)
@@ -160,12 +168,78 @@ def head_revision() -> str:
     return head
 
 
+SQLITE_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database or another kind of URL."""
+    url = normalize_url(url)
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return None if database in (None, "", ":memory:") else Path(str(database))
+
+
+def _make_private(path: Path) -> None:
+    """Create the SQLite file 0600 if missing, and take group/other access off it and its side files."""
+    with contextlib.suppress(FileExistsError):  # an empty file is an empty database
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIDE_FILES)):
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+        except FileNotFoundError:
+            continue
+
+
 def ensure_migrated(url: str, *, schema: str | None = None) -> Engine:
-    """Engine for ``url`` with the schema at head; migrates only when behind (CLI first use)."""
+    """The init path (``yikatong init``, the demo, tests): create the database if missing and migrate it to head.
+
+    A SQLite file is created 0600 with its directory; one that is readable by others is made
+    0600 (it holds personal data). Every other command uses ``open_migrated``.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
     engine = make_engine(url, schema=schema)
     if current_revision(engine) != head_revision():
         upgrade(url, schema=schema)
     return engine
+
+
+def open_migrated(url: str, *, schema: str | None = None) -> Engine:
+    """Engine for an existing database at head; creates and migrates nothing.
+
+    ``E_NO_DATABASE``: the SQLite file does not exist. ``E_DB_NOT_MIGRATED``: the database
+    has no Yikatong schema or another revision. Either names the database and says to run
+    ``yikatong init``.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise ClearingError(
+            Code.E_NO_DATABASE,
+            f"{path} does not exist; run `yikatong init` first (or check YIKATONG_DATABASE_URL)",
+        )
+    engine = make_engine(url, schema=schema)
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return engine
+    engine.dispose()
+    where = str(path) if path is not None else redacted_url(url)
+    if current is None:
+        why = f"{where} holds no Yikatong schema; run `yikatong init` to create it (or check YIKATONG_DATABASE_URL)"
+    else:
+        why = f"{where} is at schema revision {current}, this version needs {head}; run `yikatong init` to migrate it"
+    raise ClearingError(Code.E_DB_NOT_MIGRATED, why)
+
+
+def redacted_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - for a message only; never fail on a URL we cannot parse
+        return "(unparsable URL)"
 
 
 # --- PostgreSQL schemas (test isolation, multi-tenant scratch) ------------------------------
@@ -261,9 +335,12 @@ __all__ = [
     "isolated_schema",
     "make_engine",
     "normalize_url",
+    "open_migrated",
     "random_schema_name",
     "read_counter",
+    "redacted_url",
     "session_factory",
+    "sqlite_path",
     "transaction",
     "upgrade",
 ]

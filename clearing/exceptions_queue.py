@@ -163,8 +163,20 @@ def view(session: Session, item: ExceptionItem, now: dt.datetime, days: Business
     return ItemView(item, kind, age, amount, moved, accept_effect, write_off_effect)
 
 
-def list_items(session: Session, *, state: str | None = "open", limit: int = 100) -> list[ExceptionItem]:
-    """Items oldest first (``state=None``: all). Run ``sweep_gaps`` first to bring gaps up to date."""
+def list_items(
+    session: Session,
+    *,
+    state: str | None = "open",
+    limit: int = 100,
+    code: str | None = None,
+    card_asn: str | None = None,
+    created_before: dt.datetime | None = None,
+) -> list[ExceptionItem]:
+    """Items oldest first (``state=None``: all). Run ``sweep_gaps`` first to bring gaps up to date.
+
+    The filters are applied before ``limit`` (the clerk's ``exceptions list --code/--card/--age``):
+    only items with this code, of this card (ASN, any issuer), created before this instant.
+    """
     if not 0 < limit <= LIST_LIMIT_MAX:
         raise ClearingError(Code.E_BAD_STATE, f"limit must be 1..{LIST_LIMIT_MAX}")
     stmt = select(ExceptionItem).order_by(ExceptionItem.created_at, ExceptionItem.id).limit(limit)
@@ -172,6 +184,12 @@ def list_items(session: Session, *, state: str | None = "open", limit: int = 100
         if state not in tuple(ExceptionState):
             raise ClearingError(Code.E_BAD_STATE, f"state must be one of {', '.join(ExceptionState)}")
         stmt = stmt.where(ExceptionItem.state == state)
+    if code is not None:
+        stmt = stmt.where(ExceptionItem.code == code)
+    if card_asn is not None:
+        stmt = stmt.where(ExceptionItem.card_asn == card_asn.lower())
+    if created_before is not None:
+        stmt = stmt.where(ExceptionItem.created_at < created_before)
     return list(session.scalars(stmt))
 
 
@@ -300,6 +318,7 @@ def _tac_verifies(record: TapRecord, keystore: object) -> bool | None:
     from clearing.keystore import KeyStore
 
     assert isinstance(keystore, KeyStore)
+    keystore.refresh()  # keys imported since the store was opened (E_KEY_UNAVAILABLE items wait for them)
     keys = TacKeys(keystore_dtk(keystore), keystore.issuers())
     return verify_tacs([record], [parse_tap_time(record.tx_time)], keys.for_record)[0]
 

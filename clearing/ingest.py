@@ -59,6 +59,7 @@ from clearing.validation import (
 log = logging.getLogger(__name__)
 
 MAC_KEYS_CACHED_MAX: Final = 200_000  # ~1.1 KB each (one OpenSSL context): ~220 MB at most
+MISSING_KEY_RECHECK_S: Final = 5.0  # a key the store lacked is asked for again after this long
 INGEST_ATTEMPTS_MAX: Final = 6
 RETRY_BACKOFF_S: Final = (0.05, 0.2, 0.5, 1.0, 2.0)
 EXCEPTION_CODES_AUTHENTIC: Final = frozenset({Code.E_BAD_TIME, Code.E_AMOUNT_LIMIT, Code.E_DENYLISTED})
@@ -166,29 +167,53 @@ def keystore_dtk(keystore: object) -> DtkLookup:
 class TacKeys:
     """Per-card TAC ``MacKey``s, derived once from the key store and kept in an LRU.
 
-    One instance per process (the MAC contexts are not thread-safe). ``own_issuers`` are
-    the issuers whose keys we hold; other issuers' records get no key (forwarded).
+    One instance per process (the MAC contexts are not thread-safe). ``own_issuers`` are the
+    issuers whose keys the store held when it was made. A key the store lacks (an issuer or
+    key version not held, an unknown algorithm) gives None: a forwarded record, or
+    ``E_KEY_UNAVAILABLE`` for an own card, never a forgery. A missing key is asked for again
+    at most every ``MISSING_KEY_RECHECK_S`` (per issuer, and per issuer and version for the
+    issuers held), so keys imported while the server runs are used without a restart.
     """
 
-    def __init__(self, dtk: DtkLookup, own_issuers: Iterable[str], size_max: int = MAC_KEYS_CACHED_MAX) -> None:
+    def __init__(
+        self,
+        dtk: DtkLookup,
+        own_issuers: Iterable[str],
+        size_max: int = MAC_KEYS_CACHED_MAX,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._dtk = dtk
-        self._own = frozenset(own_issuers)
+        self._own = set(own_issuers)
         self._size_max = size_max
-        self._cache: OrderedDict[tuple[str, str, int, int], crypto.MacKey | None] = OrderedDict()
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, str, int, int], crypto.MacKey] = OrderedDict()
+        self._missing: dict[tuple[str, int, int], float] = {}  # slot -> when to ask the store again
 
     def for_record(self, record: TapRecord) -> crypto.MacKey | None:
-        if record.issuer_id not in self._own:
-            return None
         key = (record.issuer_id, record.card_asn, record.key_version, record.alg_id)
         cache = self._cache
-        if key in cache:
+        mac_key = cache.get(key)
+        if mac_key is not None:
             cache.move_to_end(key)
-            return cache[key]
-        mac_key: crypto.MacKey | None = None
+            return mac_key
+        held = record.issuer_id in self._own
+        slot = (record.issuer_id, record.key_version, record.alg_id) if held else (record.issuer_id, -1, -1)
+        retry_at = self._missing.get(slot)
+        if retry_at is not None and self._clock() < retry_at:
+            return None
+        mac_key = None
         if record.alg_id in crypto.ALGORITHMS:
             dtk = self._dtk(record.issuer_id, record.card_asn, record.key_version)
             if dtk is not None:
                 mac_key = crypto.tac_mac_key(dtk, record.alg_id)
+        if mac_key is None:
+            if len(self._missing) >= self._size_max:
+                self._missing.clear()  # garbage issuer ids cannot grow it without bound
+            self._missing[slot] = self._clock() + MISSING_KEY_RECHECK_S
+            return None
+        self._missing.pop(slot, None)
+        self._own.add(record.issuer_id)
         cache[key] = mac_key
         if len(cache) > self._size_max:
             cache.popitem(last=False)

@@ -39,7 +39,7 @@ from clearing.contract.codes import Code
 from clearing.errors import ClearingError
 from clearing.keys.common import issuer_bytes
 from clearing.keys.issuer_ca import CARD_CERT_VALIDITY_DAYS, IssuerCA, read_ca_certificates
-from clearing.keys.kek import Kek, dev_kek_path, kek_from_settings, load_or_create_dev_kek, parse_kek
+from clearing.keys.kek import Kek, dev_kek_path, kek_from_settings, load_dev_kek, load_or_create_dev_kek, parse_kek
 from clearing.keys.master_keys import CACHE_SIZE_DEFAULT, KEY_NAMES, MasterKeys, VersionInfo, parse_ceremony
 from clearing.keys.store_file import KeyStoreFile, lock_path
 
@@ -67,8 +67,29 @@ class KeyStore:
         return cls(Path(path), kek, cache_size=cache_size)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> KeyStore:
-        return cls.open(Path(settings.keystore), kek_from_settings(settings))
+    def from_settings(cls, settings: Any, *, create: bool = False) -> KeyStore:
+        """The store at ``Settings.keystore`` with the KEK of the settings.
+
+        Only ``yikatong init`` (and the demo) pass ``create``: for a missing store the dev KEK
+        file and its directory are created, the store on its first write (``ensure_file``).
+        Anything else refuses a store that
+        does not exist (``E_NO_KEYSTORE``) or a missing dev KEK file (``E_NO_KEK``), naming
+        it, instead of starting an empty store at a mistyped path.
+        """
+        path = Path(settings.keystore)
+        exists = path.is_file()
+        if not exists and not create:
+            raise ClearingError(
+                Code.E_NO_KEYSTORE,
+                f"key store {path} does not exist; run `yikatong init` first (or check YIKATONG_KEYSTORE)",
+            )
+        return cls.open(path, kek_from_settings(settings, create=not exists))
+
+    def ensure_file(self) -> None:
+        """Write the store (with its KEK check) if its file does not exist yet (``yikatong init``)."""
+        if not self.path.is_file():
+            with self._changing():
+                pass
 
     @property
     def path(self) -> Path:
@@ -113,6 +134,47 @@ class KeyStore:
 
     def list_versions(self) -> list[VersionInfo]:
         return self._masters.list_versions()
+
+    def lacks(self, issuer: str | bytes, key_versions: Iterable[int] = ()) -> str | None:
+        """What the store lacks to clear an own issuer's cards (TAC and load keys at each of
+        ``key_versions``, or at its newest version): None, or a phrase for an error."""
+        issuer_hex = issuer_bytes(issuer).hex()
+        held = {v.key_version: v for v in self._masters.list_versions() if v.issuer_id == issuer_hex}
+        if not held:
+            return "no keys at all"
+        wanted = sorted(set(key_versions)) or [max(held)]
+        absent = [v for v in wanted if v not in held]
+        if absent:
+            return f"no key version {', '.join(map(str, absent))}"
+        partial = [v for v in wanted if not {"mtk", "mlk"} <= set(held[v].keys)]
+        if partial:
+            return f"only a peer's keys (no MTK/MLK) at key version {', '.join(map(str, partial))}"
+        return None
+
+    def require(self, cleared: Mapping[str, Iterable[int]]) -> None:
+        """Refuse (``E_KEY_MISSING``) unless every issuer cleared here has its keys at every key
+        version its cards carry (``registry.cleared_issuers``).
+
+        ``serve`` and ``clear`` check this before they start: a record judged without its key
+        can only wait for it (``E_KEY_UNAVAILABLE``).
+        """
+        for issuer_hex, in_use in sorted(cleared.items()):
+            versions = set(in_use)
+            what = self.lacks(issuer_hex, versions)
+            if what is None:
+                continue
+            if versions:
+                shown = ", ".join(map(str, sorted(versions)))
+                fix = (
+                    "restore the key store or import the issuer's keys (`yikatong keys import FILE`); new keys "
+                    f"would not verify the cards already issued under key version {shown}"
+                )
+            else:
+                fix = "run `yikatong init` (or `yikatong keys init --issuer ID`), or `yikatong keys import FILE`"
+            raise ClearingError(
+                Code.E_KEY_MISSING,
+                f"key store {self.path} has {what} for issuer {issuer_hex}, whose cards this centre clears; {fix}",
+            )
 
     def _master(self, issuer_hex: str, key_version: int, name: str) -> bytes:
         """A clear master key; private (tests compare card keys with ``derive_card_key`` of it)."""
@@ -245,6 +307,7 @@ __all__ = [
     "dev_kek_path",
     "issuer_bytes",
     "kek_from_settings",
+    "load_dev_kek",
     "load_or_create_dev_kek",
     "lock_path",
     "parse_kek",

@@ -21,6 +21,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from functools import lru_cache
 from typing import Final
 
@@ -118,6 +119,21 @@ def register_issuer(
     return issuer
 
 
+def cleared_issuers(session: Session, *, own_city: str) -> dict[str, set[int]]:
+    """The issuers whose TACs this centre verifies, with the key versions their registered cards carry.
+
+    Ingest verifies the cards of issuers registered ``own`` and forwards the others, so those
+    are the ones whose keys ``serve`` and ``clear`` must hold; before any is registered,
+    ``own_city``'s (the issuer ``yikatong init`` registers as ours).
+    """
+    own = list(session.scalars(select(Issuer.issuer_id).where(Issuer.own.is_(True)).order_by(Issuer.issuer_id)))
+    cleared: dict[str, set[int]] = {issuer_id: set() for issuer_id in own or [ISSUERS[own_city].hex()]}
+    in_use = select(Card.issuer_id, Card.key_version).where(Card.issuer_id.in_(list(cleared))).distinct()
+    for issuer_id, key_version in session.execute(in_use):
+        cleared[issuer_id].add(int(key_version))
+    return cleared
+
+
 def get_issuer(session: Session, issuer_id: str) -> Issuer | None:
     return session.get(Issuer, issuer_id.lower())
 
@@ -163,19 +179,30 @@ def get_terminal(session: Session, terminal_id: str) -> Terminal | None:
 
 
 def register_terminal(
-    session: Session, terminal_id: str, operator: str, route: str | None = None, *, replace_token: bool = False
+    session: Session,
+    terminal_id: str,
+    operator: str,
+    route: str | None = None,
+    *,
+    replace_token: bool = False,
+    valid_routes: Collection[str] | None = None,
 ) -> str:
     """Register a terminal and return its bearer token ``<terminal_id>.<secret>``; only the secret's
     hash is stored, so the token cannot be shown again.
 
     A terminal already registered is refused unless ``replace_token`` (then it gets a new
-    token, its old one stops working, and operator/route are updated).
+    token, its old one stops working, and operator/route are updated). ``valid_routes``:
+    the tariff's routes; another route is refused with the list (``E_BAD_ROUTE``).
     """
     terminal_id = terminal_id.lower()
     if not _TERMINAL_ID_RE.match(terminal_id):
         raise ClearingError(Code.E_BAD_TERMINAL_ID, "terminal id must be 12 hex chars (the PSAM terminal number)")
     if route is not None and not 0 < len(route) <= 64:
         raise ClearingError(Code.E_BAD_ROUTE, "route must be 1-64 characters")
+    if route is not None and valid_routes is not None and route not in valid_routes:
+        raise ClearingError(
+            Code.E_BAD_ROUTE, f"route {route!r} is not in the tariff; its routes are {', '.join(sorted(valid_routes))}"
+        )
     op = ensure_operator(session, operator)
     token, secret = new_token(terminal_id)
     existing = session.get(Terminal, terminal_id)
@@ -319,6 +346,7 @@ __all__ = [
     "TokenCheck",
     "check_terminal_token",
     "check_token",
+    "cleared_issuers",
     "ensure_issuers",
     "ensure_operator",
     "find_cards",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from yikatong.commands import card, clear, demo, exceptions, init, issuer, keys, serve, terminal
+from yikatong.commands import card, clear, demo, denylist, exceptions, init, issuer, keys, serve, terminal
 
 app = typer.Typer(
     name="yikatong",
@@ -18,6 +18,7 @@ app.add_typer(issuer.app, name="issuer")
 app.add_typer(card.app, name="card")
 app.add_typer(terminal.app, name="terminal")
 app.add_typer(exceptions.app, name="exceptions")
+app.add_typer(denylist.app, name="denylist")
 app.command("serve")(serve.serve)
 app.command("clear")(clear.clear)
 app.command("demo")(demo.demo)

@@ -109,9 +109,10 @@ class DemoReport:
 def open_keystore(settings: Settings) -> KeyStore:
     """The key store, with Xianyang's and Xi'an's master keys created on first use.
 
-    One demo machine plays both issuers: in production Xi'an's keys live only in Xi'an.
+    One demo machine plays both issuers: in production Xi'an's keys live only in Xi'an. The
+    demo builds its own city, so it creates the store as ``yikatong init`` does.
     """
-    keystore = KeyStore.from_settings(settings)
+    keystore = KeyStore.from_settings(settings, create=True)
     missing = [issuer for issuer in (ISSUER_XIANYANG, ISSUER_XIAN) if not keystore.has_issuer(issuer)]
     if missing:
         keystore.init(missing)

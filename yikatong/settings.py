@@ -13,14 +13,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="YIKATONG_", env_file=".env", extra="ignore")
 
+    # Only `yikatong init` creates the database, the key store and the dev KEK file (and their
+    # directories); every other command refuses a path that does not exist, naming it.
     database_url: str = "sqlite:///./yikatong.db"
     redis_url: str | None = None
     # Every Redis key, stream and consumer group clearing uses is "<redis_prefix>:<name>",
     # so several deployments (or test runs) can share one Redis.
     redis_prefix: str = "yikatong"
     keystore: Path = Path("./var/keystore.json")
-    # Key-encryption key (hex, 32 bytes). Unset: a KEK file next to the key store is
-    # created on first use (development only; production injects it from a secret store).
+    # Key-encryption key (hex, 32 bytes). Unset: a KEK file next to the key store, created
+    # with it by `yikatong init` (development only; production injects it from a secret store).
     kek: SecretStr | None = None
     city: Literal["xianyang", "xian"] = "xianyang"
     # The business-day clock (clearing.business_day): days start at this Asia/Shanghai time.

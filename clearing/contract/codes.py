@@ -121,6 +121,10 @@ class Code(StrEnum):
     E_CEREMONY_FORMAT = "E_CEREMONY_FORMAT"
     # --- operations (CLI) --------------------------------------------------------------------
     E_DATABASE = "E_DATABASE"
+    E_NO_DATABASE = "E_NO_DATABASE"
+    E_DB_NOT_MIGRATED = "E_DB_NOT_MIGRATED"
+    E_NO_KEYSTORE = "E_NO_KEYSTORE"
+    E_NO_KEK = "E_NO_KEK"
     E_IO = "E_IO"
     E_ABORTED = "E_ABORTED"
 
@@ -201,7 +205,7 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_NOT_LISTED: _i(404, "the card is not on the denylist"),
     C.E_BAD_TERMINAL_ID: _i(422, "a terminal id that is not 12 hex digits"),
     C.E_BAD_OPERATOR: _i(422, "an operator id of the wrong form"),
-    C.E_BAD_ROUTE: _i(422, "a route id of the wrong form"),
+    C.E_BAD_ROUTE: _i(422, "a route id of the wrong form, or one the tariff does not have"),
     C.E_TERMINAL_EXISTS: _i(409, "the terminal is already registered"),
     C.E_NOT_OUR_ISSUER: _i(409, "the issuer is registered but not ours to issue for"),
     C.E_BAD_ISSUER: _i(422, "an issuer id of the wrong form"),
@@ -230,6 +234,10 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_CEREMONY_FILE: _i(422, "the key ceremony file cannot be read"),
     C.E_CEREMONY_FORMAT: _i(422, "the key ceremony file is not in the documented form"),
     C.E_DATABASE: _i(503, "the database refused or is unreachable"),
+    C.E_NO_DATABASE: _i(503, "the configured SQLite database does not exist (only `yikatong init` creates one)"),
+    C.E_DB_NOT_MIGRATED: _i(503, "the database is not at this version's schema (`yikatong init` migrates it)"),
+    C.E_NO_KEYSTORE: _i(503, "the configured key store does not exist (only `yikatong init` creates one)"),
+    C.E_NO_KEK: _i(503, "no KEK: YIKATONG_KEK is unset and the dev KEK file does not exist"),
     C.E_IO: _i(500, "a file could not be read or written"),
     C.E_ABORTED: _i(409, "the operator answered no; nothing was done"),
 }

@@ -1,7 +1,8 @@
 """The key-encryption key (KEK): where it comes from, and the AES-256-GCM sealing it does.
 
 Production injects ``YIKATONG_KEK`` (64 hex chars) from a secret store. Development uses a
-0600 file next to the key store, ``<keystore>.kek``, created on first use. Every secret in
+0600 file next to the key store, ``<keystore>.kek``, created with the store (by ``yikatong
+init``; any other command refuses a missing one, ``E_NO_KEK``). Every secret in
 the key store (master keys, CA private keys) is sealed by ``Kek.seal`` under its own random
 96-bit nonce and its slot's associated data; ``kek_check`` is a known plaintext sealed the
 same way, so a store opened with another KEK fails at once (``E_KEK_MISMATCH``).
@@ -73,12 +74,28 @@ def load_or_create_dev_kek(keystore_path: Path) -> bytes:
     return parse_kek(path.read_text(encoding="ascii"))
 
 
-def kek_from_settings(settings: Any) -> bytes:
-    """The KEK from ``Settings.kek`` (hex), else the dev KEK file next to ``Settings.keystore``."""
+def load_dev_kek(keystore_path: Path) -> bytes:
+    """The dev KEK file next to an existing key store; ``E_NO_KEK`` if it is missing (never created here)."""
+    path = dev_kek_path(keystore_path)
+    if not path.exists():
+        raise ClearingError(
+            Code.E_NO_KEK,
+            f"YIKATONG_KEK is unset and the dev KEK file {path} does not exist; set YIKATONG_KEK or restore "
+            f"the file (a new KEK would not open key store {keystore_path})",
+        )
+    return load_or_create_dev_kek(keystore_path)
+
+
+def kek_from_settings(settings: Any, *, create: bool = False) -> bytes:
+    """The KEK from ``Settings.kek`` (hex), else the dev KEK file next to ``Settings.keystore``.
+
+    ``create`` (``yikatong init`` making a new store): the dev KEK file is created if missing.
+    """
     secret = getattr(settings, "kek", None)
     if secret is not None:
         return parse_kek(secret.get_secret_value())
-    return load_or_create_dev_kek(Path(settings.keystore))
+    path = Path(settings.keystore)
+    return load_or_create_dev_kek(path) if create else load_dev_kek(path)
 
 
 class Kek:
@@ -128,6 +145,7 @@ __all__ = [
     "Kek",
     "dev_kek_path",
     "kek_from_settings",
+    "load_dev_kek",
     "load_or_create_dev_kek",
     "parse_kek",
 ]

@@ -98,6 +98,8 @@ class KeyStoreFile:
 
     def entry(self, issuer_hex: str) -> dict[str, Any]:
         entry = self.issuers.get(issuer_hex)
+        if entry is None and self.refresh():  # an issuer imported by another process since
+            entry = self.issuers.get(issuer_hex)
         if entry is None:
             raise ClearingError(Code.E_UNKNOWN_ISSUER, f"no keys for issuer {issuer_hex}")
         assert isinstance(entry, dict)

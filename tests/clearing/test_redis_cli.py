@@ -8,6 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from clearing.keystore import KeyStore
 from yikatong.app import create_app
 from yikatong.commands import clear, serve
 from yikatong.settings import get_settings
@@ -53,6 +54,7 @@ def test_serve_assembles_the_clearing_api(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("YIKATONG_KEYSTORE", str(tmp_path / "keystore.json"))
     monkeypatch.setenv("YIKATONG_KEK", "00" * 32)
     monkeypatch.delenv("YIKATONG_REDIS_URL", raising=False)
+    KeyStore.open(tmp_path / "keystore.json", bytes(32)).ensure_file()  # an existing store: only init creates one
     get_settings.cache_clear()
     try:
         app = create_app(get_settings())

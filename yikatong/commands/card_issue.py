@@ -93,10 +93,15 @@ def show(
     issuer_id: Annotated[str | None, typer.Option("--issuer-id", help="Issuer id, if the ASN is not unique.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Show a card's registry entry, its shadow balance and its ledger balance."""
+    """Show a card's registry entry, its shadow balance and its ledger balance.
+
+    Times are Asia/Shanghai with the offset shown (`2026-12-02 08:15:02 +08:00`); --json
+    gives them as ISO 8601 at +08:00.
+    """
     from clearing.keystore import issuer_bytes
     from clearing.ledger import account_balance, transfers_of
     from clearing.registry import find_cards, get_card
+    from yikatong.commands.local_time import shanghai, shanghai_iso
 
     with cli_errors():
         factory = open_database()
@@ -118,7 +123,7 @@ def show(
                 "card_asn": card.card_asn,
                 "card_type": card.card_type,
                 "status": card.status,
-                "issued_at": card.issued_at.isoformat(),
+                "issued_at": shanghai_iso(card.issued_at),
                 "start_date": card.start_date.isoformat(),
                 "expiry_date": card.expiry_date.isoformat(),
                 "key_version": card.key_version,
@@ -128,14 +133,14 @@ def show(
                 "ledger_balance_fen": ledger.credit_balance_fen,
                 "last_offline_counter": card.last_offline_counter,
                 "last_online_counter": card.last_online_counter,
-                "last_tx_at": card.last_tx_at.isoformat() if card.last_tx_at else None,
+                "last_tx_at": shanghai_iso(card.last_tx_at),
                 "auth_cert_serial": card.auth_cert_serial,
                 "recent_transfers": [
                     {
                         "id": t.id,
                         "amount_fen": t.amount_fen if t.credit_account_id == card.account_id else -t.amount_fen,
                         "state": t.state,
-                        "created_at": t.created_at.isoformat(),
+                        "created_at": shanghai_iso(t.created_at),
                     }
                     for t in recent
                 ],
@@ -144,10 +149,16 @@ def show(
         typer.echo(json.dumps(entry, indent=2))
         return
     table = Table(title=f"card {card.card_asn}", show_header=False)
+    times = {"issued_at": card.issued_at, "last_tx_at": card.last_tx_at}
     for key, value in entry.items():
         if key == "recent_transfers":
             continue
-        shown = f"{value} ({_yuan(value)} CNY)" if key.endswith("_fen") and isinstance(value, int) else str(value)
+        if key in times:
+            shown = shanghai(times[key])
+        elif key.endswith("_fen") and isinstance(value, int):
+            shown = f"{value} ({_yuan(value)} CNY)"
+        else:
+            shown = str(value)
         table.add_row(key, shown)
     out.print(table)
     if recent:
@@ -156,5 +167,5 @@ def show(
             history.add_column(column)
         for t in recent:
             signed = t.amount_fen if t.credit_account_id == card.account_id else -t.amount_fen
-            history.add_row(t.id, str(signed), t.state, t.created_at.isoformat()[:19])
+            history.add_row(t.id, str(signed), t.state, shanghai(t.created_at))
         out.print(history)

@@ -3,9 +3,11 @@
 Without ``YIKATONG_REDIS_URL`` there is no queue: ``yikatong serve`` clears every upload in
 the request that brought it, so this command says so and exits 0.
 
-With it, the command prints ``clearing with N worker(s) …`` once SIGTERM/SIGINT are
-handled (from that line on, a stop is a clean stop), ``N worker(s) ready`` once every
-worker consumes the stream, and ``stopped`` when every worker ended cleanly after a stop.
+With it, the command first refuses (exit 1, one line naming what to fix) a missing database
+or key store, or a key store without the keys of an issuer it clears. Then it prints
+``clearing with N worker(s) …`` once SIGTERM/SIGINT are handled (from that line on, a stop
+is a clean stop), ``N worker(s) ready`` once every worker consumes the stream, and
+``stopped`` when every worker ended cleanly after a stop.
 A SIGTERM or Ctrl-C lets each worker finish the batch it is clearing (entries it has not
 started stay pending for another worker) and exits 0. A worker that failed (its log says
 why) makes it print ``error: E_INTERNAL: …`` on stderr and exit 1.
@@ -39,6 +41,10 @@ def clear(
         raise typer.Exit(code=0)
     from clearing.contract.codes import Code
     from clearing.worker import run_workers
+    from yikatong.commands.init import cli_errors, ready_to_clear
+
+    with cli_errors():
+        ready_to_clear(settings)
 
     code = run_workers(
         settings,

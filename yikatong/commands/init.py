@@ -1,15 +1,20 @@
-"""``yikatong init``: migrate the database to head and create issuer keys if missing.
+"""``yikatong init``: create the city (database, key store, KEK) or bring it to this version.
+
+Only ``init`` creates a database, a key store, a KEK or their directories; every other
+command opens them with ``open_database`` / ``open_keystore``, which refuse a path that does
+not exist (or a database not at head) and name it, so a mistyped setting is an error rather
+than a new, empty city. ``ready_to_clear`` is what ``serve`` and ``clear`` check first.
 
 Also the small shared plumbing of the clearing-side commands (keys, card issue/show,
-terminal register, exceptions): open the key store and the database from the settings,
-and turn known errors into one red line and exit code 1.
+terminal register, exceptions): turn known errors into one red line and exit code 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -47,7 +52,7 @@ def cli_errors() -> Iterator[None]:
 
 
 def open_keystore() -> KeyStore:
-    """The key store of the settings (KEK from ``YIKATONG_KEK`` or the dev KEK file)."""
+    """The settings' existing key store (KEK from ``YIKATONG_KEK`` or the dev KEK file); creates nothing."""
     from clearing.keystore import KeyStore
     from yikatong.settings import get_settings
 
@@ -55,11 +60,31 @@ def open_keystore() -> KeyStore:
 
 
 def open_database() -> sessionmaker[Session]:
-    """A session factory on the settings' database, migrated to head on first use."""
-    from clearing.db import ensure_migrated, session_factory
+    """A session factory on the settings' existing database at schema head; creates and migrates nothing."""
+    from clearing.db import open_migrated, session_factory
     from yikatong.settings import get_settings
 
-    return session_factory(ensure_migrated(get_settings().database_url))
+    return session_factory(open_migrated(get_settings().database_url))
+
+
+def ready_to_clear(settings: Any) -> None:
+    """Refuse to start clearing without the database and the keys of every issuer it clears.
+
+    ``serve`` and ``clear`` call this first: without its keys a genuine tap could only wait in
+    the exception queue (``E_KEY_UNAVAILABLE``), so a server that lacks them must not start.
+    """
+    from clearing.db import open_migrated, session_factory
+    from clearing.keystore import KeyStore
+    from clearing.registry import cleared_issuers
+
+    engine = open_migrated(settings.database_url)
+    try:
+        store = KeyStore.from_settings(settings)
+        with session_factory(engine)() as session:
+            cleared = cleared_issuers(session, own_city=settings.city)
+        store.require(cleared)
+    finally:
+        engine.dispose()
 
 
 def init(
@@ -67,32 +92,53 @@ def init(
         list[str] | None,
         typer.Option("--issuer", help="Issuer (city name or 16 hex chars) whose keys to create if missing."),
     ] = None,
+    import_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--import-keys",
+            help="Key-ceremony JSON file to import instead of generating keys (spec/terminal-api.md, Administration).",
+        ),
+    ] = None,
 ) -> None:
-    """Migrate the database to the newest schema, create issuer keys that are missing, and
-    register the built-in issuers (ours: YIKATONG_CITY's).
+    """Create the database (migrated to the newest schema), the key store and its KEK where missing,
+    create issuer keys that are missing (or import them with --import-keys), and register the
+    built-in issuers (ours: YIKATONG_CITY's).
 
     Safe to run again: existing keys are never touched, and a database already at head is
-    left as it is. Without --issuer, the configured city's issuer is used.
+    left as it is. Without --issuer, the configured city's issuer is used. Keys are never
+    generated for an issuer whose cards are registered (new keys would not verify them).
     """
+    from clearing.db import ensure_migrated, redacted_url, session_factory
     from clearing.keystore import KeyStore, issuer_bytes
-    from clearing.registry import ensure_issuers, get_issuer
+    from clearing.registry import cleared_issuers, ensure_issuers, get_issuer
     from yikatong.settings import get_settings
 
     settings = get_settings()
     with cli_errors():
-        factory = open_database()
-        out.print(f"database ready at schema head: {_redacted(settings.database_url)}")
-        store = KeyStore.from_settings(settings)
-        wanted = [issuer_bytes(i).hex() for i in (issuer or [settings.city])]
-        missing = [i for i in wanted if not store.has_issuer(i)]
-        if missing:
-            store.init(missing)
-            out.print(f"created master keys (version 1) and issuer CA for: {', '.join(missing)}")
-        else:
-            out.print("issuer keys already present; nothing generated")
+        factory = session_factory(ensure_migrated(settings.database_url))
+        out.print(f"database ready at schema head: {redacted_url(settings.database_url)}")
         with factory() as session, session.begin():
             ensure_issuers(session, own_city=settings.city)
-            unregistered = [i for i in wanted if get_issuer(session, i) is None]
+            in_use = cleared_issuers(session, own_city=settings.city)
+        wanted = [issuer_bytes(i).hex() for i in (issuer or [settings.city])]
+        if import_keys is None and not Path(settings.keystore).is_file():
+            refuse_new_keys_for_issued_cards(Path(settings.keystore), wanted, in_use)  # before creating anything
+        store = KeyStore.from_settings(settings, create=True)
+        if import_keys is not None:
+            imported = store.import_ceremony(import_keys)
+            shown = ", ".join(f"{i} v{v}" for i, v in imported) or "nothing new"
+            out.print(f"imported keys from {import_keys}: {shown}")
+        else:
+            missing = [i for i in wanted if not store.has_issuer(i)]
+            refuse_new_keys_for_issued_cards(store.path, missing, in_use)
+            if missing:
+                store.init(missing)
+                out.print(f"created master keys (version 1) and issuer CA for: {', '.join(missing)}")
+            else:
+                out.print("issuer keys already present; nothing generated")
+        store.ensure_file()
+        with factory() as session:
+            unregistered = [i for i in store.issuers() if get_issuer(session, i) is None]
         out.print(f"key store: {store.path}")
         for issuer_hex in unregistered:
             out.print(
@@ -101,14 +147,32 @@ def init(
             )
 
 
-def _redacted(url: str) -> str:
-    """A database URL without its password, for printing."""
-    from sqlalchemy.engine import make_url
+def refuse_new_keys_for_issued_cards(store: Path, missing: list[str], in_use: dict[str, set[int]]) -> None:
+    """A key store without the keys of cards already issued is the wrong one (a mistyped
+    YIKATONG_KEYSTORE, a lost file): fresh keys would make every genuine tap a forgery."""
+    from clearing.contract.codes import Code
+    from clearing.errors import ClearingError
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - printing only; never fail on a URL we cannot parse
-        return "(unparsable URL)"
+    for issuer_hex in missing:
+        versions = sorted(in_use.get(issuer_hex, ()))
+        if versions:
+            raise ClearingError(
+                Code.E_KEY_MISSING,
+                f"key store {store} has no keys for issuer {issuer_hex}, but the database has its cards "
+                f"issued under key version {', '.join(map(str, versions))}; new keys would not verify them: "
+                "check YIKATONG_KEYSTORE, restore the key store, or `yikatong init --import-keys FILE`",
+            )
 
 
-__all__ = ["ISSUERS", "cli_errors", "err", "fail", "init", "open_database", "open_keystore", "out"]
+__all__ = [
+    "ISSUERS",
+    "cli_errors",
+    "err",
+    "fail",
+    "init",
+    "open_database",
+    "open_keystore",
+    "out",
+    "ready_to_clear",
+    "refuse_new_keys_for_issued_cards",
+]

@@ -42,14 +42,38 @@ def init_keys(
     Refuses to overwrite an issuer that already has keys (use `keys rotate`).
     Without --issuer, the configured city's issuer is used.
     """
+    from clearing.keystore import issuer_bytes
     from yikatong.settings import get_settings
 
     with cli_errors():
         store = _store()
-        created = store.init(issuer or [get_settings().city], alg_id=alg_id)
+        wanted = [issuer_bytes(i).hex() for i in (issuer or [get_settings().city])]
+        _refuse_keys_for_issued_cards(store, [i for i in wanted if not store.has_issuer(i)])
+        created = store.init(wanted, alg_id=alg_id)
         for issuer_hex in created:
             out.print(f"issuer {issuer_hex}: master keys version 1 and issuer CA created")
         out.print(f"key store: {store.path}")
+
+
+def _refuse_keys_for_issued_cards(store: KeyStore, missing: list[str]) -> None:
+    """Fresh keys for an issuer whose cards are registered would make each of its taps a forgery."""
+    from clearing.db import open_migrated, session_factory
+    from clearing.errors import ClearingError
+    from clearing.registry import cleared_issuers
+    from yikatong.commands.init import refuse_new_keys_for_issued_cards
+    from yikatong.settings import get_settings
+
+    settings = get_settings()
+    try:
+        engine = open_migrated(settings.database_url)
+    except ClearingError:
+        return  # no city database yet: no card can have been issued under these keys
+    try:
+        with session_factory(engine)() as session:
+            in_use = cleared_issuers(session, own_city=settings.city)
+    finally:
+        engine.dispose()
+    refuse_new_keys_for_issued_cards(store.path, missing, in_use)
 
 
 @app.command("import")

@@ -1,4 +1,8 @@
-"""``yikatong serve [--host --port]``: the HTTP API under uvicorn, as ``yikatong.app`` assembles it."""
+"""``yikatong serve [--host --port]``: the HTTP API under uvicorn, as ``yikatong.app`` assembles it.
+
+It refuses to start (exit 1, one line naming what to fix) without the database, the key
+store, or the keys of an issuer it clears (``init.ready_to_clear``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Annotated
 import typer
 
 from yikatong.app import create_app
+from yikatong.commands.init import cli_errors, ready_to_clear
 from yikatong.settings import get_settings
 
 
@@ -19,7 +24,9 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    app = create_app(settings)
+    with cli_errors():
+        ready_to_clear(settings)
+        app = create_app(settings)
     mode = "Redis queue: run `yikatong clear` too" if settings.redis_url else "synchronous clearing (no Redis)"
     typer.echo(f"serving on http://{host}:{port} ({mode}); OpenAPI at /openapi.json")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
