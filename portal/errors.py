@@ -43,6 +43,12 @@ class Code(StrEnum):
     E_TOPUP_ABOVE_MAX = "E_TOPUP_ABOVE_MAX"
     E_CARD_BALANCE_LIMIT = "E_CARD_BALANCE_LIMIT"
     E_TOPUP_NOT_REFUNDABLE = "E_TOPUP_NOT_REFUNDABLE"
+    # --- the portal's JSON API and webhook route (portal.api, portal.topup_service) ---------
+    E_PORTAL_MALFORMED = "E_PORTAL_MALFORMED"
+    E_TOPUP_NOT_FOUND = "E_TOPUP_NOT_FOUND"
+    E_CARD_NOT_FOUND = "E_CARD_NOT_FOUND"
+    E_CARD_NOT_TOPPABLE = "E_CARD_NOT_TOPPABLE"
+    E_PORTAL_UNAVAILABLE = "E_PORTAL_UNAVAILABLE"
     # --- notices: nothing refused, a person should look (staff console) --------------------
     N_PAYMENT_UNMATCHED = "N_PAYMENT_UNMATCHED"
     N_LOADED_BEFORE_REFUND = "N_LOADED_BEFORE_REFUND"
@@ -91,6 +97,11 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_TOPUP_ABOVE_MAX: _i(422, "the amount is above the largest single top-up"),
     C.E_CARD_BALANCE_LIMIT: _i(422, "the card would hold more than its limit (balance plus pending loads)"),
     C.E_TOPUP_NOT_REFUNDABLE: _i(409, "the top-up is not paid, already loaded, or already refunded"),
+    C.E_PORTAL_MALFORMED: _i(422, "the request is not of the shape this endpoint reads"),
+    C.E_TOPUP_NOT_FOUND: _i(404, "no such top-up"),
+    C.E_CARD_NOT_FOUND: _i(404, "no such card is registered"),
+    C.E_CARD_NOT_TOPPABLE: _i(409, "the card is blocked, lost or replaced: it takes no top-up"),
+    C.E_PORTAL_UNAVAILABLE: _i(503, "the portal could not reach its database or a service; retry later"),
     C.N_PAYMENT_UNMATCHED: _i(200, "a payment that does not match its top-up: it is refunded, never loaded"),
     C.N_LOADED_BEFORE_REFUND: _i(200, "the card took the load before the refund could cancel it: no refund"),
     C.N_UNEXPECTED_EVENT: _i(200, "an event the top-up's state does not expect: recorded, nothing moved"),

@@ -2,9 +2,11 @@
 
 This is the one place that decides what the server carries and builds what the routers need
 from the settings (ARCHITECTURE.md, "Interfaces"): today the terminal and online-load API of
-``clearing`` (``/v1``); the portal (``/``, ``/api``), interop (``/interop/v1``) and payment
-webhooks join here as their issues land. Each API answers errors in its own shape: the
-clearing routes carry their handler on the route class (``clearing.api.ContractRoute``), so
+``clearing`` (``/v1``), the portal's payment webhooks (``/webhooks/payments``) and, when
+``portal_enabled`` is set, its JSON top-up API (``/api``: no citizen login yet, so off by
+default); the portal pages (``/``) and interop (``/interop/v1``) join here as their issues
+land. Each API answers errors in its own shape: the clearing routes carry their handler on
+the route class (``clearing.api.ContractRoute``), the portal's on ``portal.api.PortalRoute``, so
 nothing mounted beside them inherits the terminal contract's error body. What no API owns
 (an unknown path outside every prefix, a fault in the server itself) gets the plain
 ``{code, message}`` shape below, never an HTML or text 500.
@@ -20,6 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clearing import api as clearing_api
 from clearing.contract.codes import Code
+from clearing.db import session_factory
+from portal import api as portal_api
+from portal.limits import TopupLimits
+from portal.payments import PaymentsClient, PaymentsConfig
+from portal.topup_service import TopupService
 from yikatong.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,10 @@ def _install_fallback_errors(app: FastAPI) -> None:
         return JSONResponse({"code": Code.E_INTERNAL.value, "message": "unexpected fault"}, status_code=500)
 
 
-def assemble(clearing: clearing_api.ApiDeps) -> FastAPI:
-    """The application from ready-made parts (tests pass their own)."""
+def assemble(
+    clearing: clearing_api.ApiDeps, portal: TopupService | None = None, *, portal_enabled: bool = False
+) -> FastAPI:
+    """The application from ready-made parts (tests pass their own); no portal routes without a ``portal``."""
     app = FastAPI(
         title="Yikatong",
         version="1",
@@ -46,13 +55,34 @@ def assemble(clearing: clearing_api.ApiDeps) -> FastAPI:
     )
     _install_fallback_errors(app)
     clearing_api.mount(app, clearing)
+    if portal is not None:
+        portal_api.mount(app, portal, topups_enabled=portal_enabled)
     clearing_api.install_openapi(app)
     return app
 
 
+def portal_service(settings: Settings, clearing: clearing_api.ApiDeps) -> TopupService:
+    """The top-up service on clearing's database, with the payment API and limits the settings name."""
+    payments = PaymentsClient.connect(PaymentsConfig(settings.payments_url, settings.payments_key.get_secret_value()))
+    limits = TopupLimits(
+        registered_card_balance_fen_max=settings.registered_card_balance_fen_max,
+        anonymous_card_balance_fen_max=settings.anonymous_card_balance_fen_max,
+        topup_fen_min=settings.topup_fen_min,
+        topup_fen_max=settings.topup_fen_max,
+    )
+    return TopupService(
+        sessions=session_factory(clearing.engine),
+        payments=payments,
+        webhook_secrets=[s.get_secret_value() for s in settings.payments_webhook_secrets],
+        limits=limits,
+        webhook_tolerance_s=settings.payments_webhook_tolerance_s,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The server's application for these settings (``yikatong serve``, ``yikatong demo --serve``)."""
-    return assemble(clearing_api.ApiDeps.from_settings(settings))
+    clearing = clearing_api.ApiDeps.from_settings(settings)
+    return assemble(clearing, portal_service(settings, clearing), portal_enabled=settings.portal_enabled)
 
 
-__all__ = ["assemble", "create_app"]
+__all__ = ["assemble", "create_app", "portal_service"]

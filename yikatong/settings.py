@@ -31,6 +31,18 @@ class Settings(BaseSettings):
     gap_age_days: int = 3
     payments_url: str = "http://127.0.0.1:8420"
     payments_key: SecretStr = SecretStr("sk_test_yikatong")
+    # Endpoint secrets the payment webhooks are signed with (a JSON list in the environment);
+    # during a rotation hold the old and the new. The default is a development secret only.
+    payments_webhook_secrets: list[SecretStr] = [SecretStr("whsec_yikatong_dev")]
+    payments_webhook_tolerance_s: int = 300
+    # The portal's JSON API (`/api/topups`) has no citizen login yet (issue 10, accounts slice):
+    # off by default; the payment webhooks are mounted either way (they are signed).
+    portal_enabled: bool = False
+    # Top-up limits (portal.limits), integer fen: per top-up, and what a card may come to hold.
+    topup_fen_min: int = 100
+    topup_fen_max: int = 100_000
+    registered_card_balance_fen_max: int = 500_000
+    anonymous_card_balance_fen_max: int = 100_000
     # Tariffs clearing prices tap-off refunds with: a tariff directory, or a directory with one
     # tariff version per subdirectory. Unset: the example Xianyang tariff (the demo city's).
     tariffs: Path | None = None

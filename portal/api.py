@@ -1,0 +1,159 @@
+"""The portal's JSON API (``/api``) and the payment webhook route (``/webhooks/payments``).
+
+Every failure of these routes is answered in the portal's own shape, ``{"code", "message"}``
+with a code from ``portal.errors`` (the route class below, as ``clearing.api.ContractRoute``
+does for the terminal contract, so neither API inherits the other's). Nothing here answers
+500: a fault is logged and answered ``503 E_PORTAL_UNAVAILABLE``, which a browser may retry
+and a payment provider will.
+
+**No citizen authentication yet.** ``POST /api/topups`` takes any registered card: anyone
+could start top-ups for any card, filling its headroom (open top-ups count against the cap)
+and learning which ASNs exist. So the composition root mounts the ``/api`` routes only when
+``YIKATONG_PORTAL_ENABLED`` is set (default off); the accounts slice of issue 10 adds the
+``CurrentCitizen`` dependency and binds the card to the citizen. The webhook route is always
+mounted: it is authenticated by the provider's signature.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, FastAPI, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from portal.errors import Code, PortalError
+from portal.topup_service import TopupService, TopupView
+
+log = logging.getLogger(__name__)
+
+
+def portal_error(exc: Exception) -> JSONResponse:
+    """Any exception of a portal route in the portal's shape; never a 500."""
+    if isinstance(exc, PortalError):
+        return JSONResponse({"code": exc.code.value, "message": exc.message}, status_code=exc.status)
+    if isinstance(exc, RequestValidationError):
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
+        code = Code.E_PORTAL_MALFORMED
+        return JSONResponse({"code": code.value, "message": f"the request does not read: {where}"}, status_code=422)
+    log.exception("unexpected fault in the portal API", exc_info=exc)
+    code = Code.E_PORTAL_UNAVAILABLE
+    return JSONResponse({"code": code.value, "message": "the portal could not finish; retry"}, status_code=503)
+
+
+class PortalRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:  # noqa: BLE001 - every failure gets the portal's shape
+                return portal_error(exc)
+
+        return handle
+
+
+class CardRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    issuer_id: str = Field(pattern=r"^[0-9A-Fa-f]{16}$")
+    card_asn: str = Field(pattern=r"^[0-9A-Fa-f]{20}$")
+
+
+class TopupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    card: CardRef
+    # Any JSON value: ``portal.limits.check_topup`` refuses a float, bool or string with its code.
+    amount_fen: Any
+
+
+class TopupOut(BaseModel):
+    topup_id: str
+    card: CardRef
+    amount_fen: int
+    state: str
+    payment_intent_id: str | None
+    paid_fen: int
+    loaded_fen: int
+    refunded_fen: int
+    client_secret: str | None = None  # only in the answer that created the intent (for Stripe.js)
+
+    @classmethod
+    def of(cls, v: TopupView) -> TopupOut:
+        return cls(
+            topup_id=v.topup_id,
+            card=CardRef(issuer_id=v.issuer_id, card_asn=v.card_asn),
+            amount_fen=v.amount_fen,
+            state=v.state,
+            payment_intent_id=v.payment_intent_id,
+            paid_fen=v.paid_fen,
+            loaded_fen=v.loaded_fen,
+            refunded_fen=v.refunded_fen,
+            client_secret=v.client_secret,
+        )
+
+
+class WebhookOut(BaseModel):
+    status: str  # applied | duplicate | ignored
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut} for s in (404, 409, 422, 503)}
+
+
+def topups_router(service: TopupService) -> APIRouter:
+    """``/api/topups``: unauthenticated until the accounts slice (module docstring)."""
+    router = APIRouter(prefix="/api", route_class=PortalRoute, tags=["portal"])
+
+    @router.post("/topups", status_code=201, response_model=TopupOut, responses=_ERRORS)
+    def create_topup(body: TopupRequest) -> TopupOut:
+        # TODO(issue 10, accounts slice): CurrentCitizen; the card must be bound to the citizen.
+        return TopupOut.of(service.create_topup(body.card.issuer_id, body.card.card_asn, body.amount_fen))
+
+    @router.get("/topups/{topup_id}", response_model=TopupOut, responses=_ERRORS)
+    def get_topup(topup_id: str) -> TopupOut:
+        return TopupOut.of(service.view(topup_id))
+
+    return router
+
+
+def webhooks_router(service: TopupService) -> APIRouter:
+    router = APIRouter(route_class=PortalRoute, tags=["payments"])
+
+    @router.post(
+        "/webhooks/payments", response_model=WebhookOut, responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}}
+    )
+    async def payment_webhook(
+        request: Request,
+        background: BackgroundTasks,
+        stripe_signature: Annotated[str | None, Header()] = None,
+    ) -> WebhookOut:
+        """Verify the raw body's signature, record the event once, apply it; effects run after the answer."""
+        body = await request.body()
+        outcome = await run_in_threadpool(service.apply_webhook, body, stripe_signature)
+        if outcome == "applied":
+            background.add_task(service.run_outbox)
+        return WebhookOut(status=outcome)
+
+    return router
+
+
+def mount(app: FastAPI, service: TopupService, *, topups_enabled: bool) -> None:
+    """The webhook route always; ``/api/topups`` only when enabled (no citizen login yet)."""
+    app.include_router(webhooks_router(service))
+    if topups_enabled:
+        app.include_router(topups_router(service))
+
+
+__all__ = ["PortalRoute", "mount", "portal_error", "topups_router", "webhooks_router"]

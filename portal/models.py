@@ -1,0 +1,111 @@
+"""The portal's own tables, on clearing's metadata (one schema, one Alembic chain: migration 0006).
+
+ARCHITECTURE.md, "Data model": clearing owns the model and other packages add their own
+tables. These are the portal's: they live here, in the package that writes them, and are
+declared on ``clearing.models.Base`` so that ``migrations/env.py`` (which imports this
+module) and the model/migration agreement test see one metadata.
+
+- ``portal_topups``: one row per top-up, the persisted ``portal.topups.Topup``. Its id is
+  also clearing's load id and the payment's Idempotency-Key (``TOPUP_ID_LEN_MAX`` = 40).
+  No foreign key to ``cards``: the card is checked through clearing's functions when the
+  top-up is made, and clearing's own ``pending_loads`` carries the foreign key.
+- ``portal_webhook_events``: every verified webhook event id, once (the dedupe of
+  ``docs/portal.md``, "What the shell must do").
+- ``portal_outbox``: the effects ``topups.apply`` answered, written in the transaction that
+  wrote the state; ``done_at`` is set when the effect's answer has been applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from clearing.models import Base, BigId, UTCDateTime, utcnow
+from portal.topups import TOPUP_ID_LEN_MAX, RefundReason, State
+
+EVENT_ID_LEN_MAX: Final = 255  # Stripe's ids are far shorter; a longer one is not an event of ours
+EFFECT_KINDS: Final = (
+    "create_payment_intent",
+    "cancel_payment_intent",
+    "create_load",
+    "cancel_load",
+    "refund",
+    "notice",
+)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class PortalTopup(Base):
+    """A top-up as ``portal.topups.Topup`` holds it; written only by ``portal.topup_service``."""
+
+    __tablename__ = "portal_topups"
+
+    topup_id: Mapped[str] = mapped_column(String(TOPUP_ID_LEN_MAX), primary_key=True)
+    issuer_id: Mapped[str] = mapped_column(String(16))
+    card_asn: Mapped[str] = mapped_column(String(20))
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    paid_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    loaded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    load_voided: Mapped[bool] = mapped_column(Boolean, default=False)
+    refund_reason: Mapped[str | None] = mapped_column(String(16))
+    # Other successful payments tagged with this top-up: [{"payment_intent_id", "amount_fen", "refunded"}]
+    unmatched: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("amount_fen > 0", name="amount_positive"),
+        CheckConstraint("paid_fen >= 0 AND loaded_fen >= 0 AND refunded_fen >= 0", name="money_nonnegative"),
+        CheckConstraint(_in("state", tuple(State)), name="state_valid"),
+        CheckConstraint(f"refund_reason IS NULL OR {_in('refund_reason', tuple(RefundReason))}", name="reason_valid"),
+        Index("ix_portal_topups_card_state", "issuer_id", "card_asn", "state"),
+    )
+
+
+class PortalWebhookEvent(Base):
+    """A verified webhook event, recorded once: a repeat finds its id and moves nothing."""
+
+    __tablename__ = "portal_webhook_events"
+
+    event_id: Mapped[str] = mapped_column(String(EVENT_ID_LEN_MAX), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    topup_id: Mapped[str | None] = mapped_column(String(TOPUP_ID_LEN_MAX))  # None: not ours
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PortalOutbox(Base):
+    """One effect to run; ``done_at`` NULL while it is still to do (partial index for the runner)."""
+
+    __tablename__ = "portal_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    topup_id: Mapped[str] = mapped_column(String(TOPUP_ID_LEN_MAX))
+    kind: Mapped[str] = mapped_column(String(24))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", EFFECT_KINDS), name="kind_valid"),
+        Index(
+            "ix_portal_outbox_due",
+            "id",
+            postgresql_where=text("done_at IS NULL"),
+            sqlite_where=text("done_at IS NULL"),
+        ),
+        Index("ix_portal_outbox_topup", "topup_id"),
+    )
+
+
+__all__ = ["EFFECT_KINDS", "PortalOutbox", "PortalTopup", "PortalWebhookEvent"]
