@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from clearing.contract import DenylistDelta, DenylistEntry
+from terminals.journal import ensure_private_file
 
 BUSY_TIMEOUT_MS: Final = 10_000
 
@@ -34,6 +35,7 @@ class Denylist:
     def __init__(self, path: str | Path, *, recheck_s: float = 1.0) -> None:
         self.recheck_s = recheck_s  # how stale the snapshot may get before another connection's update shows
         self._checked_at = -float("inf")
+        ensure_private_file(Path(path))  # usually the journal file, which holds card numbers
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA page_size = 1024")  # as the journal's, when this creates the file

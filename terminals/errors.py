@@ -13,7 +13,10 @@ Every error carries a stable ``code`` and a human sentence, as STYLE.md asks.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from clearing.contract import TapRecord
 
 
 class TerminalError(Exception):
@@ -64,3 +67,20 @@ class UploadError(TerminalError):
         super().__init__(message)
         self.status_code = status_code
         self.error_code = error_code
+
+
+class DuplicateCardRecord(TerminalError):
+    """The card signed a record under a (card, offline counter, type) this journal already holds.
+
+    A genuine card never repeats an offline counter (``card-profile.md``, "Atomicity and
+    tear"), so this is a copy of a card image (a clone) or a rolled-back one: a fact about the
+    card, never a reason to stop the terminal. Raised by ``Journal.append`` after the record
+    was kept, with the one already journaled, as fraud event ``fraud_id``.
+    """
+
+    code: ClassVar[str] = "E_DUPLICATE_CARD_COUNTER"
+
+    def __init__(self, message: str, *, fraud_id: int, earlier: TapRecord) -> None:
+        super().__init__(message)
+        self.fraud_id = fraud_id
+        self.earlier = earlier

@@ -17,6 +17,19 @@ Why each table exists (ARCHITECTURE.md flows 2 and 3):
   after a timeout, a restart or a SIGKILL therefore sends the same ``batch_seq`` with the same
   bytes, which the clearing centre answers idempotently; a tap is in exactly one batch.
 * ``verdicts``: the clearing centre's answer per record.
+* ``fraud_events``: records a card signed that cannot be genuine: an offline counter this
+  journal already holds for the card (a copy of a card image tapped after the original), or
+  one below it (a rolled-back image). Each keeps its evidence: the record the card produced,
+  the record already journaled, when it was seen. ``taps`` stays unique on (card, counter,
+  type); the fraud record still has its own terminal sequence and goes up in its own batches
+  (``batches.source``), as an ordinary record, for clearing to refuse as a duplicate
+  (``E_DUPLICATE_CARD_COUNTER``) and queue without moving money.
+
+Schema 2 added ``fraud_events``, ``batches.source`` and ``meta.fraud_upload_cursor``; a schema 1
+journal is migrated in place when it is opened (additions only, nothing rewritten).
+
+The file holds card numbers: it is created ``0600`` (SQLite gives its ``-wal`` and ``-shm`` the
+database file's mode), and an existing one readable by others is narrowed to ``0600``.
 
 Each ``Journal`` object owns one connection and is used from one thread; the uploader opens
 its own. WAL lets the validator append while the uploader reads.
@@ -24,8 +37,11 @@ its own. WAL lets the validator append while the uploader reads.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +50,12 @@ from typing import Final, Literal
 import msgspec
 
 from clearing.contract import BATCH_RECORDS_MAX, BatchAnswer, TapRecord, decode_batch
-from terminals.errors import JournalError
+from terminals.errors import DuplicateCardRecord, JournalError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+FRAUD_KINDS: Final = frozenset({"duplicate_card_counter", "counter_regressed"})
+BATCH_SOURCES: Final = ("taps", "fraud_events")  # the tables a batch is cut from, in upload order
+_CURSOR_KEYS: Final = {"taps": "upload_cursor", "fraud_events": "fraud_upload_cursor"}
 BUSY_TIMEOUT_MS: Final = 10_000
 PAGE_SIZE: Final = 1024
 STATUSES: Final = frozenset({"normal", "recovered", "blocked"})
@@ -99,6 +118,7 @@ CREATE TABLE IF NOT EXISTS batches (
     last_error TEXT,
     answered_at TEXT,
     answer BLOB,
+    source TEXT NOT NULL DEFAULT 'taps',
     PRIMARY KEY (terminal_id, batch_seq)
 );
 CREATE TABLE IF NOT EXISTS verdicts (
@@ -110,6 +130,28 @@ CREATE TABLE IF NOT EXISTS verdicts (
     message TEXT NOT NULL,
     PRIMARY KEY (terminal_id, terminal_seq)
 );
+CREATE TABLE IF NOT EXISTS fraud_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('duplicate_card_counter', 'counter_regressed')),
+    detected_at TEXT NOT NULL,
+    terminal_id TEXT NOT NULL,
+    terminal_seq INTEGER NOT NULL,
+    issuer_id TEXT NOT NULL,
+    card_asn TEXT NOT NULL,
+    offline_counter INTEGER NOT NULL,
+    tx_type INTEGER NOT NULL,
+    amount_fen INTEGER NOT NULL CHECK (amount_fen >= 0),
+    mac2_ok INTEGER NOT NULL CHECK (mac2_ok IN (0, 1)),
+    interop INTEGER NOT NULL CHECK (interop IN (0, 1)),
+    record BLOB NOT NULL,
+    earlier_tap_id INTEGER NOT NULL,
+    earlier_record BLOB NOT NULL,
+    UNIQUE (terminal_id, terminal_seq)
+);
+CREATE TRIGGER IF NOT EXISTS fraud_events_no_update BEFORE UPDATE ON fraud_events
+    BEGIN SELECT RAISE(ABORT, 'fraud events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS fraud_events_no_delete BEFORE DELETE ON fraud_events
+    BEGIN SELECT RAISE(ABORT, 'fraud events are append-only'); END;
 """
 
 _encoder = msgspec.json.Encoder()
@@ -145,8 +187,24 @@ class JournaledTap:
 
 
 @dataclass(frozen=True, slots=True)
+class FraudEvent:
+    """A record the card signed that cannot be genuine, with the record it clashes with."""
+
+    id: int
+    kind: str  # ``duplicate_card_counter`` or ``counter_regressed``
+    detected_at: str  # UTC, ISO 8601
+    record: TapRecord  # what the card produced (uploaded as an ordinary record)
+    earlier_tap_id: int
+    earlier: TapRecord  # what this journal already held for the card
+    mac2_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoredBatch:
-    """A batch as cut: its number and the exact bytes every attempt sends."""
+    """A batch as cut: its number and the exact bytes every attempt sends.
+
+    ``first_tap_id``/``last_tap_id`` are row ids of ``source`` (``taps`` or ``fraud_events``).
+    """
 
     terminal_id: str
     batch_seq: int
@@ -156,6 +214,27 @@ class StoredBatch:
     last_tap_id: int
     terminal_seqs: tuple[int, ...]
     attempts: int
+    source: str = "taps"
+
+
+def ensure_private_file(path: Path) -> None:
+    """Create ``path`` as ``0600`` if missing, and narrow it (and its -wal/-shm) if others can read it.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's permissions, so making the
+    main file private first is what keeps card numbers out of other users' reach.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            with contextlib.suppress(PermissionError):  # not ours to change; SQLite still opens it
+                os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if stat.S_IMODE(side.stat().st_mode) & 0o077:
+                side.chmod(0o600)
 
 
 class _WriteTx:
@@ -189,6 +268,7 @@ class Journal:
             raise ValueError(f"pending_sync is 'full' or 'normal', not {pending_sync!r}")
         self.pending_sync = pending_sync
         self.path = Path(path)
+        ensure_private_file(self.path)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Small pages: a tap's commit rewrites a few pages, and fewer bytes to fsync is faster
@@ -207,9 +287,21 @@ class Journal:
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 self._db.execute("INSERT INTO meta VALUES ('upload_cursor', '0')")
+                self._db.execute("INSERT INTO meta VALUES ('fraud_upload_cursor', '0')")
+            elif int(row[0]) == 1:
+                self._migrate_from_1()
             elif int(row[0]) != SCHEMA_VERSION:
                 raise JournalError(f"journal {path} has schema {row[0]}, this terminal speaks {SCHEMA_VERSION}")
         self._load_caches()
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2 inside the opening transaction: only additions (``fraud_events`` was
+        created by the schema script), so every tap, batch and verdict stays as it was."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}
+        if "source" not in columns:
+            self._db.execute("ALTER TABLE batches ADD COLUMN source TEXT NOT NULL DEFAULT 'taps'")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('fraud_upload_cursor', '0')")
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _load_caches(self) -> None:
         """In-memory answers for the two questions every tap asks (is there a pending debit for
@@ -225,6 +317,16 @@ class Journal:
         )
         for issuer_id, card_asn, tx_type, epoch in rows:
             self._last_paid[(issuer_id, card_asn, tx_type)] = int(epoch)
+        # A card's counters only grow with its taps here, so the newest taps give each card's
+        # highest counter; a card with none among them needs the table only if older taps exist.
+        self._every_tap_cached = floor < 1
+        self._max_counter: dict[tuple[str, str], int] = {
+            (r[0], r[1]): int(r[2])
+            for r in self._db.execute(
+                "SELECT issuer_id, card_asn, max(offline_counter) FROM taps WHERE id > ? GROUP BY issuer_id, card_asn",
+                (floor,),
+            )
+        }
         # Taps at or before the floor are not cached; the cache answers for any time after the newest of them.
         newest_uncached = self._db.execute("SELECT max(tx_epoch_s) FROM taps WHERE id <= ?", (floor,)).fetchone()[0]
         self._cached_after_epoch_s = -1 if newest_uncached is None else int(newest_uncached)
@@ -245,8 +347,10 @@ class Journal:
     def append(self, record: TapRecord, *, mac2_ok: bool = True, interop: bool = False) -> int:
         """Append one tap durably; it also resolves the card's pending debit if this is it.
 
-        Returns the journal id. Raises ``JournalError`` if the terminal sequence or the
-        (card, offline counter, type) was already journaled: the same debit twice is a bug.
+        Returns the journal id. The same terminal sequence twice is a terminal fault
+        (``JournalError``). The same (card, offline counter, type) twice is the card's fault: the
+        record is kept as a ``duplicate_card_counter`` fraud event, the pending debit closed, and
+        ``DuplicateCardRecord`` raised so the tap refuses the card and the terminal goes on.
         """
         _check_record(record)
         body = _encoder.encode(record)
@@ -274,14 +378,23 @@ class Journal:
                         body,
                     ),
                 )
-                closed = self._db.execute(
-                    "DELETE FROM pending WHERE issuer_id = ? AND card_asn = ? AND terminal_id = ? AND terminal_seq = ?",
-                    (record.issuer_id, record.card_asn, record.terminal_id, record.terminal_seq),
-                ).rowcount
+                closed = self._close_pending(record)
         except sqlite3.IntegrityError as exc:
-            raise JournalError(
-                f"tap {record.terminal_id}/{record.terminal_seq} (card {record.card_asn}, counter"
-                f" {record.offline_counter}) is already journaled: {exc}"
+            earlier = self._journaled_under_card_key(record)
+            if earlier is None:
+                raise JournalError(
+                    f"tap {record.terminal_id}/{record.terminal_seq} (card {record.card_asn}, counter"
+                    f" {record.offline_counter}) is already journaled: {exc}"
+                ) from None
+            earlier_id, earlier_record = earlier
+            fraud_id = self.append_fraud(
+                record, "duplicate_card_counter", earlier_id, earlier_record, mac2_ok=mac2_ok, interop=interop
+            )
+            raise DuplicateCardRecord(
+                f"card {record.card_asn} signed offline counter {record.offline_counter} again (already journaled as"
+                f" terminal sequence {earlier_record.terminal_seq}); kept as fraud event {fraud_id}",
+                fraud_id=fraud_id,
+                earlier=earlier_record,
             ) from None
         tap_id = cur.lastrowid
         assert tap_id is not None and tap_id > 0
@@ -290,7 +403,118 @@ class Journal:
         if record.status in PAID_STATUSES:
             key = (record.issuer_id, record.card_asn, record.tx_type)
             self._last_paid[key] = max(self._last_paid.get(key, 0), epoch_s(record.tx_time))
+        card = (record.issuer_id, record.card_asn)
+        self._max_counter[card] = max(self._max_counter.get(card, -1), record.offline_counter)
         return tap_id
+
+    def _close_pending(self, record: TapRecord) -> int:
+        return int(
+            self._db.execute(
+                "DELETE FROM pending WHERE issuer_id = ? AND card_asn = ? AND terminal_id = ? AND terminal_seq = ?",
+                (record.issuer_id, record.card_asn, record.terminal_id, record.terminal_seq),
+            ).rowcount
+        )
+
+    def _journaled_under_card_key(self, record: TapRecord) -> tuple[int, TapRecord] | None:
+        row = self._db.execute(
+            "SELECT id, record FROM taps WHERE issuer_id = ? AND card_asn = ? AND offline_counter = ? AND tx_type = ?",
+            (record.issuer_id, record.card_asn, record.offline_counter, record.tx_type),
+        ).fetchone()
+        return None if row is None else (int(row[0]), _decode_record(row[1]))
+
+    def counter_clash(self, issuer_id: str, card_asn: str, offline_counter: int) -> tuple[str, int, TapRecord] | None:
+        """Whether a card's offline counter cannot be genuine here: ``(kind, tap id, record)``.
+
+        A card's counter only grows (card-profile.md, "Atomicity and tear"), and this journal
+        holds every purchase the card made here, so a counter at or below one journaled for the
+        card is an image copied or rolled back: ``duplicate_card_counter`` when equal,
+        ``counter_regressed`` when below (the record named is the lowest at or above it).
+        Every tap asks, so the usual answer (a counter above all seen) comes from memory.
+        """
+        highest = self._max_counter.get((issuer_id, card_asn))
+        if (highest is not None and offline_counter > highest) or (highest is None and self._every_tap_cached):
+            return None
+        row = self._db.execute(
+            "SELECT id, record, offline_counter FROM taps WHERE issuer_id = ? AND card_asn = ?"
+            " AND offline_counter >= ? ORDER BY offline_counter, id LIMIT 1",
+            (issuer_id, card_asn, offline_counter),
+        ).fetchone()
+        if row is None:
+            return None
+        kind = "duplicate_card_counter" if int(row[2]) == offline_counter else "counter_regressed"
+        return kind, int(row[0]), _decode_record(row[1])
+
+    def append_fraud(
+        self,
+        record: TapRecord,
+        kind: str,
+        earlier_tap_id: int,
+        earlier: TapRecord,
+        *,
+        mac2_ok: bool = True,
+        interop: bool = False,
+    ) -> int:
+        """Keep a record that cannot be genuine, with its evidence, durably; close its pending debit.
+
+        Returns the fraud event's id. It is uploaded like a tap (``next_batch``), never counted
+        as one here (not in ``taps``, not a payment for the repeat-tap rule).
+        """
+        if kind not in FRAUD_KINDS:
+            raise JournalError(f"unknown fraud kind {kind!r}")
+        _check_record(record)
+        if earlier.issuer_id != record.issuer_id or earlier.card_asn != record.card_asn:
+            raise JournalError("a fraud event's evidence is a record of the same card")
+        with self._write():
+            taken = self._db.execute(
+                "SELECT 1 FROM taps WHERE terminal_id = ? AND terminal_seq = ?",
+                (record.terminal_id, record.terminal_seq),
+            ).fetchone()
+            if taken is not None:
+                raise JournalError(f"terminal sequence {record.terminal_id}/{record.terminal_seq} is already a tap")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO fraud_events (kind, detected_at, terminal_id, terminal_seq, issuer_id, card_asn,"
+                    " offline_counter, tx_type, amount_fen, mac2_ok, interop, record, earlier_tap_id, earlier_record)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        kind,
+                        utc_now_iso(),
+                        record.terminal_id,
+                        record.terminal_seq,
+                        record.issuer_id,
+                        record.card_asn,
+                        record.offline_counter,
+                        record.tx_type,
+                        record.amount_fen,
+                        int(mac2_ok),
+                        int(interop),
+                        _encoder.encode(record),
+                        earlier_tap_id,
+                        _encoder.encode(earlier),
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise JournalError(
+                    f"fraud record {record.terminal_id}/{record.terminal_seq} is already journaled: {exc}"
+                ) from None
+            closed = self._close_pending(record)
+        if closed:
+            self._pending_keys.discard((record.issuer_id, record.card_asn))
+        fraud_id = cur.lastrowid
+        assert fraud_id is not None and fraud_id > 0
+        return fraud_id
+
+    def fraud_events(self) -> list[FraudEvent]:
+        rows = self._db.execute(
+            "SELECT id, kind, detected_at, record, earlier_tap_id, earlier_record, mac2_ok"
+            " FROM fraud_events ORDER BY id"
+        ).fetchall()
+        return [
+            FraudEvent(r[0], r[1], r[2], _decode_record(r[3]), r[4], _decode_record(r[5]), bool(r[6])) for r in rows
+        ]
+
+    def fraud_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM fraud_events").fetchone()[0])
 
     def last_paid_epoch_s(self, issuer_id: str, card_asn: str, tx_type: int, since_epoch_s: int) -> int | None:
         """The latest time at or after ``since_epoch_s`` this card paid here (normal or recovered).
@@ -396,14 +620,16 @@ class Journal:
         return [(r[0], _decode_record(r[1])) for r in rows]
 
     # --- batches (flow 3) ---------------------------------------------------------------------
-    def upload_cursor(self) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE key = 'upload_cursor'").fetchone()[0])
+    def upload_cursor(self, source: str = "taps") -> int:
+        key = _CURSOR_KEYS[source]
+        return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
     def next_batch(self, records_max: int = BATCH_RECORDS_MAX) -> StoredBatch | None:
-        """The oldest unanswered batch, or a new one cut from the records after the cursor.
+        """The oldest unanswered batch, or a new one cut from the records after a cursor.
 
         Cutting is one transaction: number, body and cursor are durable together, before any
-        attempt to send, so every attempt sends the same batch.
+        attempt to send, so every attempt sends the same batch. Taps are cut before fraud
+        events, so a clone's record reaches clearing after the record it duplicates.
         """
         if not 1 <= records_max <= BATCH_RECORDS_MAX:
             raise ValueError(f"a batch holds 1 to {BATCH_RECORDS_MAX} records")
@@ -411,53 +637,65 @@ class Journal:
             stored = self._unanswered()
             if stored is not None:
                 return stored
-            cursor = self.upload_cursor()
-            rows = self._db.execute(
-                "SELECT id, terminal_id, terminal_seq, record FROM taps WHERE id > ? ORDER BY id LIMIT ?",
-                (cursor, records_max),
-            ).fetchall()
-            if not rows:
-                return None
-            terminal_id = rows[0][1]
-            rows = _same_terminal_prefix(rows, terminal_id)
-            last = self._db.execute(
-                "SELECT max(batch_seq) FROM batches WHERE terminal_id = ?", (terminal_id,)
-            ).fetchone()[0]
-            batch_seq = 1 if last is None else int(last) + 1
-            created_at = utc_now_iso()
-            body = (
-                b'{"batch_seq":%d,"created_at":"%s","records":[' % (batch_seq, created_at.encode())
-                + b",".join(r[3] for r in rows)
-                + b"]}"
-            )
-            batch = decode_batch(body)  # the body is a valid contract batch, checked before it is stored
-            seqs = tuple(r[2] for r in rows)
-            assert tuple(rec.terminal_seq for rec in batch.records) == seqs
-            self._db.execute(
-                "INSERT INTO batches (terminal_id, batch_seq, first_tap_id, last_tap_id, records, created_at, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (terminal_id, batch_seq, rows[0][0], rows[-1][0], len(rows), created_at, body),
-            )
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'upload_cursor'", (str(rows[-1][0]),))
-            return StoredBatch(terminal_id, batch_seq, body, len(rows), rows[0][0], rows[-1][0], seqs, 0)
+            for source in BATCH_SOURCES:
+                batch = self._cut(source, records_max)
+                if batch is not None:
+                    return batch
+            return None
+
+    def _cut(self, source: str, records_max: int) -> StoredBatch | None:
+        assert source in BATCH_SOURCES and self._db.in_transaction
+        cursor = self.upload_cursor(source)
+        rows = self._db.execute(
+            f"SELECT id, terminal_id, terminal_seq, record FROM {source} WHERE id > ? ORDER BY id LIMIT ?",  # noqa: S608 - a fixed table name
+            (cursor, records_max),
+        ).fetchall()
+        if not rows:
+            return None
+        terminal_id = rows[0][1]
+        rows = _same_terminal_prefix(rows, terminal_id)
+        last = self._db.execute("SELECT max(batch_seq) FROM batches WHERE terminal_id = ?", (terminal_id,)).fetchone()[
+            0
+        ]
+        batch_seq = 1 if last is None else int(last) + 1
+        created_at = utc_now_iso()
+        body = (
+            b'{"batch_seq":%d,"created_at":"%s","records":[' % (batch_seq, created_at.encode())
+            + b",".join(r[3] for r in rows)
+            + b"]}"
+        )
+        batch = decode_batch(body)  # the body is a valid contract batch, checked before it is stored
+        seqs = tuple(r[2] for r in rows)
+        assert tuple(rec.terminal_seq for rec in batch.records) == seqs
+        self._db.execute(
+            "INSERT INTO batches (terminal_id, batch_seq, first_tap_id, last_tap_id, records, created_at, body, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (terminal_id, batch_seq, rows[0][0], rows[-1][0], len(rows), created_at, body, source),
+        )
+        self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(rows[-1][0]), _CURSOR_KEYS[source]))
+        return StoredBatch(terminal_id, batch_seq, body, len(rows), rows[0][0], rows[-1][0], seqs, 0, source)
 
     def _unanswered(self) -> StoredBatch | None:
+        # rowid is the order batches were cut in (the table is never deleted from)
         row = self._db.execute(
-            "SELECT terminal_id, batch_seq, body, records, first_tap_id, last_tap_id, attempts FROM batches"
-            " WHERE answered_at IS NULL ORDER BY first_tap_id LIMIT 1"
+            "SELECT terminal_id, batch_seq, body, records, first_tap_id, last_tap_id, attempts, source FROM batches"
+            " WHERE answered_at IS NULL ORDER BY rowid LIMIT 1"
         ).fetchone()
         if row is None:
             return None
+        source = row[7]
+        if source not in BATCH_SOURCES:
+            raise JournalError(f"batch {row[0]}/{row[1]} is cut from unknown table {source!r}")
         seqs = tuple(
             r[0]
             for r in self._db.execute(
-                "SELECT terminal_seq FROM taps WHERE id BETWEEN ? AND ? AND terminal_id = ? ORDER BY id",
+                f"SELECT terminal_seq FROM {source} WHERE id BETWEEN ? AND ? AND terminal_id = ? ORDER BY id",  # noqa: S608 - checked above
                 (row[4], row[5], row[0]),
             )
         )
         if len(seqs) != row[3]:
             raise JournalError(f"batch {row[0]}/{row[1]} lists {row[3]} records, the journal has {len(seqs)}")
-        return StoredBatch(row[0], row[1], row[2], row[3], row[4], row[5], seqs, row[6])
+        return StoredBatch(row[0], row[1], row[2], row[3], row[4], row[5], seqs, row[6], source)
 
     def note_attempt(self, batch: StoredBatch, error: str | None) -> None:
         with self._write():
@@ -497,9 +735,14 @@ class Journal:
         return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
     def unanswered_records(self) -> int:
-        """Records not yet answered by the clearing centre (batched or not)."""
-        cursor = self.upload_cursor()
-        waiting = self._db.execute("SELECT count(*) FROM taps WHERE id > ?", (cursor,)).fetchone()[0]
+        """Records (taps and fraud records) not yet answered by the clearing centre, batched or not."""
+        waiting = 0
+        for source in BATCH_SOURCES:
+            cursor = self.upload_cursor(source)
+            waiting += self._db.execute(
+                f"SELECT count(*) FROM {source} WHERE id > ?",  # noqa: S608 - a fixed table name
+                (cursor,),
+            ).fetchone()[0]
         in_flight = self._db.execute(
             "SELECT coalesce(sum(records), 0) FROM batches WHERE answered_at IS NULL"
         ).fetchone()[0]

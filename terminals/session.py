@@ -38,6 +38,10 @@ The validator flow (``epurse-public-sources.md`` section 10 with the Yikatong pr
    record written durably, DEBIT FOR CAPP PURCHASE, PSAM CREDIT SAM FOR PURCHASE (MAC2),
    the record appended durably: only then is the tap reported as paid. A MAC2 that does
    not verify is still journaled (the card has debited) and reported as suspect.
+   An offline counter at or below one journaled here for the card (a copied or rolled-back
+   card image, ``Journal.counter_clash``) refuses the card: the purchase is redone for 0 fen,
+   its record (the card's own TAC, a fresh terminal sequence) is kept as a fraud event with
+   the record it clashes with, and uploaded for clearing to refuse as a duplicate.
 
 ``pos_flow`` is the same up to the denylist, then a plain purchase (section 3) of the
 amount entered.
@@ -80,7 +84,8 @@ from cardos.records import (
 )
 from clearing.contract import DenylistEntry, FareInfo, TapRecord
 from terminals.config import TerminalConfig
-from terminals.errors import CardRefused, CardRemoved, ReaderError, TerminalError
+from terminals.display import shanghai_clock, yuan
+from terminals.errors import CardRefused, CardRemoved, DuplicateCardRecord, ReaderError, TerminalError
 from terminals.journal import PendingTap
 from terminals.readers import SW_OK, Apdu, Channel, Reply
 
@@ -300,10 +305,20 @@ class SavePending:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspicion:
+    """Why a record cannot be genuine: ``kind`` (``Journal.counter_clash``) and the record it clashes with."""
+
+    kind: str
+    earlier_tap_id: int
+    earlier: TapRecord
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     record: TapRecord
     mac2_ok: bool
     interop: bool
+    suspicion: Suspicion | None = None  # set: kept as a fraud event, not a tap
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,10 +349,28 @@ class Outcome(StrEnum):
     TAP_AGAIN = "T_TAP_AGAIN"  # the card left mid-tap
     CARD_ERROR = "T_CARD_ERROR"
     READER_ERROR = "T_READER_ERROR"
+    SUSPECTED_CLONE = "T_SUSPECTED_CLONE"  # an offline counter already journaled here: refused, reported
 
     @property
     def charged(self) -> bool:
         return self in (Outcome.PAID, Outcome.SUSPECT)
+
+    @property
+    def tally(self) -> str:
+        """The count a run's summary puts this in: ``paid``, ``recovered``, ``repeated``,
+        ``refused`` (the card was turned away) or ``failed`` (tap again: reader or card I/O)."""
+        return _TALLY.get(self, "refused")
+
+
+_TALLY: Final = {
+    Outcome.PAID: "paid",
+    Outcome.SUSPECT: "paid",  # the card was debited; clearing judges the record by its TAC
+    Outcome.RECOVERED: "recovered",  # an earlier torn tap completed: no new charge
+    Outcome.ALREADY_PAID: "repeated",
+    Outcome.TAP_AGAIN: "failed",
+    Outcome.READER_ERROR: "failed",
+    Outcome.CARD_ERROR: "failed",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +385,8 @@ class TapResult:
     balance_after_fen: int | None = None
     elapsed_ms: float = 0.0
     journal_id: int | None = None
+    fare_reason: str | None = None  # why the fare is below the full fare (transfer, concession, cap)
+    fraud_id: int | None = None  # the fraud event this tap's record was kept as
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,13 +394,16 @@ class Price:
     """The fare engine's answer for one tap, and the card codes of where it happened.
 
     ``line_code``/``station_code`` (the tariff's 2-byte codes for the route and stop) go
-    into the transit record; None keeps the terminal's configured codes.
+    into the transit record; None keeps the terminal's configured codes. ``reason`` says
+    why the amount is below the full fare (``transfer``, ``concession (senior)``, ``daily
+    cap``), for the rider and the console; None when it is the full fare.
     """
 
     amount_fen: int
     fare: FareInfo | None
     line_code: int | None = None
     station_code: int | None = None
+    reason: str | None = None
 
 
 class Pricer(Protocol):
@@ -388,6 +426,10 @@ class LocalState(Protocol):
     def last_paid_epoch_s(self, issuer_id: str, card_asn: str, tx_type: int, since_epoch_s: int) -> int | None: ...
 
     def denylisted(self, issuer_id: str, card_asn: str, at: dt.datetime) -> DenylistEntry | None: ...
+
+    def counter_clash(self, issuer_id: str, card_asn: str, offline_counter: int) -> tuple[str, int, TapRecord] | None:
+        """``(kind, tap id, record)`` when this counter cannot be genuine here (``Journal.counter_clash``)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,7 +642,13 @@ def _purchase(
     status: str,
     codes: tuple[int, int] | None = None,
 ) -> Generator[Step, Reply, TapResult]:
-    """Sections 3-4: INITIALIZE, PSAM MAC1, (cache,) pending, DEBIT, PSAM MAC2, journal."""
+    """Sections 3-4: INITIALIZE, PSAM MAC1, (cache,) pending, DEBIT, PSAM MAC2, journal.
+
+    A counter that cannot be genuine (``LocalState.counter_clash``) turns the purchase into a
+    zero-amount one before anything is debited: the card's TAC over it is the evidence that a
+    second card signs under this card's keys and counter, and it costs the rider nothing if
+    the second card is the genuine one (its counter moves on, so its next tap pays).
+    """
     sam, config = ctx.sam, ctx.config
     interop = _interop(ctx, info)
     init_reply = yield _card(Cmd.initialize_purchase(capp, sam.key_index, amount_fen, sam.terminal_id))
@@ -615,6 +663,15 @@ def _purchase(
         # The card could not prove the earlier debit. An unchanged counter proves it never happened.
         unchanged = init.offline_counter == pending.record.offline_counter
         yield ResolvePending(pending.record, "not_debited" if unchanged else "unproven")
+    suspicion: Suspicion | None = None
+    clash = ctx.local.counter_clash(info.issuer_hex, info.asn_hex, init.offline_counter)
+    if clash is not None:
+        suspicion = Suspicion(*clash)
+        if amount_fen:
+            # A new session for 0 fen (INITIALIZE again restarts it; nothing was debited).
+            amount_fen, fare, transit_type, codes = 0, None, TRANSIT_BLOCK, None
+            init_reply = yield _card(Cmd.initialize_purchase(capp, sam.key_index, 0, sam.terminal_id))
+            init = InitAnswer.parse(init_reply.data)
     moment = local(ctx.now).replace(microsecond=0)
     day, clock = date4(moment), time3(moment)
     tx_type = crypto.TX_CAPP_PURCHASE if capp else crypto.TX_EP_PURCHASE
@@ -684,15 +741,34 @@ def _purchase(
     tac, mac2 = debited.data[:4], debited.data[4:8]
     mac2_ok = yield from _verify_mac2(mac2)
     record = msgspec.structs.replace(record, tac=tac.hex())
-    yield Commit(record, mac2_ok, interop)
+    try:
+        yield Commit(record, mac2_ok, interop, suspicion)
+    except DuplicateCardRecord as exc:  # the journal saw the clash the check above did not
+        suspicion = Suspicion("duplicate_card_counter", 0, exc.earlier)
     if status == "blocked":
         outcome, message = Outcome.BLOCKED, "card blocked"
+    elif suspicion is not None:
+        outcome, message = Outcome.SUSPECTED_CLONE, _clone_message(record, suspicion)
     elif not mac2_ok:
         outcome, message = Outcome.SUSPECT, "paid, but the card's MAC2 did not verify"
     else:
         outcome, message = Outcome.PAID, "paid"
     return _result(
         outcome, message, info, record=record, amount_fen=amount_fen, balance_after_fen=balance_after, interop=interop
+    )
+
+
+def _clone_message(record: TapRecord, suspicion: Suspicion) -> str:
+    earlier = suspicion.earlier
+    when = shanghai_clock(dt.datetime.fromisoformat(earlier.tx_time))
+    if suspicion.kind == "duplicate_card_counter":
+        seen = f"offline counter {record.offline_counter} was already used here"
+    else:
+        seen = f"offline counter {record.offline_counter} is below counter {earlier.offline_counter} used here"
+    charged = f"charged {yuan(record.amount_fen)}, " if record.amount_fen else ""
+    return (
+        f"card refused: {seen} (sequence {earlier.terminal_seq}, {when}); suspected clone, "
+        f"{charged}reported to clearing"
     )
 
 
@@ -752,19 +828,20 @@ def validator_flow(ctx: TapContext) -> Flow:
     codes = None
     if price.line_code is not None and price.station_code is not None:
         codes = (price.line_code, price.station_code)
-    return (
-        yield from _purchase(
-            ctx,
-            info,
-            pending,
-            capp=True,
-            amount_fen=price.amount_fen,
-            fare=price.fare,
-            transit_type=ctx.config.transit_type,
-            status="normal",
-            codes=codes,
-        )
+    result = yield from _purchase(
+        ctx,
+        info,
+        pending,
+        capp=True,
+        amount_fen=price.amount_fen,
+        fare=price.fare,
+        transit_type=ctx.config.transit_type,
+        status="normal",
+        codes=codes,
     )
+    if result.outcome.charged and price.reason is not None:
+        result = dataclasses.replace(result, fare_reason=price.reason)
+    return result
 
 
 def pos_flow(ctx: TapContext, amount_fen: int) -> Flow:
@@ -792,16 +869,33 @@ class Journaling(Protocol):
 
     def resolve_pending(self, record: TapRecord, outcome: str) -> None: ...
 
+    def append_fraud(
+        self,
+        record: TapRecord,
+        kind: str,
+        earlier_tap_id: int,
+        earlier: TapRecord,
+        *,
+        mac2_ok: bool = True,
+        interop: bool = False,
+    ) -> int: ...
+
 
 @dataclass(slots=True)
 class FlowIO:
-    """The readers and the journal a flow's steps are carried out on."""
+    """The readers and the journal a flow's steps are carried out on.
+
+    ``pending_saved`` says the tap passed the point of no return (a debit may be on the card):
+    before it, a tap can be run again from the start (after reopening a lost PSAM).
+    """
 
     card: Channel
     sam: Channel
     journal: Journaling
     sam_lost: bool = False
     journal_id: int | None = None
+    fraud_id: int | None = None
+    pending_saved: bool = False
     trace: list[str] | None = None  # step names, when a test or the CLI wants them
 
 
@@ -838,8 +932,24 @@ def drive(flow: Generator[Step, Reply, object], io: FlowIO) -> object:
                 to_throw = exc
         elif isinstance(step, SavePending):
             io.journal.save_pending(step.record)
+            io.pending_saved = True
         elif isinstance(step, Commit):
-            io.journal_id = io.journal.append(step.record, mac2_ok=step.mac2_ok, interop=step.interop)
+            if step.suspicion is not None:
+                suspicion = step.suspicion
+                io.fraud_id = io.journal.append_fraud(
+                    step.record,
+                    suspicion.kind,
+                    suspicion.earlier_tap_id,
+                    suspicion.earlier,
+                    mac2_ok=step.mac2_ok,
+                    interop=step.interop,
+                )
+            else:
+                try:
+                    io.journal_id = io.journal.append(step.record, mac2_ok=step.mac2_ok, interop=step.interop)
+                except DuplicateCardRecord as exc:
+                    io.fraud_id = exc.fraud_id
+                    to_throw = exc
         elif isinstance(step, ResolvePending):
             io.journal.resolve_pending(step.record, step.outcome)
         else:  # pragma: no cover - the Step union is closed
@@ -851,7 +961,7 @@ def run_tap(flow: Flow, io: FlowIO, clock: Callable[[], float]) -> TapResult:
     started = clock()
     result = drive_tap(flow, io)
     elapsed_ms = (clock() - started) * 1000
-    return dataclasses.replace(result, elapsed_ms=elapsed_ms, journal_id=io.journal_id)
+    return dataclasses.replace(result, elapsed_ms=elapsed_ms, journal_id=io.journal_id, fraud_id=io.fraud_id)
 
 
 def drive_tap(flow: Flow, io: FlowIO) -> TapResult:
@@ -867,4 +977,6 @@ def drive_tap(flow: Flow, io: FlowIO) -> TapResult:
         result = TapResult(Outcome.CARD_ERROR, f"card error: {exc.what} answered {exc.sw:04X}")
     except PricingRefused as exc:
         result = TapResult(Outcome.NO_FARE, exc.message)
+    except DuplicateCardRecord as exc:  # a flow step that did not expect it (a recovered tap)
+        result = TapResult(Outcome.SUSPECTED_CLONE, f"card refused: {exc.message}")
     return result

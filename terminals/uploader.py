@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -50,6 +50,20 @@ class UploadReport:
     verdicts: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchUploaded:
+    """One answered batch, for whoever shows uploads (the console of ``terminal run``)."""
+
+    terminal_id: str
+    batch_seq: int
+    records: int
+    verdicts: Counter[str]
+    backlog: int  # records still not answered after this batch
+
+
+BatchListener = Callable[[BatchUploaded], None]
+
+
 class Uploader:
     """Sends the journal's batches in order, one at a time; see the module docstring."""
 
@@ -62,10 +76,12 @@ class Uploader:
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        on_batch: BatchListener | None = None,
     ) -> None:
         self.journal = journal
         self.config = config
         self.denylist = denylist
+        self.on_batch = on_batch
         self._own_client = client is None
         self.client = client or httpx.Client(base_url=config.clearing_url, timeout=config.request_timeout_s)
         self._sleep = sleep
@@ -95,6 +111,10 @@ class Uploader:
             report.batches += 1
             report.records += batch.records
             report.verdicts.update(answer_verdicts)
+            if self.on_batch is not None:
+                counts = Counter(answer_verdicts)
+                backlog = self.journal.unanswered_records()
+                self.on_batch(BatchUploaded(batch.terminal_id, batch.batch_seq, batch.records, counts, backlog))
         return report
 
     def _send(self, batch: StoredBatch, report: UploadReport, stop: threading.Event | None) -> list[str]:
@@ -179,13 +199,60 @@ def _refusal(response: httpx.Response, what: str) -> UploadError:
     return UploadError(f"{what}: HTTP {response.status_code} {code or ''} {message}", response.status_code, code)
 
 
+@dataclass(frozen=True, slots=True)
+class FinalUpload:
+    """What a terminal's last upload before it stops did, and what it left in the journal."""
+
+    report: UploadReport
+    left: int  # records not answered by clearing: they go up on the next run with a link
+    error: str | None  # why it stopped short (unreachable, refused, out of time), if it did
+
+
+def final_upload(
+    journal_path: str | Path, config: UploadConfig, *, budget_s: float = 5.0, on_batch: BatchListener | None = None
+) -> FinalUpload:
+    """One bounded last upload when the terminal stops, so records are not left behind silently.
+
+    At most ``budget_s`` of waiting: a request may take half of it, and no batch or retry
+    starts later than a request before the end (a batch cut but not answered is simply resent
+    next run, with the same bytes). Never raises for the link: the caller prints ``left``.
+    """
+    if budget_s <= 0:
+        raise ValueError("the final upload needs a positive time budget")
+    hurried = replace(config, request_timeout_s=min(config.request_timeout_s, budget_s / 2))
+    stop = threading.Event()
+    timer = threading.Timer(budget_s - hurried.request_timeout_s, stop.set)
+    timer.daemon = True
+    journal = Journal(journal_path)
+    uploader = Uploader(journal, hurried, on_batch=on_batch)
+    report, error = UploadReport(), None
+    timer.start()
+    try:
+        report = uploader.upload_pending(stop)
+        if stop.is_set() and journal.unanswered_records():
+            error = f"out of time after {budget_s:.0f} s"
+    except UploadError as exc:
+        error = exc.message
+    except JournalError as exc:  # an answer that does not fit, from a centre that misbehaves
+        error = str(exc)
+    finally:
+        timer.cancel()
+        uploader.close()
+        left = journal.unanswered_records()
+        journal.close()
+    return FinalUpload(report, left, error)
+
+
 class UploaderThread:
     """The background uploader of a running terminal: its own journal and denylist connections."""
 
-    def __init__(self, journal_path: str | Path, config: UploadConfig, terminal_id: str) -> None:
+    def __init__(
+        self, journal_path: str | Path, config: UploadConfig, terminal_id: str, *, on_batch: BatchListener | None = None
+    ) -> None:
         self.journal_path = Path(journal_path)
         self.config = config
         self.terminal_id = terminal_id
+        self.on_batch = on_batch
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.last_error: str | None = None
@@ -204,7 +271,7 @@ class UploaderThread:
     def _run(self) -> None:
         journal = Journal(self.journal_path)
         denylist = Denylist(self.journal_path)
-        uploader = Uploader(journal, self.config, denylist=denylist)
+        uploader = Uploader(journal, self.config, denylist=denylist, on_batch=self.on_batch)
         try:
             while not self.stop_event.is_set():
                 try:

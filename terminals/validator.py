@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 
 from cardos.profile import CardType
 from cardos.records import SHANGHAI_TZ, TransitRecord
-from clearing.contract import DenylistEntry, FareInfo
+from clearing.contract import DenylistEntry, FareInfo, TapRecord
 from fares import (
+    FareDecision,
     FareError,
     TapKind,
     Tariff,
@@ -29,6 +30,7 @@ from fares import (
 from fares import Tap as FareTap
 from terminals.config import TerminalConfig
 from terminals.denylist import Denylist
+from terminals.display import yuan
 from terminals.errors import CardRemoved, ReaderError, TerminalError
 from terminals.journal import Journal, PendingTap
 from terminals.readers import Channel, Reader
@@ -71,6 +73,9 @@ class LocalStore:
     def denylisted(self, issuer_id: str, card_asn: str, at: dt.datetime) -> DenylistEntry | None:
         return self.denylist.hit(issuer_id, card_asn, at)
 
+    def counter_clash(self, issuer_id: str, card_asn: str, offline_counter: int) -> tuple[str, int, TapRecord] | None:
+        return self.journal.counter_clash(issuer_id, card_asn, offline_counter)
+
 
 @dataclass(frozen=True, slots=True)
 class FlatFare:
@@ -93,6 +98,31 @@ class FlatFare:
             tariff_version=None,
         )
         return Price(self.amount_fen, fare)
+
+
+def fare_reason(decision: FareDecision, tariff: Tariff) -> str | None:
+    """Why a tap costs less than its full fare, from what the engine decided; None: the full fare.
+
+    The engine's decision already carries every cause (``transfer_of``, ``capped``, the rider
+    category, a tap-off's refund); this only names them, so the rider and the console see why
+    a fare is 0.00 instead of guessing.
+    """
+    reasons: list[str] = []
+    if decision.kind is TapKind.TAP_OFF:
+        reasons.append("tap-off" + (f", {yuan(decision.refund_due_fen)} due back" if decision.refund_due_fen else ""))
+    if decision.transfer_of is not None:
+        reasons.append("transfer")
+    category, default = decision.rider_category_id, tariff.default_rider_category_id
+    if category is not None and category != default:
+        own = tariff.price_fen(decision.product_id, category)
+        adult = tariff.price_fen(decision.product_id, default)
+        if own is not None and (adult is None or own < adult):
+            reasons.append(f"concession ({category})")
+    if decision.capped:
+        reasons.append("daily cap reached")
+    if not reasons and decision.amount_fen < decision.full_fare_fen:
+        reasons.append(f"product {decision.product_id}")
+    return ", ".join(reasons) or None
 
 
 class TariffFare:
@@ -136,6 +166,7 @@ class TariffFare:
             fare,
             line_code=tariff.route_codes.get(config.route_id),
             station_code=tariff.stop_codes.get(config.stop_id),
+            reason=fare_reason(decision, tariff),
         )
 
 
@@ -170,14 +201,29 @@ class Terminal:
 
     def open_sam(self) -> SamInfo:
         """Power the PSAM and read its terminal number, serial and key index."""
+        self._sam_reader_changed()  # what happened in the slot before this open is now moot
         self.sam_reader.connect(self.config.sam_timeout_ms)
-        io = FlowIO(self.card, self.sam, self.journal)
+        io = FlowIO(self.card, self.sam, self.journal, trace=self.trace)
         info = drive(open_sam_flow(), io)
         assert isinstance(info, SamInfo)
         self.sam_info = info
         return info
 
+    def _sam_reader_changed(self) -> bool:
+        """Whether the PSAM left or entered its slot since last asked (the reader's events)."""
+        changed = False
+        while True:
+            try:
+                self.sam_reader.events.get_nowait()
+            except queue.Empty:
+                return changed
+            changed = True
+
     def _ready_sam(self) -> SamInfo:
+        """The open PSAM, reopened first if its slot saw it go or come back (an emulator restart,
+        a reseated SAM): a stale handle would fail this tap, not the next."""
+        if self._sam_reader_changed():
+            self.sam_info = None
         if self.sam_info is None:
             return self.open_sam()
         return self.sam_info
@@ -191,27 +237,41 @@ class Terminal:
         return self._run(lambda ctx: pos_flow(ctx, amount_fen), now)
 
     def _run(self, make_flow: Callable[[TapContext], Flow], now: dt.datetime | None) -> TapResult:
+        """One presentation. A PSAM lost before the point of no return (no debit can be on the
+        card yet) is reopened and the tap run once more from the start, with the card still in
+        the field: the rider does not pay for the PSAM's slot losing it."""
         started = self.monotonic()
+        moment = now or self.clock()
+        for attempt in range(2):
+            result, io = self._attempt(make_flow, moment)
+            if io is None or not io.sam_lost:
+                break
+            self.sam_info = None  # reopen (and reselect) the PSAM before the next tap
+            if io.pending_saved or result.outcome is not Outcome.READER_ERROR or attempt:
+                break
+        fraud_id = None if io is None else io.fraud_id
+        journal_id = None if io is None else io.journal_id
+        return replace(result, elapsed_ms=(self.monotonic() - started) * 1000, journal_id=journal_id, fraud_id=fraud_id)
+
+    def _attempt(self, make_flow: Callable[[TapContext], Flow], now: dt.datetime) -> tuple[TapResult, FlowIO | None]:
         try:
             sam = self._ready_sam()
         except (ReaderError, CardRemoved, TerminalError) as exc:
             self.sam_info = None
-            return TapResult(Outcome.READER_ERROR, f"PSAM not available: {exc}")
+            return TapResult(Outcome.READER_ERROR, f"PSAM not available: {exc}"), None
         try:
             self.card_reader.connect(self.config.apdu_timeout_ms)
         except CardRemoved as exc:
-            return TapResult(Outcome.TAP_AGAIN, f"tap again ({exc.message})")
+            return TapResult(Outcome.TAP_AGAIN, f"tap again ({exc.message})"), None
         except ReaderError as exc:
-            return TapResult(Outcome.READER_ERROR, f"reader error ({exc.message})")
-        ctx = TapContext(config=self.config, sam=sam, local=self.local, now=now or self.clock(), pricer=self.pricer)
+            return TapResult(Outcome.READER_ERROR, f"reader error ({exc.message})"), None
+        ctx = TapContext(config=self.config, sam=sam, local=self.local, now=now, pricer=self.pricer)
         io = FlowIO(self.card, self.sam, self.journal, trace=self.trace)
         try:
             result = drive_tap(make_flow(ctx), io)
         finally:
             self.card_reader.disconnect()
-        if io.sam_lost:
-            self.sam_info = None  # reopen (and reselect) the PSAM before the next tap
-        return replace(result, elapsed_ms=(self.monotonic() - started) * 1000, journal_id=io.journal_id)
+        return result, io
 
 
 class Validator:

@@ -130,8 +130,31 @@ def test_terminal_run_pos_sells_the_amount_given(tmp_path: Path, pcscd: PcscEnv,
     args += ["--amount-fen", "1234", "--journal", str(tmp_path / "pos.db"), "--taps-max", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "PAID" in result.output and "fare  12.34" in result.output, result.output
+    assert "PAID" in result.output and "sale  12.34" in result.output, result.output
+    assert "sale 12.34 CNY - present card" in result.output  # echoed before the card is charged
     assert card.balance_fen == 5_000 - 1_234
     with Journal(tmp_path / "pos.db") as j:
         [tap] = list(j.iter_taps())
         assert tap.record.tx_type == 6 and tap.record.amount_fen == 1_234
+
+
+def test_terminal_run_pos_prompt_takes_yuan_refuses_typos_and_echoes_the_sale(
+    tmp_path: Path, pcscd: PcscEnv, vpcd_insert: Insert
+) -> None:
+    from yikatong.commands.terminal_run import run
+
+    app = typer.Typer()
+    app.command()(run)
+    psam_path = tmp_path / "psam.json"
+    make_psam(path=psam_path)
+    card = make_card()
+    vpcd_insert(card)
+    args = ["--card-reader", pcscd.card_reader, "--sam-reader", f"image:{psam_path}", "--pos"]
+    args += ["--journal", str(tmp_path / "pos.db"), "--taps-max", "1"]
+    result = CliRunner().invoke(app, args, input="12.505\n-3\n12.50\n")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "more than two decimals" in out and "negative" in out, out
+    assert out.index("sale 12.50 CNY - present card") < out.index("PAID")
+    assert "sale  12.50" in out and "fare" not in out.split("waiting for cards")[1]
+    assert card.balance_fen == 5_000 - 1_250

@@ -61,6 +61,17 @@ def test_bad_vpcd_address_is_refused(card_path: Path) -> None:
     assert code == 1 and "E_BAD_VPCD_ADDRESS" in output
 
 
+def test_neither_a_card_nor_a_psam_is_a_usage_error() -> None:
+    code, output = run_cli()
+    assert code == 1 and "E_USAGE" in output
+
+
+def test_a_psam_alone_goes_to_the_slot_after_the_card_slot(psam_path: Path) -> None:
+    port = free_port()
+    code, output = run_cli("--psam", str(psam_path), "--vpcd", f"127.0.0.1:{port - 1}")
+    assert code == 1 and "E_VPCD_UNREACHABLE" in output and f"127.0.0.1:{port}" in output
+
+
 def test_unreachable_vpcd_fails_after_bounded_retries(card_path: Path) -> None:
     code, output = run_cli("--image", str(card_path), "--vpcd", f"127.0.0.1:{free_port()}")
     assert code == 1 and "E_VPCD_UNREACHABLE" in output

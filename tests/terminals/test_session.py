@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cardos import crypto
-from cardos.os import TearPlan
+from cardos.os import CardTorn, TearPlan
 from cardos.profile import ISSUER_XIAN, CardType
 from cardos.records import TRANSIT_BLOCK, TRANSIT_SINGLE
 from clearing.contract import DenylistDelta, DenylistEntry
@@ -346,7 +346,8 @@ def test_file_15_is_read_when_the_fci_does_not_carry_it(rig: Rig) -> None:
 
     rig.terminal.trace = []
     assert rig.present(ScriptedCard(make_card(), plain_fci)).outcome is Outcome.PAID
-    assert rig.terminal.trace[:3] == ["card:SELECT purse", "card:READ BINARY 15", "card:READ BINARY 17"]
+    card_steps = [step for step in rig.terminal.trace if step.startswith("card:")]
+    assert card_steps[:3] == ["card:SELECT purse", "card:READ BINARY 15", "card:READ BINARY 17"]
 
 
 def test_not_a_purse_card_is_refused(rig: Rig) -> None:
@@ -356,14 +357,43 @@ def test_not_a_purse_card_is_refused(rig: Rig) -> None:
     assert rig.present(ScriptedCard(make_card(), no_app)).outcome is Outcome.INVALID
 
 
-def test_psam_lost_mid_tap_is_a_reader_error_and_the_psam_is_reopened(rig: Rig) -> None:
+def test_psam_lost_before_the_debit_is_reopened_and_the_tap_run_again(rig: Rig) -> None:
     card = make_card()
+    rig.terminal.trace = []
     rig.psam.tear = TearPlan(at_apdu=5, phase="before_commit")  # 4 APDUs to open it, then INIT SAM
     result = rig.present(card)
+    assert result.outcome is Outcome.PAID and card.balance_fen == 4_800
+    assert rig.terminal.trace.count("sam:PSAM SELECT 8011") == 2  # opened, lost, reopened
+    assert len(rig.records()) == 1
+
+
+def test_psam_gone_mid_tap_is_a_reader_error_and_reopened_when_back(rig: Rig) -> None:
+    card = make_card()
+    gone = False
+
+    def pull_psam(apdu: bytes, answer: bytes) -> bytes:
+        nonlocal gone
+        gone = gone or apdu[:2] == bytes.fromhex("8070")  # it leaves for good during INIT SAM
+        if gone:
+            raise CardTorn("PSAM pulled")
+        return answer
+
+    rig.sam_reader.insert(ScriptedCard(rig.psam, pull_psam))
+    result = rig.present(card)
     assert result.outcome is Outcome.READER_ERROR and card.balance_fen == 5_000
-    assert rig.terminal.sam_info is None
+    assert rig.terminal.sam_info is None and rig.records() == []
     rig.sam_reader.insert(rig.psam)
     assert rig.present(card, NOW + dt.timedelta(seconds=1)).outcome is Outcome.PAID
+
+
+def test_a_psam_that_left_and_came_back_between_taps_is_reopened_before_the_next(rig: Rig) -> None:
+    assert rig.present(make_card()).outcome is Outcome.PAID
+    rig.sam_reader.remove()
+    rig.sam_reader.insert(rig.psam)  # e.g. its emulator restarted: the old session is gone
+    rig.terminal.trace = []
+    result = rig.present(make_card(ASN_B), NOW + dt.timedelta(minutes=1))
+    assert result.outcome is Outcome.PAID
+    assert rig.terminal.trace[0] == "sam:PSAM SELECT 8011"  # reopened first, not after a failed tap
 
 
 def test_sm4_card_pays_with_an_sm4_psam(tmp_path: Path) -> None:

@@ -86,10 +86,8 @@ def test_tear_at_every_psam_apdu_then_retry_charges_exactly_once(tmp_path: Path)
             first = rig.present(card)
             if at == 6:  # the card had debited: journaled, MAC2 unverified
                 assert first.outcome is Outcome.SUSPECT
-            else:
-                assert first.outcome is Outcome.READER_ERROR
-                rig.sam_reader.insert(psam)
-                assert rig.present(card, NOW + dt.timedelta(seconds=90)).outcome is Outcome.PAID
+            else:  # nothing debited yet: the PSAM is reopened and the tap run again, once
+                assert first.outcome is Outcome.PAID
             assert_charged_once(rig, card, 5_000)
             rig.close()
 

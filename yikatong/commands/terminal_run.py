@@ -2,10 +2,15 @@
 
 The card reader and the PSAM reader are PC/SC reader names (``pcsc_scan`` or the error
 message list them). For a bench without a second reader, ``--sam-reader image:PATH`` runs
-an emulated PSAM from its image in this process. Each tap is shown on one line (fare,
-balance after, status). With ``--clearing-url`` and ``--token`` the journal is uploaded in
-the background and the denylist kept up to date; without them the terminal runs offline
-and its journal waits for the next run that has a link.
+an emulated PSAM from its image in this process. Each tap is shown on one line (time in
+Asia/Shanghai with its offset, fare or sale and why it is below the full fare, balance after,
+outcome); each upload on one line (batch, records, verdicts, backlog). With ``--clearing-url``
+and ``--token`` the journal is uploaded in the background and the denylist kept up to date;
+without them the terminal runs offline and its journal waits for the next run with a link.
+
+Stopping (``--taps-max``, SIGTERM, Ctrl-C) finishes the tap in progress, tries one last upload
+for at most ``--final-upload-s`` seconds and says what is left in the journal, with a tally of
+the run (paid, recovered, repeated, refused, failed).
 """
 
 from __future__ import annotations
@@ -14,66 +19,100 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Prompt
 
+from terminals.display import AmountError, Tally, parse_yuan, shanghai_clock, verdict_counts, yuan
 from terminals.session import Outcome, TapResult
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from terminals.config import UploadConfig
+    from terminals.uploader import BatchUploaded
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-IMAGE_PREFIX = "image:"
-STYLES = {
+IMAGE_PREFIX: Final = "image:"
+DEFAULT_JOURNAL: Final = Path("./var/terminal-journal.db")
+FINAL_UPLOAD_S_DEFAULT: Final = 5.0
+STYLES: Final = {
     Outcome.PAID: "green",
     Outcome.RECOVERED: "green",
     Outcome.ALREADY_PAID: "cyan",
     Outcome.SUSPECT: "yellow",
     Outcome.TAP_AGAIN: "yellow",
     Outcome.BLOCKED: "bold red",
+    Outcome.SUSPECTED_CLONE: "bold red",
 }
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code=1)
 
 
-def _yuan(fen: int | None) -> str:
-    return "-" if fen is None else f"{fen // 100}.{fen % 100:02d}"
-
-
-def show(result: TapResult) -> None:
-    """One console line per tap: time, card, outcome, fare, balance after, message."""
+def _now() -> str:
     from terminals.validator import shanghai_now
 
+    return shanghai_clock(shanghai_now())
+
+
+def tap_line(result: TapResult, *, pos: bool = False, at: str | None = None) -> str:
+    """One console line per tap: time, card, outcome, fare (or sale) and its reason, balance after."""
     card = "-" if result.card_asn is None else "…" + result.card_asn[-8:]
     style = STYLES.get(result.outcome, "red")
     interop = " [magenta]Xi'an/interop[/]" if result.interop else ""
-    out.print(
-        f"{shanghai_now():%H:%M:%S}  {card:>9}  [{style}]{result.outcome.name:<14}[/]"
-        f"  fare {_yuan(result.amount_fen):>6}  balance {_yuan(result.balance_after_fen):>8}"
-        f"  {result.message}{interop}  [dim]{result.elapsed_ms:.0f} ms[/]"
+    what = "sale" if pos else "fare"
+    reason = f" ({escape(result.fare_reason)})" if result.fare_reason else ""
+    return (
+        f"{at or _now()}  {card:>9}  [{style}]{result.outcome.name:<15}[/]"
+        f"  {what} {yuan(result.amount_fen):>6}{reason}  balance {yuan(result.balance_after_fen):>8}"
+        f"  {escape(result.message)}{interop}  [dim]{result.elapsed_ms:.0f} ms[/]"
     )
 
 
+def upload_line(notice: BatchUploaded, *, at: str | None = None) -> str:
+    """One console line per answered batch: its number, records, verdicts and what is still waiting."""
+    return (
+        f"{at or _now()}  [blue]upload[/] batch {notice.batch_seq}: {notice.records} records - "
+        f"{verdict_counts(notice.verdicts)}; backlog {notice.backlog}"
+    )
+
+
+def _journal_path(journal: Path | None) -> Path:
+    """The journal file; a given path's directory must exist (a typo must not start a new
+    terminal's journal somewhere else); only the default's ``./var`` is made, when opened."""
+    if journal is None:
+        return DEFAULT_JOURNAL
+    if journal.is_dir():
+        raise _fail(f"E_JOURNAL_PATH: --journal {journal} is a directory; give the journal file inside it")
+    if not journal.parent.is_dir():
+        raise _fail(
+            f"E_JOURNAL_PATH: the directory {journal.parent} of --journal {journal} does not exist;"
+            " create it, or fix the path (a new journal file is made in an existing directory)"
+        )
+    return journal
+
+
 def _amount_prompt() -> int | None:
-    """Ask the cashier for the next amount in yuan (empty or q closes the till)."""
-    text = Prompt.ask("amount (CNY, empty to close)", default="", show_default=False).strip()
-    if text in ("", "q"):
-        return None
-    try:
-        yuan, _, fen = text.partition(".")
-        amount = int(yuan or "0") * 100 + int((fen + "00")[:2] if fen else "0")
-    except ValueError:
-        err.print(f"[red]not an amount:[/] {text!r}")
-        return _amount_prompt()
-    if amount <= 0:
-        err.print("[red]the amount must be positive[/]")
-        return _amount_prompt()
-    return amount
+    """Ask the cashier for the next sale in yuan (empty or q closes the till); echo it before charging."""
+    while True:
+        text = Prompt.ask("sale amount in CNY, e.g. 12.50 (empty to close)", default="", show_default=False)
+        if text.strip() in ("", "q"):
+            return None
+        try:
+            amount_fen = parse_yuan(text)
+        except AmountError as exc:
+            err.print(f"[red]{escape(str(exc))}[/]")
+            continue
+        out.print(f"[bold]sale {yuan(amount_fen)} CNY[/] - present card")
+        return amount_fen
 
 
 def run(
@@ -88,11 +127,15 @@ def run(
         str, typer.Option("--tap-kind", help="single, tap_on or tap_off (routes priced entry to exit).")
     ] = "single",
     pos: Annotated[
-        bool, typer.Option("--pos", help="Merchant till: prompt for an amount, then take the card.")
+        bool, typer.Option("--pos", help="Merchant till: prompt for an amount in yuan, then take the card.")
     ] = False,
-    journal: Annotated[Path, typer.Option("--journal", help="Journal file (SQLite, WAL).")] = Path(
-        "./var/terminal-journal.db"
-    ),
+    journal: Annotated[
+        Path | None,
+        typer.Option(
+            "--journal",
+            help="Journal file (SQLite, WAL, mode 0600); its directory must exist. Default ./var/terminal-journal.db.",
+        ),
+    ] = None,
     clearing_url: Annotated[
         str | None, typer.Option("--clearing-url", help="Clearing centre base URL for uploads and the denylist.")
     ] = None,
@@ -104,11 +147,15 @@ def run(
         int, typer.Option("--repeat-window-s", help="A second tap within this many seconds is not charged.")
     ] = 60,
     amount_fen: Annotated[
-        int | None, typer.Option("--amount-fen", help="POS: sell this amount at every tap instead of prompting.")
+        int | None,
+        typer.Option("--amount-fen", help="POS: sell this amount (in fen) at every tap instead of prompting."),
     ] = None,
     taps_max: Annotated[int | None, typer.Option("--taps-max", help="Stop after this many taps.")] = None,
+    final_upload_s: Annotated[
+        float, typer.Option("--final-upload-s", help="On stopping, try a last upload for at most this many seconds.")
+    ] = FINAL_UPLOAD_S_DEFAULT,
 ) -> None:
-    """Run a validator (or a POS with --pos) on PC/SC readers, showing each tap."""
+    """Run a validator (or a POS with --pos) on PC/SC readers, showing each tap and upload."""
     from cardos.psam import Psam, PsamImageError
     from fares import TariffError, load_example_tariff, load_tariff
     from terminals.config import TerminalConfig, UploadConfig
@@ -127,6 +174,9 @@ def run(
         raise _fail(f"E_USAGE: --tap-kind is single, tap_on or tap_off, not {tap_kind!r}")
     if amount_fen is not None and (not pos or amount_fen <= 0):
         raise _fail("E_USAGE: --amount-fen is a positive amount, for --pos")
+    if final_upload_s <= 0:
+        raise _fail("E_USAGE: --final-upload-s is a positive number of seconds")
+    journal_path = _journal_path(journal)
     try:
         fares = load_tariff(tariff) if tariff is not None else load_example_tariff()
     except TariffError as exc:
@@ -153,15 +203,24 @@ def run(
             except PsamImageError as exc:
                 raise _fail(str(exc)) from None
         else:
-            sam = PcscReader(sam_reader, monitor=False, unpower_on_disconnect=False)
+            # Monitored: a PSAM that leaves and comes back (its emulator restarted) is reopened
+            # before the next tap instead of failing it.
+            sam = PcscReader(sam_reader, monitor=True, unpower_on_disconnect=False)
         readers.append(sam)
     except ReaderError as exc:
         for reader in readers:
             reader.close()
         raise _fail(str(exc)) from None
 
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    store, denylist = Journal(journal), Denylist(journal)
+    if journal is None:  # the default place: a first run on this machine makes it, private
+        journal_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        store = Journal(journal_path)
+        denylist = Denylist(journal_path)
+    except TerminalError as exc:
+        for reader in readers:
+            reader.close()
+        raise _fail(str(exc)) from None
     config = TerminalConfig(
         route_id=route,
         stop_id=stop,
@@ -175,44 +234,107 @@ def run(
     terminal = Terminal(
         card_reader=card, sam_reader=sam, journal=store, denylist=denylist, config=config, pricer=TariffFare(fares)
     )
+    upload_config = (
+        UploadConfig(clearing_url=clearing_url, token=token) if clearing_url is not None and token is not None else None
+    )
     uploader: UploaderThread | None = None
     stopping = threading.Event()
+    in_prompt = threading.Event()
+    tally = Tally()
+    failure: str | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Finish the tap in progress (a debit may be in flight); only a prompt is interrupted.
         stopping.set()
+        if in_prompt.is_set():
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    def on_result(result: TapResult) -> None:
+        tally.add(result)
+        out.print(tap_line(result, pos=pos))
+
+    def on_batch(notice: BatchUploaded) -> None:
+        out.print(upload_line(notice))
+
+    def next_amount() -> int | None:
+        if amount_fen is not None:
+            out.print(f"[bold]sale {yuan(amount_fen)} CNY[/] - present card")
+            return amount_fen
+        in_prompt.set()
+        try:
+            return _amount_prompt()
+        finally:
+            in_prompt.clear()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             info = terminal.open_sam()
         except TerminalError as exc:
             raise _fail(f"E_PSAM: cannot open the PSAM in {sam_reader}: {exc}") from None
         where = "POS" if pos else f"route {route} stop {stop}"
+        frauds = store.fraud_count()
         out.print(
-            f"[bold]terminal {info.terminal_hex}[/] ({where}); journal {journal}: {store.count()} taps,"
+            f"[bold]terminal {info.terminal_hex}[/] ({where}); journal {journal_path}: {store.count()} taps,"
             f" {store.unanswered_records()} not yet uploaded, {len(store.pending())} torn taps pending"
+            + (f", {frauds} suspected clones kept" if frauds else "")
         )
-        if clearing_url is not None and token is not None:
-            uploader = UploaderThread(journal, UploadConfig(clearing_url=clearing_url, token=token), info.terminal_hex)
+        if upload_config is not None:
+            uploader = UploaderThread(journal_path, upload_config, info.terminal_hex, on_batch=on_batch)
             uploader.start()
-        validator = Validator(terminal, show)
+        validator = Validator(terminal, on_result)
         out.print("[dim]waiting for cards - Ctrl-C to stop[/]")
         try:
             if pos:
-                next_amount = (lambda: amount_fen) if amount_fen is not None else _amount_prompt
                 validator.run_pos(stopping, next_amount, taps_max)
             else:
                 validator.run(stopping, taps_max)
         except KeyboardInterrupt:
             pass
         except TerminalError as exc:  # a broken invariant (journal): stop taking cards, say why
-            raise _fail(f"{exc} - the terminal stopped; the journal keeps every committed tap") from None
+            failure = f"{exc} - the terminal stopped; the journal keeps every committed tap"
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if uploader is not None:
-            uploader.stop()
+            uploader.stop(timeout_s=2.0)
         for reader in readers:
             reader.close()
+        left = store.unanswered_records()
         store.close()
         denylist.close()
-    out.print(f"[yellow]stopped[/] after {validator.taps} taps")
+    out.print(f"[yellow]stopped[/] after {tally.taps} taps: {tally.summary()}")
+    _say_what_is_left(journal_path, upload_config, left, final_upload_s, on_batch)
+    if failure is not None:
+        raise _fail(failure)
+
+
+def _say_what_is_left(
+    journal_path: Path,
+    upload_config: UploadConfig | None,
+    left: int,
+    budget_s: float,
+    on_batch: Callable[[BatchUploaded], None],
+) -> None:
+    """The last upload (bounded) and the one line that says whether records stay behind."""
+    from terminals.uploader import final_upload
+
+    reason = ""
+    if upload_config is None:
+        reason = " (offline: no --clearing-url)"
+    elif left:
+        out.print(f"[dim]last upload: {left} records, at most {budget_s:g} s[/]")
+        try:
+            done = final_upload(journal_path, upload_config, budget_s=budget_s, on_batch=on_batch)
+        except KeyboardInterrupt:
+            reason = " (last upload interrupted)"
+        else:
+            left = done.left
+            reason = f" ({done.error})" if done.error else ""
+    if left == 0:
+        out.print("[green]all uploaded[/]")
+    else:
+        out.print(
+            f"[yellow]{left} records not uploaded[/]{escape(reason)}: they stay in {journal_path}"
+            " and go up on the next run with a link"
+        )
