@@ -39,3 +39,19 @@ def test_the_default_journal_directory_is_not_made_before_the_readers_are_found(
     result = CliRunner().invoke(app, BASE)
     assert result.exit_code == 1 and "E_READER_NOT_FOUND" in result.output
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("place", "named", "listed"),
+    [
+        (["--route", "K99", "--stop", "u_city_hall"], "'K99'", "K26"),
+        (["--route", "K26", "--stop", "nowhere"], "'nowhere'", "u_city_hall"),
+    ],
+)
+def test_an_unknown_route_or_stop_is_refused_with_the_valid_ones(
+    tmp_path: Path, place: list[str], named: str, listed: str
+) -> None:
+    args = ["terminal", "run", "--card-reader", "No Such Reader", "--sam-reader", "Nor This", *place]
+    result = CliRunner().invoke(app, [*args, "--journal", str(tmp_path / "j.db")])
+    assert result.exit_code == 1 and "E_FARE_UNKNOWN_PLACE" in result.output
+    assert named in result.output and listed in result.output

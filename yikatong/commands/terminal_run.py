@@ -184,8 +184,12 @@ def run(
     line_code = station_code = 0
     if not pos:
         assert route is not None and stop is not None
-        if route not in fares.route_codes or stop not in fares.stop_codes:
-            raise _fail(f"E_FARE_UNKNOWN_PLACE: route {route!r} or stop {stop!r} is not in the tariff")
+        if route not in fares.route_codes:
+            routes = ", ".join(sorted(fares.route_codes))
+            raise _fail(f"E_FARE_UNKNOWN_PLACE: route {route!r} is not in the tariff; its routes: {routes}")
+        if stop not in fares.stop_codes:
+            stops = ", ".join(sorted(fares.stop_codes))
+            raise _fail(f"E_FARE_UNKNOWN_PLACE: stop {stop!r} is not in the tariff; its stops: {stops}")
         line_code, station_code = fares.route_codes[route], fares.stop_codes[stop]
 
     wanted = [card_reader] + ([] if sam_reader.startswith(IMAGE_PREFIX) else [sam_reader])
