@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.pcsc_support import PcscEnv, pcscd, wait_card_state  # noqa: F401 - fixture
+from tests.pcsc_support import PcscEnv, wait_card_state
 
 pytestmark = pytest.mark.pcsc
 
@@ -113,7 +113,7 @@ def _serving() -> bool:
         return False
 
 
-def test_run_your_own_city_as_the_readme_says(tmp_path: Path, city: dict[str, str], pcscd: PcscEnv) -> None:  # noqa: F811
+def test_run_your_own_city_as_the_readme_says(tmp_path: Path, city: dict[str, str], pcscd: PcscEnv) -> None:
     export, lines = readme_lines()
     background: list[tuple[subprocess.Popen[str], Path]] = []
     token = ""
