@@ -6,12 +6,12 @@ does for the terminal contract, so neither API inherits the other's). Nothing he
 500: a fault is logged and answered ``503 E_PORTAL_UNAVAILABLE``, which a browser may retry
 and a payment provider will.
 
-**No citizen authentication yet.** ``POST /api/topups`` takes any registered card: anyone
-could start top-ups for any card, filling its headroom (open top-ups count against the cap)
-and learning which ASNs exist. So the composition root mounts the ``/api`` routes only when
-``YIKATONG_PORTAL_ENABLED`` is set (default off); the accounts slice of issue 10 adds the
-``CurrentCitizen`` dependency and binds the card to the citizen. The webhook route is always
-mounted: it is authenticated by the provider's signature.
+**Top-ups need a citizen.** ``POST /api/topups`` needs a session (``CsrfCitizen``: the
+cookie and its CSRF token) and a card bound to the session's citizen (``E_CARD_NOT_BOUND``);
+``GET /api/topups/{id}`` answers only the citizen the top-up's card is bound to (anyone else:
+``E_TOPUP_NOT_FOUND``). The ``/api`` routes are still mounted only when
+``YIKATONG_PORTAL_ENABLED`` is set (default off; ``docs/portal.md``). The webhook route is
+always mounted: it is authenticated by the provider's signature.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from portal.accounts import AccountService
+from portal.api_auth import CsrfCitizen, CurrentCitizen, accounts_of
 from portal.errors import Code, PortalError
 from portal.topup_service import TopupService, TopupView
 
@@ -41,6 +44,10 @@ def portal_error(exc: Exception) -> JSONResponse:
         where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
         code = Code.E_PORTAL_MALFORMED
         return JSONResponse({"code": code.value, "message": f"the request does not read: {where}"}, status_code=422)
+    if isinstance(exc, StarletteHTTPException) and 400 <= exc.status_code < 500:
+        # FastAPI's own refusals, e.g. a body that is not UTF-8 ("There was an error parsing the body")
+        code = Code.E_PORTAL_MALFORMED
+        return JSONResponse({"code": code.value, "message": "the request body does not read"}, status_code=422)
     log.exception("unexpected fault in the portal API", exc_info=exc)
     code = Code.E_PORTAL_UNAVAILABLE
     return JSONResponse({"code": code.value, "message": "the portal could not finish; retry"}, status_code=503)
@@ -109,21 +116,26 @@ class ErrorOut(BaseModel):
     message: str
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut} for s in (404, 409, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut} for s in (401, 403, 404, 409, 422, 503)}
 
 
 def topups_router(service: TopupService) -> APIRouter:
-    """``/api/topups``: unauthenticated until the accounts slice (module docstring)."""
+    """``/api/topups``: for a card bound to the session's citizen (module docstring)."""
     router = APIRouter(prefix="/api", route_class=PortalRoute, tags=["portal"])
 
     @router.post("/topups", status_code=201, response_model=TopupOut, responses=_ERRORS)
-    def create_topup(body: TopupRequest) -> TopupOut:
-        # TODO(issue 10, accounts slice): CurrentCitizen; the card must be bound to the citizen.
+    def create_topup(body: TopupRequest, current: CsrfCitizen, request: Request) -> TopupOut:
+        accounts_of(request).require_bound(current, body.card.issuer_id, body.card.card_asn)
         return TopupOut.of(service.create_topup(body.card.issuer_id, body.card.card_asn, body.amount_fen))
 
     @router.get("/topups/{topup_id}", response_model=TopupOut, responses=_ERRORS)
-    def get_topup(topup_id: str) -> TopupOut:
-        return TopupOut.of(service.view(topup_id))
+    def get_topup(topup_id: str, current: CurrentCitizen, request: Request) -> TopupOut:
+        view = service.view(topup_id)
+        try:
+            accounts_of(request).require_bound(current, view.issuer_id, view.card_asn)
+        except PortalError:  # not this citizen's: as if it did not exist
+            raise PortalError(Code.E_TOPUP_NOT_FOUND, "no top-up with this id") from None
+        return TopupOut.of(view)
 
     return router
 
@@ -149,10 +161,22 @@ def webhooks_router(service: TopupService) -> APIRouter:
     return router
 
 
-def mount(app: FastAPI, service: TopupService, *, topups_enabled: bool) -> None:
-    """The webhook route always; ``/api/topups`` only when enabled (no citizen login yet)."""
+def mount(
+    app: FastAPI,
+    service: TopupService,
+    *,
+    topups_enabled: bool,
+    accounts: AccountService | None = None,
+    secure_cookies: bool = True,
+) -> None:
+    """The webhook route always; ``/api`` (accounts and top-ups) only when enabled."""
+    from portal.api_accounts import mount_accounts  # it builds on this module's route class
+
     app.include_router(webhooks_router(service))
     if topups_enabled:
+        if accounts is None:
+            raise ValueError("the portal's /api needs an AccountService: top-ups are for logged-in citizens")
+        mount_accounts(app, accounts, secure_cookies=secure_cookies)
         app.include_router(topups_router(service))
 
 

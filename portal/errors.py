@@ -49,6 +49,17 @@ class Code(StrEnum):
     E_CARD_NOT_FOUND = "E_CARD_NOT_FOUND"
     E_CARD_NOT_TOPPABLE = "E_CARD_NOT_TOPPABLE"
     E_PORTAL_UNAVAILABLE = "E_PORTAL_UNAVAILABLE"
+    # --- citizen accounts, sessions, card binding (portal.accounts, portal.api_accounts) ----
+    E_PASSWORD_POLICY = "E_PASSWORD_POLICY"  # noqa: S105 - a code, not a password
+    E_MOBILE_TAKEN = "E_MOBILE_TAKEN"
+    E_ID_NUMBER_TAKEN = "E_ID_NUMBER_TAKEN"
+    E_LOGIN_FAILED = "E_LOGIN_FAILED"
+    E_SESSION_REQUIRED = "E_SESSION_REQUIRED"
+    E_CSRF = "E_CSRF"
+    E_RATE_LIMITED = "E_RATE_LIMITED"
+    E_BIND_PROOF_WRONG = "E_BIND_PROOF_WRONG"
+    E_CARD_BOUND_ELSEWHERE = "E_CARD_BOUND_ELSEWHERE"
+    E_CARD_NOT_BOUND = "E_CARD_NOT_BOUND"
     # --- notices: nothing refused, a person should look (staff console) --------------------
     N_PAYMENT_UNMATCHED = "N_PAYMENT_UNMATCHED"
     N_LOADED_BEFORE_REFUND = "N_LOADED_BEFORE_REFUND"
@@ -102,6 +113,16 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_CARD_NOT_FOUND: _i(404, "no such card is registered"),
     C.E_CARD_NOT_TOPPABLE: _i(409, "the card is blocked, lost or replaced: it takes no top-up"),
     C.E_PORTAL_UNAVAILABLE: _i(503, "the portal could not reach its database or a service; retry later"),
+    C.E_PASSWORD_POLICY: _i(422, "a password has 8 to 128 characters and is not only digits"),
+    C.E_MOBILE_TAKEN: _i(409, "an account with this mobile number exists; log in instead"),
+    C.E_ID_NUMBER_TAKEN: _i(409, "an account with this resident ID number exists; log in instead"),
+    C.E_LOGIN_FAILED: _i(401, "the mobile number or the password is wrong"),
+    C.E_SESSION_REQUIRED: _i(401, "log in first: no session, or the session has ended"),
+    C.E_CSRF: _i(403, "the X-CSRF-Token header is missing or is not this session's token"),
+    C.E_RATE_LIMITED: _i(429, "too many attempts; wait and try again"),
+    C.E_BIND_PROOF_WRONG: _i(422, "card number, amount and date match none of the card's last three transactions"),
+    C.E_CARD_BOUND_ELSEWHERE: _i(409, "the card is bound to another account"),
+    C.E_CARD_NOT_BOUND: _i(403, "the card is not bound to this account"),
     C.N_PAYMENT_UNMATCHED: _i(200, "a payment that does not match its top-up: it is refunded, never loaded"),
     C.N_LOADED_BEFORE_REFUND: _i(200, "the card took the load before the refund could cancel it: no refund"),
     C.N_UNEXPECTED_EVENT: _i(200, "an event the top-up's state does not expect: recorded, nothing moved"),

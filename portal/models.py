@@ -13,6 +13,9 @@ module) and the model/migration agreement test see one metadata.
   ``docs/portal.md``, "What the shell must do").
 - ``portal_outbox``: the effects ``topups.apply`` answered, written in the transaction that
   wrote the state; ``done_at`` is set when the effect's answer has been applied.
+- ``portal_citizens``, ``portal_sessions``, ``portal_card_bindings`` (migration 0007): citizen
+  accounts, their login sessions (the id is the SHA-256 of the cookie's token, so a copy of
+  the table opens no session), and which citizen each card is bound to (one at most).
 """
 
 from __future__ import annotations
@@ -20,7 +23,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
-from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearing.models import Base, BigId, UTCDateTime, utcnow
@@ -108,4 +123,70 @@ class PortalOutbox(Base):
     )
 
 
-__all__ = ["EFFECT_KINDS", "PortalOutbox", "PortalTopup", "PortalWebhookEvent"]
+ASSURANCES: Final = ("account", "card")  # issue 10: account login, card login
+BINDING_HOWS: Final = ("transaction", "card_login")
+
+
+class PortalCitizen(Base):
+    """A citizen's account: the mobile number logs in; the ID number is kept only as hash and mask."""
+
+    __tablename__ = "portal_citizens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    mobile: Mapped[str] = mapped_column(String(11), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    real_name: Mapped[str] = mapped_column(String(64))
+    id_number_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    id_number_masked: Mapped[str | None] = mapped_column(String(18))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PortalSession(Base):
+    """A login session; ``id`` is SHA-256 (hex) of the cookie's 256-bit token, never the token."""
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    citizen_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("portal_citizens.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    assurance: Mapped[str] = mapped_column(String(8))
+
+    __table_args__ = (
+        CheckConstraint(_in("assurance", ASSURANCES), name="assurance_valid"),
+        Index("ix_portal_sessions_citizen_id", "citizen_id"),
+        Index("ix_portal_sessions_expires_at", "expires_at"),
+    )
+
+
+class PortalCardBinding(Base):
+    """A card bound to a citizen; (issuer, ASN) unique: a card belongs to one account at most."""
+
+    __tablename__ = "portal_card_bindings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    citizen_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("portal_citizens.id", ondelete="CASCADE"))
+    issuer_id: Mapped[str] = mapped_column(String(16))
+    card_asn: Mapped[str] = mapped_column(String(20))
+    bound_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    how: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (
+        UniqueConstraint("issuer_id", "card_asn"),
+        CheckConstraint(_in("how", BINDING_HOWS), name="how_valid"),
+        Index("ix_portal_card_bindings_citizen_id", "citizen_id"),
+    )
+
+
+__all__ = [
+    "ASSURANCES",
+    "BINDING_HOWS",
+    "EFFECT_KINDS",
+    "PortalCardBinding",
+    "PortalCitizen",
+    "PortalOutbox",
+    "PortalSession",
+    "PortalTopup",
+    "PortalWebhookEvent",
+]

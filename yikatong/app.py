@@ -3,17 +3,20 @@
 This is the one place that decides what the server carries and builds what the routers need
 from the settings (ARCHITECTURE.md, "Interfaces"): today the terminal and online-load API of
 ``clearing`` (``/v1``), the portal's payment webhooks (``/webhooks/payments``) and, when
-``portal_enabled`` is set, its JSON top-up API (``/api``: no citizen login yet, so off by
-default); the portal pages (``/``) and interop (``/interop/v1``) join here as their issues
-land. Each API answers errors in its own shape: the clearing routes carry their handler on
-the route class (``clearing.api.ContractRoute``), the portal's on ``portal.api.PortalRoute``, so
-nothing mounted beside them inherits the terminal contract's error body. What no API owns
+``portal_enabled`` is set, its JSON API (``/api``: citizen accounts and sessions, top-ups for
+cards bound to the logged-in citizen; off by default); the portal pages (``/``) and interop
+(``/interop/v1``) join here as their issues land. Each API answers errors in its own shape:
+the clearing routes carry their handler on the route class (``clearing.api.ContractRoute``),
+the portal's on ``portal.api.PortalRoute``, so nothing mounted beside them inherits the
+terminal contract's error body. What no API owns
 (an unknown path outside every prefix, a fault in the server itself) gets the plain
 ``{code, message}`` shape below, never an HTML or text 500.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 
 from fastapi import FastAPI, Request
@@ -23,9 +26,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clearing import api as clearing_api
 from clearing.contract.codes import Code
 from clearing.db import session_factory
+from clearing.keystore import kek_from_settings
 from portal import api as portal_api
+from portal.accounts import AccountLimits, AccountService
 from portal.limits import TopupLimits
 from portal.payments import PaymentsClient, PaymentsConfig
+from portal.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter, Rule
 from portal.topup_service import TopupService
 from yikatong.settings import Settings
 
@@ -45,9 +51,18 @@ def _install_fallback_errors(app: FastAPI) -> None:
 
 
 def assemble(
-    clearing: clearing_api.ApiDeps, portal: TopupService | None = None, *, portal_enabled: bool = False
+    clearing: clearing_api.ApiDeps,
+    portal: TopupService | None = None,
+    *,
+    portal_enabled: bool = False,
+    accounts: AccountService | None = None,
+    portal_dev: bool = False,
 ) -> FastAPI:
-    """The application from ready-made parts (tests pass their own); no portal routes without a ``portal``."""
+    """The application from ready-made parts (tests pass their own); no portal routes without a ``portal``.
+
+    ``portal_enabled`` needs ``accounts``: the top-up routes are for logged-in citizens.
+    ``portal_dev`` drops the cookie's Secure flag (plain http on a developer's machine).
+    """
     app = FastAPI(
         title="Yikatong",
         version="1",
@@ -56,7 +71,7 @@ def assemble(
     _install_fallback_errors(app)
     clearing_api.mount(app, clearing)
     if portal is not None:
-        portal_api.mount(app, portal, topups_enabled=portal_enabled)
+        portal_api.mount(app, portal, topups_enabled=portal_enabled, accounts=accounts, secure_cookies=not portal_dev)
     clearing_api.install_openapi(app)
     return app
 
@@ -79,10 +94,48 @@ def portal_service(settings: Settings, clearing: clearing_api.ApiDeps) -> TopupS
     )
 
 
+def portal_lookup_key(settings: Settings) -> bytes:
+    """``YIKATONG_PORTAL_LOOKUP_KEY`` (hex), else a key derived from the KEK for this one use."""
+    if settings.portal_lookup_key is not None:
+        return bytes.fromhex(settings.portal_lookup_key.get_secret_value())
+    return hmac.new(kek_from_settings(settings), b"yikatong/portal/lookup-key/v1", hashlib.sha256).digest()
+
+
+def account_service(settings: Settings, clearing: clearing_api.ApiDeps) -> AccountService:
+    """Citizen accounts on clearing's database; rate limits in Redis when configured."""
+    limiter: RateLimiter = (
+        RedisLimiter.from_url(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else MemoryLimiter()
+    )
+    s = settings
+    limits = AccountLimits(
+        login_per_mobile=Rule(s.portal_login_per_mobile_max, s.portal_login_window_s),
+        login_per_ip=Rule(s.portal_login_per_ip_max, s.portal_login_window_s),
+        register_per_ip=Rule(s.portal_register_per_ip_max, s.portal_register_window_s),
+        bind_per_citizen=Rule(s.portal_bind_per_citizen_max, s.portal_bind_window_s),
+        bind_per_ip=Rule(s.portal_bind_per_ip_max, s.portal_bind_window_s),
+    )
+    return AccountService(
+        sessions=session_factory(clearing.engine),
+        lookup_key=portal_lookup_key(settings),
+        limiter=limiter,
+        limits=limits,
+        session_ttl_s=settings.portal_session_ttl_s,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The server's application for these settings (``yikatong serve``, ``yikatong demo --serve``)."""
     clearing = clearing_api.ApiDeps.from_settings(settings)
-    return assemble(clearing, portal_service(settings, clearing), portal_enabled=settings.portal_enabled)
+    accounts = account_service(settings, clearing) if settings.portal_enabled else None
+    return assemble(
+        clearing,
+        portal_service(settings, clearing),
+        portal_enabled=settings.portal_enabled,
+        accounts=accounts,
+        portal_dev=settings.portal_dev,
+    )
 
 
-__all__ = ["assemble", "create_app", "portal_service"]
+__all__ = ["account_service", "assemble", "create_app", "portal_lookup_key", "portal_service"]

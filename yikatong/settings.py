@@ -35,9 +35,25 @@ class Settings(BaseSettings):
     # during a rotation hold the old and the new. The default is a development secret only.
     payments_webhook_secrets: list[SecretStr] = [SecretStr("whsec_yikatong_dev")]
     payments_webhook_tolerance_s: int = 300
-    # The portal's JSON API (`/api/topups`) has no citizen login yet (issue 10, accounts slice):
-    # off by default; the payment webhooks are mounted either way (they are signed).
+    # The portal's JSON API (`/api`: accounts, sessions, top-ups for bound cards): off by default
+    # until the portal's pages and card login land; the payment webhooks are mounted either way.
     portal_enabled: bool = False
+    # Local development: the session cookie is sent over plain http (no Secure flag).
+    portal_dev: bool = False
+    # The key of the ID-number lookup hash and of the rate-limit keys (hex, >= 32 bytes).
+    # Unset: derived from the KEK (HMAC-SHA256, label "yikatong/portal/lookup-key/v1").
+    portal_lookup_key: SecretStr | None = None
+    portal_session_ttl_s: int = 12 * 3600
+    # Rate limits (attempts per window, sliding): login per mobile number and per client IP,
+    # card binding per citizen and per client IP, registration per client IP.
+    portal_login_per_mobile_max: int = 10
+    portal_login_per_ip_max: int = 100
+    portal_login_window_s: int = 15 * 60
+    portal_bind_per_citizen_max: int = 5
+    portal_bind_per_ip_max: int = 30
+    portal_bind_window_s: int = 3600
+    portal_register_per_ip_max: int = 20
+    portal_register_window_s: int = 3600
     # Top-up limits (portal.limits), integer fen: per top-up, and what a card may come to hold.
     topup_fen_min: int = 100
     topup_fen_max: int = 100_000

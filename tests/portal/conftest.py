@@ -15,10 +15,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from clearing import db
+from portal.accounts import AccountService
+from portal.models import PortalCardBinding, PortalCitizen
+from portal.passwords import Passwords
 from tests.conftest import require
 
 LOCALSTRIPE_KEY = "sk_test_yikatong"
@@ -72,3 +80,35 @@ def localstripe_url() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+# --- citizen accounts: a cheap argon2id and a fixed lookup key for tests -------------------
+
+TEST_LOOKUP_KEY = bytes(range(32))
+
+
+def fast_passwords() -> Passwords:
+    """argon2id at the smallest cost argon2 takes: the tests hash hundreds of passwords."""
+    return Passwords(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
+def account_service(engine: Engine, **kwargs: Any) -> AccountService:
+    return AccountService(
+        sessions=db.session_factory(engine), lookup_key=TEST_LOOKUP_KEY, passwords=fast_passwords(), **kwargs
+    )
+
+
+def bind_directly(engine: Engine, citizen_mobile: str, issuer_id: str, card_asn: str) -> None:
+    """A binding as if proven (tests of other flows that need a bound card, not the proof)."""
+    with Session(engine) as session, session.begin():
+        citizen_id = session.scalar(select(PortalCitizen.id).where(PortalCitizen.mobile == citizen_mobile))
+        assert citizen_id is not None
+        exists = session.scalar(
+            select(PortalCardBinding.id).where(
+                PortalCardBinding.issuer_id == issuer_id, PortalCardBinding.card_asn == card_asn
+            )
+        )
+        if exists is None:
+            session.add(
+                PortalCardBinding(citizen_id=citizen_id, issuer_id=issuer_id, card_asn=card_asn, how="transaction")
+            )

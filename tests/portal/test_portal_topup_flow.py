@@ -37,7 +37,7 @@ from portal.payments import PaymentsClient, PaymentsConfig
 from portal.topup_service import TopupService
 from portal.topups import RefundReason
 from portal.webhooks import signature_header
-from tests.portal.conftest import LOCALSTRIPE_KEY
+from tests.portal.conftest import LOCALSTRIPE_KEY, account_service, bind_directly
 from tests.portal.test_portal_payments import pay
 from yikatong.app import assemble
 
@@ -46,6 +46,8 @@ ASN = "71200000000000000042"
 SECRET = "whsec_portal_flow_test"
 HOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled")
 WEBHOOK_WAIT_S = 15.0
+CITIZEN = {"mobile": "13800138000", "password": "correct horse battery", "real_name": "张三",
+           "id_number": "11010519491231002X"}  # fmt: skip
 
 
 # --- the provider's webhooks, captured ------------------------------------------------------
@@ -174,6 +176,8 @@ class Rig:
     url: str
 
     def topup(self, amount_fen: object, asn: str = ASN) -> httpx.Response:
+        """A top-up by the rig's logged-in citizen, the card bound to them first (the proof is tested elsewhere)."""
+        bind_directly(self.engine, CITIZEN["mobile"], ISSUER, asn)
         body = {"card": {"issuer_id": ISSUER, "card_asn": asn}, "amount_fen": amount_fen}
         answer: httpx.Response = self.client.post("/api/topups", json=body)
         return answer
@@ -209,8 +213,13 @@ def rig(engine: Engine, localstripe_url: str, hooks: type[_Receiver], tmp_path: 
     payments = PaymentsClient.connect(PaymentsConfig(localstripe_url, LOCALSTRIPE_KEY, timeout_s=5))
     service = TopupService(sessions=db.session_factory(engine), payments=payments, webhook_secrets=[SECRET])
     keystore = KeyStore.open(tmp_path / "keystore.json", os.urandom(32))
-    app = assemble(ApiDeps(engine, keystore), service, portal_enabled=True)
+    app = assemble(
+        ApiDeps(engine, keystore), service, portal_enabled=True, accounts=account_service(engine), portal_dev=True
+    )
     with TestClient(app) as client:
+        assert client.post("/api/citizens", json=CITIZEN).status_code == 201
+        login = client.post("/api/sessions", json={"mobile": CITIZEN["mobile"], "password": CITIZEN["password"]})
+        client.headers["X-CSRF-Token"] = login.json()["csrf_token"]
         yield Rig(engine, service, client, payments, localstripe_url)
     payments.close()
 
