@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, false, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -70,6 +70,9 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False, **kw
     shared connection so every session sees the same database.
     """
     url = normalize_url(url)
+    # A statement's bound values are personal data (names, mobiles) or secrets (token hashes):
+    # they stay out of every error message and so out of every log line.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         if schema is not None:
             raise ValueError("schema is a PostgreSQL option")
@@ -312,6 +315,18 @@ def bump_counter(session: Session, name: str, by: int = 1) -> int:
     stmt = insert_fn(Counter).values(name=name, value=by)
     stmt = stmt.on_conflict_do_update(index_elements=[Counter.name], set_={"value": Counter.value + by})
     return int(session.execute(stmt.returning(Counter.value)).scalar_one())
+
+
+def lock_for_update(session: Session) -> None:
+    """Make the ``SELECT … FOR UPDATE`` reads that follow serialise on SQLite too.
+
+    PostgreSQL locks the rows; SQLite ignores ``FOR UPDATE``, and pysqlite starts its
+    transaction only at the first write, so a read-check-write (a card's cap, a load's state)
+    could run on a stale snapshot beside another one. A no-op write first takes SQLite's one
+    write lock (waiting ``busy_timeout``), so everything read after it is current until commit.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Counter).where(false()).values(value=Counter.value))
 
 
 def read_counter(session: Session, name: str) -> int:

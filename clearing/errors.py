@@ -11,36 +11,58 @@ citizen's personal data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any, ClassVar, Generic, TypeVar
 
-from clearing.contract.codes import Code, status_of
+from clearing.contract.codes import CODES, Code
 from clearing.contract.schemas import ErrorItem
 
+E = TypeVar("E", bound=Enum)
 
-class ClearingError(Exception):
-    """A refused operation: ``code`` (stable), ``message`` (a sentence), optional per-field ``errors``."""
 
-    def __init__(
-        self, code: Code, message: str, *, errors: Sequence[ErrorItem] = (), status: int | None = None
-    ) -> None:
-        assert isinstance(code, Code), f"error codes come from the registry, got {code!r}"
+class CodedError(Exception, Generic[E]):
+    """The shape of every package's error: a stable ``code`` from its registry and a ``message``.
+
+    Each package keeps its own registry (its API's shapes are its own); this base is the one
+    place for what they share: ``str()`` is ``CODE: sentence``, the HTTP status is the code's
+    unless the raiser knows better, and the error survives pickling (worker processes).
+    """
+
+    code_type: ClassVar[type[Enum]]
+    statuses: ClassVar[Mapping[Any, Any]]  # code -> info with ``.status``
+
+    def __init__(self, code: E, message: str, *, status: int | None = None) -> None:
+        assert isinstance(code, self.code_type), f"error codes come from the registry, got {code!r}"
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
-        self.errors = list(errors)
         self._status = status
 
     @property
     def status(self) -> int:
         """The HTTP status an API answers this error with."""
-        return self._status if self._status is not None else status_of(self.code)
+        return self._status if self._status is not None else int(self.statuses[self.code].status)
 
-    def __reduce__(self) -> tuple[object, ...]:  # survives pickling (worker processes)
-        return (_rebuild, (self.code.value, self.message, self._status))
-
-
-def _rebuild(code: str, message: str, status: int | None) -> ClearingError:
-    return ClearingError(Code(code), message, status=status)
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.code.value, self.message, self._status))
 
 
-__all__ = ["ClearingError", "Code"]
+def _rebuild(cls: type[CodedError[Any]], code: str, message: str, status: int | None) -> CodedError[Any]:
+    return cls(cls.code_type(code), message, status=status)
+
+
+class ClearingError(CodedError[Code]):
+    """A refused operation: ``code`` (stable), ``message`` (a sentence), optional per-field ``errors``."""
+
+    code_type = Code
+    statuses = CODES
+
+    def __init__(
+        self, code: Code, message: str, *, errors: Sequence[ErrorItem] = (), status: int | None = None
+    ) -> None:
+        super().__init__(code, message, status=status)
+        self.errors = list(errors)
+
+
+__all__ = ["ClearingError", "Code", "CodedError"]

@@ -52,6 +52,7 @@ from clearing import accounts, transfer_ids
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import FareInfo, TapRecord
 from clearing.contract.codes import Code
+from clearing.db import lock_for_update
 from clearing.errors import ClearingError
 from clearing.ingest import RESOLVER, TacKeys, keystore_dtk, tap_transfer_id
 from clearing.ledger import TransferSpec, post_transfers
@@ -343,6 +344,7 @@ def _require_verified(item: ExceptionItem, record: TapRecord, keystore: object) 
 
 
 def _open_item(session: Session, item_id: int) -> ExceptionItem:
+    lock_for_update(session)  # SQLite: two clerks deciding one item queue as they do on PostgreSQL
     item = session.get(ExceptionItem, item_id, with_for_update=True)
     if item is None:
         raise ClearingError(Code.E_NO_SUCH_EXCEPTION, f"no exception item {item_id}")

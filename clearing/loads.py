@@ -56,6 +56,7 @@ from clearing.contract import (
     LoadResolveResponse,
 )
 from clearing.contract.codes import Code
+from clearing.db import lock_for_update
 from clearing.errors import ClearingError
 from clearing.keystore import KeyStore
 from clearing.ledger import TransferSpec, post_transfers
@@ -161,6 +162,7 @@ def create_pending(
 
 
 def _locked_load(session: Session, load_id: str) -> PendingLoad:
+    lock_for_update(session)  # SQLite: the write lock first, so the state read below stays current
     load = session.execute(select(PendingLoad).where(PendingLoad.id == load_id).with_for_update()).scalar_one_or_none()
     if load is None:
         raise _not_found(load_id)

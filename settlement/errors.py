@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from clearing.errors import CodedError
+
 
 class SettlementCode(StrEnum):
     # --- fees ------------------------------------------------------------------------------
@@ -63,27 +65,11 @@ CODES: Final[dict[SettlementCode, CodeInfo]] = {
 del C
 
 
-class SettlementError(Exception):
+class SettlementError(CodedError[SettlementCode]):
     """A refused settlement operation: ``code`` (stable) and ``message`` (a sentence)."""
 
-    def __init__(self, code: SettlementCode, message: str, *, status: int | None = None) -> None:
-        assert isinstance(code, SettlementCode), f"error codes come from the registry, got {code!r}"
-        super().__init__(f"{code.value}: {message}")
-        self.code = code
-        self.message = message
-        self._status = status
-
-    @property
-    def status(self) -> int:
-        """The HTTP status an API answers this error with."""
-        return self._status if self._status is not None else CODES[self.code].status
-
-    def __reduce__(self) -> tuple[object, ...]:  # survives pickling (worker processes)
-        return (_rebuild, (self.code.value, self.message, self._status))
-
-
-def _rebuild(code: str, message: str, status: int | None) -> SettlementError:
-    return SettlementError(SettlementCode(code), message, status=status)
+    code_type = SettlementCode
+    statuses = CODES
 
 
 def mask_account_number(number: str) -> str:
