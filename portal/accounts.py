@@ -58,6 +58,7 @@ PROOF_SCAN_MAX: Final = 30  # transfers read to find the last three posted ones 
 CARD_LOCAL_ZONE: Final = ZoneInfo("Asia/Shanghai")
 _TOKEN_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]{20,64}")
 _RATE_KEY_LABEL: Final = b"yikatong/portal/ratelimit-mobile/v1\x00"
+_CARD_RATE_KEY_LABEL: Final = b"yikatong/portal/ratelimit-card/v1\x00"
 
 
 def _utcnow() -> dt.datetime:
@@ -78,6 +79,7 @@ _LOGIN_PER_IP: Final = Rule(100, 15 * 60)  # carriers put many phones behind one
 _REGISTER_PER_IP: Final = Rule(20, 60 * 60)
 _BIND_PER_CITIZEN: Final = Rule(5, 60 * 60)
 _BIND_PER_IP: Final = Rule(30, 60 * 60)
+_BIND_PER_CARD: Final = Rule(5, 24 * 60 * 60)  # throwaway accounts and addresses cost nothing; the card is fixed
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class AccountLimits:
     register_per_ip: Rule = _REGISTER_PER_IP
     bind_per_citizen: Rule = _BIND_PER_CITIZEN
     bind_per_ip: Rule = _BIND_PER_IP
+    bind_per_card: Rule = _BIND_PER_CARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,12 @@ class AccountService:
 
     def _mobile_key(self, text: str) -> str:
         digest = hmac.new(self.lookup_key, _RATE_KEY_LABEL + text.encode("utf-8", "replace"), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+    def _card_key(self, issuer_id: str | None, card_asn: str) -> str:
+        """The per-card binding limit's key: HMAC of issuer and ASN (an ASN is a card number: not in Redis)."""
+        text = f"{(issuer_id or '?').strip().lower()}:{card_asn.strip().lower()}"
+        digest = hmac.new(self.lookup_key, _CARD_RATE_KEY_LABEL + text.encode("utf-8", "replace"), hashlib.sha256)
         return digest.hexdigest()[:32]
 
     # --- register -------------------------------------------------------------------------
@@ -316,6 +325,11 @@ class AccountService:
         )
         with self._tx() as session:
             card = self._card(session, card_asn, issuer_id)
+            # Per card, across all accounts and addresses: accounts are free (no SMS check) and so are
+            # addresses, so only this stops many of them guessing one card's proof in parallel. Keyed by
+            # the card resolved (an ASN given without its issuer counts against the same card), else as typed.
+            who = (card.issuer_id, card.card_asn) if card is not None else (issuer_id, card_asn)
+            self._limit(f"bind:card:{self._card_key(*who)}", self.limits.bind_per_card)
             if card is None or not self._proof_holds(session, card, amount_fen, on):
                 log.info("card binding refused for citizen %d: proof wrong", current.citizen_id)
                 raise wrong

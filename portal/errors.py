@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from clearing.errors import CodedError
+
 
 class Code(StrEnum):
     # --- identity (portal.identity) --------------------------------------------------------
@@ -60,9 +62,20 @@ class Code(StrEnum):
     E_BIND_PROOF_WRONG = "E_BIND_PROOF_WRONG"
     E_CARD_BOUND_ELSEWHERE = "E_CARD_BOUND_ELSEWHERE"
     E_CARD_NOT_BOUND = "E_CARD_NOT_BOUND"
+    # --- card login (portal.card_login, portal.api_card_login) ------------------------------
+    E_CARD_LOGIN_NO_CHALLENGE = "E_CARD_LOGIN_NO_CHALLENGE"
+    E_CARD_LOGIN_CHALLENGE_EXPIRED = "E_CARD_LOGIN_CHALLENGE_EXPIRED"
+    E_CARD_LOGIN_MALFORMED = "E_CARD_LOGIN_MALFORMED"
+    E_CARD_LOGIN_CERT_UNTRUSTED = "E_CARD_LOGIN_CERT_UNTRUSTED"
+    E_CARD_LOGIN_CERT_EXPIRED = "E_CARD_LOGIN_CERT_EXPIRED"
+    E_CARD_LOGIN_ALGORITHM = "E_CARD_LOGIN_ALGORITHM"
+    E_CARD_LOGIN_SIGNATURE = "E_CARD_LOGIN_SIGNATURE"
+    E_CARD_LOGIN_CARD_INACTIVE = "E_CARD_LOGIN_CARD_INACTIVE"
+    E_CARD_LOGIN_UNBOUND = "E_CARD_LOGIN_UNBOUND"
     # --- notices: nothing refused, a person should look (staff console) --------------------
     N_PAYMENT_UNMATCHED = "N_PAYMENT_UNMATCHED"
     N_LOADED_BEFORE_REFUND = "N_LOADED_BEFORE_REFUND"
+    N_LOADED_AND_REFUNDED = "N_LOADED_AND_REFUNDED"
     N_UNEXPECTED_EVENT = "N_UNEXPECTED_EVENT"
     # --- the payment API (portal.payments) -------------------------------------------------
     E_PAYMENTS_UNAVAILABLE = "E_PAYMENTS_UNAVAILABLE"
@@ -123,8 +136,20 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_BIND_PROOF_WRONG: _i(422, "card number, amount and date match none of the card's last three transactions"),
     C.E_CARD_BOUND_ELSEWHERE: _i(409, "the card is bound to another account"),
     C.E_CARD_NOT_BOUND: _i(403, "the card is not bound to this account"),
+    C.E_CARD_LOGIN_NO_CHALLENGE: _i(401, "no card-login challenge for this browser, or it was used: ask for a new one"),
+    C.E_CARD_LOGIN_CHALLENGE_EXPIRED: _i(401, "the card-login challenge is past its 5 minutes: ask for a new one"),
+    C.E_CARD_LOGIN_MALFORMED: _i(422, "the card-login token is not a web-eid:1.0 token this portal reads"),
+    C.E_CARD_LOGIN_CERT_UNTRUSTED: _i(401, "the certificate is not a card certificate of a registered issuer's CA"),
+    C.E_CARD_LOGIN_CERT_EXPIRED: _i(401, "the card's certificate is not valid now (expired or not yet valid)"),
+    C.E_CARD_LOGIN_ALGORITHM: _i(422, "the token's algorithm is not the one of the card's key (ES256)"),
+    C.E_CARD_LOGIN_SIGNATURE: _i(401, "the card's signature does not verify over this portal's origin and challenge"),
+    C.E_CARD_LOGIN_CARD_INACTIVE: _i(403, "the card is lost, denylisted, blocked, replaced, expired or unknown"),
+    C.E_CARD_LOGIN_UNBOUND: _i(403, "the card is bound to no account: log in with the account, then with the card"),
     C.N_PAYMENT_UNMATCHED: _i(200, "a payment that does not match its top-up: it is refunded, never loaded"),
     C.N_LOADED_BEFORE_REFUND: _i(200, "the card took the load before the refund could cancel it: no refund"),
+    C.N_LOADED_AND_REFUNDED: _i(
+        200, "refunded at the provider and loaded on the card both: staff recover the difference"
+    ),
     C.N_UNEXPECTED_EVENT: _i(200, "an event the top-up's state does not expect: recorded, nothing moved"),
     C.E_PAYMENTS_UNAVAILABLE: _i(503, "the payment service did not answer or failed; retry later"),
     C.E_PAYMENTS_AUTH: _i(502, "the payment service refused our API key"),
@@ -141,27 +166,11 @@ def status_of(code: Code) -> int:
     return CODES[code].status
 
 
-class PortalError(Exception):
+class PortalError(CodedError[Code]):
     """A refused portal operation: ``code`` (stable, from ``Code``) and ``message`` (a sentence)."""
 
-    def __init__(self, code: Code, message: str, *, status: int | None = None) -> None:
-        assert isinstance(code, Code), f"error codes come from the portal registry, got {code!r}"
-        super().__init__(f"{code.value}: {message}")
-        self.code = code
-        self.message = message
-        self._status = status
-
-    @property
-    def status(self) -> int:
-        """The HTTP status an API answers this error with."""
-        return self._status if self._status is not None else status_of(self.code)
-
-    def __reduce__(self) -> tuple[object, ...]:  # survives pickling, as ClearingError does
-        return (_rebuild, (self.code.value, self.message, self._status))
-
-
-def _rebuild(code: str, message: str, status: int | None) -> PortalError:
-    return PortalError(Code(code), message, status=status)
+    code_type = Code
+    statuses = CODES
 
 
 __all__ = ["CODES", "Code", "CodeInfo", "PortalError", "status_of"]

@@ -88,6 +88,16 @@ class RefundObject(msgspec.Struct, frozen=True):
     metadata: dict[str, str] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class RefundTotal:
+    """What ``refund_once`` found and made: the intent's succeeded and pending refunds, summed."""
+
+    payment_intent_id: str
+    succeeded_fen: int
+    pending_fen: int
+    refunds: tuple[RefundObject, ...]
+
+
 class _RefundList(msgspec.Struct, frozen=True):
     data: list[RefundObject]
     has_more: bool = False
@@ -173,16 +183,31 @@ class PaymentsClient:
 
     def refund_once(
         self, *, payment_intent_id: str, amount_fen: int, idempotency_key: str, topup_id: str
-    ) -> RefundObject:
-        """``refund`` unless a succeeded or pending refund of the intent exists: for servers without idempotency."""
-        for earlier in self.refunds_of(payment_intent_id):
-            if earlier.status in ("succeeded", "pending"):
-                return earlier
-        return self.refund(
-            payment_intent_id=payment_intent_id,
-            amount_fen=amount_fen,
-            idempotency_key=idempotency_key,
-            topup_id=topup_id,
+    ) -> RefundTotal:
+        """Have the intent refunded ``amount_fen`` **in total**; refund only what earlier refunds leave.
+
+        The intent's succeeded and pending refunds (ours, or made at the provider's dashboard)
+        count against ``amount_fen``: a 1-fen goodwill refund leaves ``amount_fen - 1`` to
+        refund, a full one leaves nothing. For servers without idempotency (localstripe) this
+        is what stops a retry refunding twice. The key is the effect's for a full refund, and
+        ``<key>:rest:<fen>`` for a remainder (so Stripe never sees one key with two amounts).
+        """
+        if type(amount_fen) is not int or amount_fen <= 0:
+            raise ValueError("a refund is a positive whole number of fen")
+        earlier = [r for r in self.refunds_of(payment_intent_id) if r.status in ("succeeded", "pending")]
+        covered = sum(r.amount for r in earlier)
+        if covered < amount_fen:
+            rest = amount_fen - covered
+            key = idempotency_key if rest == amount_fen else f"{idempotency_key}:rest:{rest}"
+            made = self.refund(
+                payment_intent_id=payment_intent_id, amount_fen=rest, idempotency_key=key, topup_id=topup_id
+            )
+            earlier.append(made)
+        return RefundTotal(
+            payment_intent_id,
+            succeeded_fen=sum(r.amount for r in earlier if r.status == "succeeded"),
+            pending_fen=sum(r.amount for r in earlier if r.status == "pending"),
+            refunds=tuple(earlier),
         )
 
     # --- plumbing ----------------------------------------------------------------------
@@ -268,5 +293,6 @@ __all__ = [
     "PaymentsClient",
     "PaymentsConfig",
     "RefundObject",
+    "RefundTotal",
     "form_encode",
 ]

@@ -42,7 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing import loads as clearing_loads
-from clearing.db import conflict_insert
+from clearing.db import conflict_insert, lock_for_update
 from clearing.errors import ClearingError
 from clearing.models import Card, CardStatus, LoadState, PendingLoad
 from portal import topups, webhooks
@@ -73,7 +73,7 @@ _DUE_KINDS: Final = frozenset({"create_payment_intent", "create_load", "cancel_l
 def new_topup_id() -> str:
     """``tu_`` + 128 random bits in hex (35 characters): unguessable, as the top-up id is shown to the browser."""
     topup_id = TOPUP_ID_PREFIX + secrets.token_hex(16)
-    assert len(topup_id) <= topups.TOPUP_ID_LEN_MAX
+    assert len(topup_id) <= topups.TOPUP_ID_LEN_MAX and topups.is_topup_id(topup_id)
     return topup_id
 
 
@@ -132,6 +132,7 @@ class TopupService:
         """
         issuer_id, card_asn = issuer_id.lower(), card_asn.lower()
         with self._tx() as session:
+            lock_for_update(session)  # SQLite: serialise top-ups of a card as FOR UPDATE does on PostgreSQL
             card = session.execute(
                 select(Card).where(Card.issuer_id == issuer_id, Card.card_asn == card_asn).with_for_update()
             ).scalar_one_or_none()
@@ -172,7 +173,7 @@ class TopupService:
 
     def view(self, topup_id: str, *, client_secret: str | None = None) -> TopupView:
         with self.sessions() as session:
-            row = session.get(PortalTopup, topup_id) if len(topup_id) <= topups.TOPUP_ID_LEN_MAX else None
+            row = session.get(PortalTopup, topup_id) if topups.is_topup_id(topup_id) else None
             if row is None:
                 raise PortalError(Code.E_TOPUP_NOT_FOUND, "no top-up with this id")
             return TopupView(
@@ -213,21 +214,36 @@ class TopupService:
         event = webhooks.verify_and_decode(
             body, signature_header, self.webhook_secrets, now_s=now_s, tolerance_s=self.webhook_tolerance_s
         )
+        if not (webhooks.is_plain_id(event.id) and webhooks.is_plain_id(event.type)):
+            # Not an id any provider makes (a NUL, a space, over 255 characters): nothing to record or
+            # dedupe by, and no reason for the provider to retry. Checked before any SQL.
+            log.info("webhook with an event id or type of no provider's shape: ignored")
+            return "ignored"
         mapped = webhooks.topup_event(event)
-        if len(event.id) > 255:
-            raise PortalError(Code.E_WEBHOOK_MALFORMED, "the event id is longer than any provider's")
         with self._tx() as session:
-            topup_id = mapped[0] if mapped is not None else None
-            if not self._record_event(session, event, topup_id):
+            row = None
+            if mapped is not None:
+                row = self._row_of_event(session, *mapped)
+            if not self._record_event(session, event, row.topup_id if row is not None else None):
                 return "duplicate"
             if mapped is None:
                 return "ignored"
-            row = self._locked(session, mapped[0])
             if row is None:
-                log.info("webhook %s names top-up %s, which is not ours", event.id, mapped[0])
+                log.info("webhook %s names no top-up of ours", event.id)
                 return "ignored"
             self._apply(session, row, mapped[1])
         return "applied"
+
+    def _row_of_event(self, session: Session, topup_id: str | None, event: topups.Event) -> PortalTopup | None:
+        """The top-up a webhook event is for, locked: by ``metadata.topup_id``, else (a refund made in the
+        provider's dashboard carries none) by the intent that paid it."""
+        if topup_id is not None:
+            return self._locked(session, topup_id)
+        pi = getattr(event, "payment_intent_id", None)
+        if pi is None:
+            return None
+        stmt = select(PortalTopup).where(PortalTopup.payment_intent_id == pi).with_for_update()
+        return session.execute(stmt.limit(1)).scalar_one_or_none()
 
     def _record_event(self, session: Session, event: webhooks.Event, topup_id: str | None) -> bool:
         """Insert the event id; False if it was there already (a repeat delivery)."""
@@ -243,14 +259,17 @@ class TopupService:
     # --- state and outbox -----------------------------------------------------------------
 
     def _locked(self, session: Session, topup_id: str) -> PortalTopup | None:
-        if not 0 < len(topup_id) <= topups.TOPUP_ID_LEN_MAX:
+        if not topups.is_topup_id(topup_id):
             return None
         stmt = select(PortalTopup).where(PortalTopup.topup_id == topup_id).with_for_update()
         return session.execute(stmt).scalar_one_or_none()
 
     def _apply(self, session: Session, row: PortalTopup, event: topups.Event) -> topups.Topup:
-        new, effects = topups.apply(_topup_of(row), event)
+        old = _topup_of(row)
+        new, effects = topups.apply(old, event)
         self._write(session, row, new, effects)
+        if new.state is topups.State.REFUNDED and old.state is not topups.State.REFUNDED:
+            _mark_load_refunded(session, new.topup_id)  # by our refund, or one made at the provider
         return new
 
     def _write(self, session: Session, row: PortalTopup, t: topups.Topup, effects: list[topups.Effect]) -> None:
@@ -340,16 +359,16 @@ class TopupService:
         elif isinstance(effect, topups.CancelPaymentIntent):
             self.payments.cancel_intent(effect.payment_intent_id)  # its webhook brings the news
         elif isinstance(effect, topups.Refund):
-            refund = self.payments.refund_once(
+            total = self.payments.refund_once(
                 payment_intent_id=effect.payment_intent_id,
                 amount_fen=effect.amount_fen,
                 idempotency_key=effect.idempotency_key,
                 topup_id=item.topup_id,
             )
-            if refund.status != "succeeded":
-                why = f"refund {refund.id} is {refund.status}; asked again later"
+            if total.succeeded_fen < effect.amount_fen:
+                why = f"{total.succeeded_fen} of {effect.amount_fen} fen refunded, {total.pending_fen} pending"
                 raise PortalError(Code.E_PAYMENTS_UNAVAILABLE, why)
-            answer = topups.RefundSucceeded(effect.payment_intent_id, refund.amount)
+            answer = topups.RefundSucceeded(effect.payment_intent_id, total.succeeded_fen)
         with self._tx() as session:
             item = session.get(PortalOutbox, outbox_id)
             assert item is not None
@@ -358,9 +377,7 @@ class TopupService:
             row = self._locked(session, item.topup_id)
             assert row is not None
             if answer is not None:
-                new = self._apply(session, row, answer)
-                if isinstance(effect, topups.Refund) and effect.payment_intent_id == new.payment_intent_id:
-                    _mark_load_refunded(session, new.topup_id)
+                self._apply(session, row, answer)
             item.done_at = self.clock()
         return secret
 
@@ -427,7 +444,12 @@ def _topup_of(row: PortalTopup) -> topups.Topup:
         load_voided=row.load_voided,
         refund_reason=topups.RefundReason(row.refund_reason) if row.refund_reason is not None else None,
         unmatched=tuple(
-            topups.UnmatchedPayment(str(u["payment_intent_id"]), int(u["amount_fen"]), bool(u["refunded"]))
+            topups.UnmatchedPayment(
+                str(u["payment_intent_id"]),
+                int(u["amount_fen"]),
+                bool(u["refunded"]),
+                int(u.get("refunded_fen", u["amount_fen"] if u["refunded"] else 0)),  # rows before refunded_fen
+            )
             for u in row.unmatched
         ),
     )

@@ -23,12 +23,19 @@ Rules that make it safe under repeats, reordering and crashes:
 - **Refunds plus loads never exceed payments**: a refund is asked for only after clearing has
   voided the load (``LoadVoided``: a voided reservation can never post). If the card takes the
   load first, the top-up is loaded and the refund is dropped (``N_LOADED_BEFORE_REFUND``).
+  A refund made at the provider outside this flow stops the load; if the card took it anyway
+  the top-up is ``loaded`` with ``refunded_fen > 0`` (``loaded_and_refunded``), recorded with
+  ``N_LOADED_AND_REFUNDED`` for staff to recover the difference: a fact, never an error.
+- **Refunds are totals.** ``Refund`` asks for the intent to be refunded up to an amount in
+  total, and ``RefundSucceeded`` reports the total known refunded; a top-up is refunded only
+  once the whole payment is covered (a partial refund at the dashboard is not the refund).
 
 Amounts are integer fen; the currency is ``cny``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
@@ -37,6 +44,16 @@ from portal.errors import Code, PortalError
 
 CURRENCY: Final = "cny"
 TOPUP_ID_LEN_MAX: Final = 40  # the top-up id is clearing's load id (clearing.loads.LOAD_ID_LEN_MAX)
+TOPUP_ID_SHAPE: Final = re.compile(r"tu_[0-9a-f]{32}")  # what ``topup_service.new_topup_id`` makes
+
+
+def is_topup_id(value: object) -> bool:
+    """Whether ``value`` has the shape of a top-up id we issue (``tu_`` + 32 lower-case hex).
+
+    Checked before an id from outside (a URL, webhook metadata) reaches SQL: anything else is
+    not ours, and a NUL or an over-long string never becomes a database error.
+    """
+    return isinstance(value, str) and TOPUP_ID_SHAPE.fullmatch(value) is not None
 
 
 class State(StrEnum):
@@ -67,7 +84,8 @@ class RefundReason(StrEnum):
 class UnmatchedPayment:
     payment_intent_id: str
     amount_fen: int
-    refunded: bool = False
+    refunded: bool = False  # refunded in full (``refunded_fen >= amount_fen``)
+    refunded_fen: int = 0  # what the provider is known to have refunded of it so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +172,14 @@ class LoadWindowExpired:  # the portal's sweep: paid but not loaded within the l
 
 
 @dataclass(frozen=True, slots=True)
-class RefundSucceeded:  # the refund call answered succeeded (or charge.refunded)
+class RefundSucceeded:
+    """The provider has refunded at least ``amount_fen`` of the intent **in total** (not one refund's part).
+
+    From our refund call (the sum of the intent's succeeded refunds), ``charge.refunded``
+    (``amount_refunded``) or ``refund.created``/``refund.updated`` (that refund's amount: a
+    lower bound of the total). Applied as a maximum, so repeats and any order are harmless.
+    """
+
     payment_intent_id: str
     amount_fen: int
 
@@ -214,7 +239,10 @@ class CancelLoad:
 
 
 @dataclass(frozen=True, slots=True)
-class Refund:  # a full refund; Idempotency-Key "refund:<intent>", so one intent is refunded once
+class Refund:
+    """Have ``amount_fen`` of the intent refunded **in total**: the shell refunds only what earlier refunds
+    (succeeded or pending, ours or made at the provider) leave; Idempotency-Key "refund:<intent>"."""
+
     payment_intent_id: str
     amount_fen: int
 
@@ -244,7 +272,7 @@ def due_effects(t: Topup) -> list[Effect]:
         assert t.payment_intent_id is not None
         if not t.load_voided:
             effects.append(CancelLoad(t.topup_id, t.card_id, t.amount_fen, t.payment_intent_id))
-        elif t.refunded_fen == 0:
+        elif t.refunded_fen < t.paid_fen:
             effects.append(Refund(t.payment_intent_id, t.paid_fen))
     effects.extend(Refund(u.payment_intent_id, u.amount_fen) for u in t.unmatched if not u.refunded)
     return effects
@@ -259,9 +287,29 @@ def may_still_land_fen(t: Topup) -> int:
     return 0
 
 
+def loaded_and_refunded(t: Topup) -> bool:
+    """The one case where loads plus refunds exceed the payment: refunded at the provider, loaded all the same.
+
+    The machine itself never refunds a load that may post (it refunds only after ``LoadVoided``),
+    so this is always a refund made outside this flow (dashboard, support, a bank reversal)
+    racing a card that met a reader first. It is recorded, not refused: the top-up is
+    ``loaded`` with ``refunded_fen > 0`` and a ``N_LOADED_AND_REFUNDED`` notice asks staff to
+    recover ``over_credited_fen`` (from the card's balance or from the citizen).
+    """
+    return t.state is State.LOADED and t.refunded_fen > 0
+
+
+def over_credited_fen(t: Topup) -> int:
+    """What went out beyond the payment: loaded and refunded both (0 unless ``loaded_and_refunded``)."""
+    return max(0, t.loaded_fen + t.refunded_fen - t.paid_fen)
+
+
 def money_ok(t: Topup) -> bool:
-    """Loads plus refunds never exceed what the top-up's own payment brought in."""
-    return t.loaded_fen + t.refunded_fen <= t.paid_fen
+    """Loads plus refunds never exceed what the top-up's own payment brought in, refunds never exceed it
+    at all, and the one exception (``loaded_and_refunded``: an outside refund raced the card) is recorded."""
+    if t.refunded_fen > t.paid_fen:
+        return False
+    return t.loaded_fen + t.refunded_fen <= t.paid_fen or loaded_and_refunded(t)
 
 
 # --- the transition function ------------------------------------------------------------
@@ -347,6 +395,10 @@ def _payment_succeeded(t: Topup, e: PaymentSucceeded) -> tuple[Topup, list[Effec
 def _load_completed(t: Topup) -> tuple[Topup, list[Effect]]:
     if t.state in (State.PAID, State.LOAD_PENDING):
         return replace(t, state=State.LOADED, loaded_fen=t.amount_fen), []
+    if t.state is State.REFUND_REQUESTED and not t.load_voided and t.refunded_fen > 0:
+        # Refunded at the provider before the load could be voided, and the card took it first.
+        loaded = replace(t, state=State.LOADED, loaded_fen=t.amount_fen)
+        return loaded, [_loaded_and_refunded(loaded)]
     if t.state is State.REFUND_REQUESTED and not t.load_voided:
         notice = Notice(Code.N_LOADED_BEFORE_REFUND, f"top-up {t.topup_id}: the card took the load; refund dropped")
         return replace(t, state=State.LOADED, loaded_fen=t.amount_fen), [notice]
@@ -368,20 +420,38 @@ def _load_voided(t: Topup) -> tuple[Topup, list[Effect]]:
 def _refund_succeeded(t: Topup, e: RefundSucceeded) -> tuple[Topup, list[Effect]]:
     for i, u in enumerate(t.unmatched):
         if u.payment_intent_id == e.payment_intent_id:
-            settled = (*t.unmatched[:i], replace(u, refunded=True), *t.unmatched[i + 1 :])
-            return replace(t, unmatched=settled), []
+            total = max(u.refunded_fen, e.amount_fen)
+            if total == u.refunded_fen:
+                return t, []  # a repeat, or an older total
+            settled_u = replace(u, refunded_fen=total, refunded=total >= u.amount_fen)
+            return replace(t, unmatched=(*t.unmatched[:i], settled_u, *t.unmatched[i + 1 :])), []
     ours = e.payment_intent_id == t.payment_intent_id and t.state in HOLDS_PAYMENT
-    if ours and t.refunded_fen:
-        return t, []  # a repeat
-    if ours and t.state is State.REFUND_REQUESTED:
-        return replace(t, refunded_fen=e.amount_fen), []
-    if ours and t.state in (State.PAID, State.LOAD_PENDING):
+    if not ours:
+        return t, [_unexpected(t, "refund")]
+    total = max(t.refunded_fen, e.amount_fen)
+    if total == t.refunded_fen:
+        return t, []  # a repeat, or an older total
+    if total > t.paid_fen:
+        return t, [_unexpected(t, f"a refund of {total} fen of {t.paid_fen} paid")]
+    if t.state is State.REFUND_REQUESTED:
+        return replace(t, refunded_fen=total), []
+    if t.state in (State.PAID, State.LOAD_PENDING):
         # Refunded at the provider outside this flow: stop the load before the card takes it.
-        stopped = replace(
-            t, state=State.REFUND_REQUESTED, refund_reason=RefundReason.EXTERNAL, refunded_fen=e.amount_fen
-        )
+        stopped = replace(t, state=State.REFUND_REQUESTED, refund_reason=RefundReason.EXTERNAL, refunded_fen=total)
         return stopped, [_unexpected(t, "refund")]
-    return t, [_unexpected(t, "refund")]
+    if t.state is State.LOADED:
+        # Refunded at the provider after the card took the load: recorded for staff recovery.
+        both = replace(t, refunded_fen=total, refund_reason=t.refund_reason or RefundReason.EXTERNAL)
+        return both, [_loaded_and_refunded(both)]
+    return t, [_unexpected(t, "refund")]  # refunded: more refunded than our own refund said
+
+
+def _loaded_and_refunded(t: Topup) -> Notice:
+    return Notice(
+        Code.N_LOADED_AND_REFUNDED,
+        f"top-up {t.topup_id}: loaded on the card and refunded {t.refunded_fen} fen at the provider; "
+        f"{over_credited_fen(t)} fen to recover",
+    )
 
 
 def _unexpected(t: Topup, what: str) -> Notice:
@@ -390,7 +460,7 @@ def _unexpected(t: Topup, what: str) -> Notice:
 
 def _settle(t: Topup) -> Topup:
     """A refund requested, the load voided and the payment refunded: the top-up is refunded."""
-    if t.state is State.REFUND_REQUESTED and t.load_voided and t.refunded_fen > 0:
+    if t.state is State.REFUND_REQUESTED and t.load_voided and t.refunded_fen >= t.paid_fen:
         return replace(t, state=State.REFUNDED)
     return t
 
@@ -403,7 +473,7 @@ def _check_shape(t: Topup) -> None:
     assert (t.paid_fen > 0) == (t.state in HOLDS_PAYMENT), t
     assert (t.loaded_fen > 0) == (t.state is State.LOADED), t
     assert t.state not in HOLDS_PAYMENT or t.payment_intent_id is not None, t
-    assert t.state is not State.REFUNDED or (t.load_voided and t.refunded_fen > 0), t
+    assert t.state is not State.REFUNDED or (t.load_voided and t.refunded_fen >= t.paid_fen), t
     assert not t.load_voided or t.state in (State.REFUND_REQUESTED, State.REFUNDED), t
 
 
@@ -434,7 +504,10 @@ __all__ = [
     "UnmatchedPayment",
     "apply",
     "due_effects",
+    "is_topup_id",
+    "loaded_and_refunded",
     "may_still_land_fen",
     "money_ok",
     "new_topup",
+    "over_credited_fen",
 ]

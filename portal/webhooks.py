@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -38,6 +38,8 @@ BODY_BYTES_MAX: Final = 256 * 1024  # Stripe events are a few kB; a body this la
 HEADER_CHARS_MAX: Final = 4096
 SIGNATURES_MAX: Final = 16  # v1 entries considered; more is not a rotation, it is a guess list
 TIMESTAMP_DIGITS_MAX: Final = 12  # unix seconds until the year 33658
+
+T = TypeVar("T")
 
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _DIGITS: Final = re.compile(r"[0-9]+")
@@ -121,12 +123,39 @@ def verify(
 
 
 class PaymentIntentObject(msgspec.Struct, frozen=True):
-    """The fields of a PaymentIntent the top-up flow reads; the rest of the object is ignored."""
+    """The fields of a PaymentIntent the top-up flow reads; the rest of the object is ignored.
+
+    ``amount_received`` is what Stripe says was captured (always present there); localstripe
+    1.15 does not send it, and sends ``payment_intent.succeeded`` only once the whole amount is
+    captured, so its absence falls back to ``amount``.
+    """
 
     id: str
     amount: int
     currency: str
     status: str
+    metadata: dict[str, str] = {}
+    amount_received: int | None = None
+
+
+class ChargeObject(msgspec.Struct, frozen=True):
+    """A Charge (``charge.refunded``): its intent and the total refunded of it so far."""
+
+    id: str
+    currency: str
+    amount_refunded: int
+    payment_intent: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class RefundEventObject(msgspec.Struct, frozen=True):
+    """A Refund (``refund.created``, ``refund.updated``, ``charge.refund.updated``): one refund's part."""
+
+    id: str
+    amount: int
+    currency: str
+    status: str | None = None
+    payment_intent: str | None = None
     metadata: dict[str, str] = {}
 
 
@@ -143,6 +172,11 @@ class Event(msgspec.Struct, frozen=True):
 
 _EVENT_DECODER: Final = msgspec.json.Decoder(Event)
 _INTENT_DECODER: Final = msgspec.json.Decoder(PaymentIntentObject)
+_CHARGE_DECODER: Final = msgspec.json.Decoder(ChargeObject)
+_REFUND_DECODER: Final = msgspec.json.Decoder(RefundEventObject)
+EVENT_ID_CHARS_MAX: Final = 255
+_PLAIN_ID: Final = re.compile(rf"[\x21-\x7e]{{1,{EVENT_ID_CHARS_MAX}}}")  # printable ASCII, no space, no NUL
+_INTENT_ID: Final = re.compile(rf"pi_[A-Za-z0-9_]{{1,{EVENT_ID_CHARS_MAX}}}")  # as portal.payments checks it
 
 
 def decode_event(body: bytes) -> Event:
@@ -182,39 +216,90 @@ def verify_and_decode(
 METADATA_TOPUP_ID: Final = "topup_id"  # set by portal.payments on every intent it creates
 
 
-def topup_event(event: Event) -> tuple[str, topups.Event] | None:
+def is_plain_id(value: str) -> bool:
+    """An event id or type we can store: 1..255 printable ASCII characters (no NUL, no space)."""
+    return _PLAIN_ID.fullmatch(value) is not None
+
+
+def topup_event(event: Event) -> tuple[str | None, topups.Event] | None:
     """The top-up and state-machine event a verified webhook means, or None if it is not ours to read.
 
-    Events of other types, and intents without our ``topup_id`` metadata (made by someone
-    else on the same account), are answered 200 and ignored, so the provider stops retrying.
+    The top-up is named by ``metadata.topup_id``; a refund event whose object carries none
+    (a refund made in the provider's dashboard) answers ``None`` for it, and the shell finds
+    the top-up by the intent id the event names. Events of other types, intents without our
+    ``topup_id`` metadata (made by someone else on the same account), a ``topup_id`` that is
+    not of our shape (``tu_`` + 32 hex), an intent id that is not ``pi_…``, and a
+    ``payment_intent.succeeded`` whose intent is not ``succeeded`` are answered 200 and
+    ignored, so the provider stops retrying.
     """
-    if event.type not in _INTENT_EVENTS:
-        return None
+    if event.type in _INTENT_EVENTS:
+        return _intent_event(event)
+    if event.type == "charge.refunded":
+        charge = _decoded(_CHARGE_DECODER, event, "charge")
+        if charge.currency != topups.CURRENCY or charge.amount_refunded <= 0:
+            return None
+        return _refund_of(charge.metadata, charge.payment_intent, charge.amount_refunded)
+    if event.type in _REFUND_EVENTS:
+        refund = _decoded(_REFUND_DECODER, event, "refund")
+        if refund.status != "succeeded" or refund.currency != topups.CURRENCY or refund.amount <= 0:
+            return None
+        # One refund's amount: a lower bound of the intent's total refunded (applied as a maximum).
+        return _refund_of(refund.metadata, refund.payment_intent, refund.amount)
+    return None
+
+
+def _intent_event(event: Event) -> tuple[str | None, topups.Event] | None:
     intent = payment_intent_of(event)
     topup_id = intent.metadata.get(METADATA_TOPUP_ID)
-    if not topup_id:
+    if not topups.is_topup_id(topup_id) or _INTENT_ID.fullmatch(intent.id) is None:
         return None
     if event.type == "payment_intent.succeeded":
-        return topup_id, topups.PaymentSucceeded(intent.id, intent.amount, intent.currency)
+        if intent.status != "succeeded":
+            return None
+        received = intent.amount_received if intent.amount_received is not None else intent.amount
+        return topup_id, topups.PaymentSucceeded(intent.id, received, intent.currency)
     if event.type == "payment_intent.payment_failed":
         return topup_id, topups.PaymentFailed(intent.id)
     return topup_id, topups.PaymentCanceled(intent.id)
 
 
+def _refund_of(
+    metadata: dict[str, str], payment_intent: str | None, total_fen: int
+) -> tuple[str | None, topups.Event] | None:
+    if payment_intent is None or _INTENT_ID.fullmatch(payment_intent) is None:
+        return None
+    topup_id = metadata.get(METADATA_TOPUP_ID)
+    if topup_id is not None and not topups.is_topup_id(topup_id):
+        return None  # tagged by another integration
+    return topup_id, topups.RefundSucceeded(payment_intent, total_fen)
+
+
+def _decoded(decoder: msgspec.json.Decoder[T], event: Event, what: str) -> T:
+    try:
+        return decoder.decode(event.data.object)
+    except msgspec.DecodeError as exc:
+        raise PortalError(Code.E_WEBHOOK_MALFORMED, f"the {what} does not decode: {exc}") from None
+
+
 _INTENT_EVENTS: Final = frozenset(
     {"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled"}
 )
+_REFUND_EVENTS: Final = frozenset({"refund.created", "refund.updated", "charge.refund.updated"})
 
 
 __all__ = [
     "BODY_BYTES_MAX",
+    "EVENT_ID_CHARS_MAX",
     "METADATA_TOPUP_ID",
     "TOLERANCE_S_DEFAULT",
+    "ChargeObject",
     "Event",
     "EventData",
     "PaymentIntentObject",
+    "RefundEventObject",
     "SignatureHeader",
     "decode_event",
+    "is_plain_id",
     "parse_signature_header",
     "payment_intent_of",
     "signature",

@@ -29,6 +29,8 @@ from clearing.db import session_factory
 from clearing.keystore import kek_from_settings
 from portal import api as portal_api
 from portal.accounts import AccountLimits, AccountService
+from portal.api_card_login import mount_card_login
+from portal.card_login import CardLoginService, MemoryNonceStore, NonceStore, RedisNonceStore, keystore_anchors
 from portal.limits import TopupLimits
 from portal.payments import PaymentsClient, PaymentsConfig
 from portal.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter, Rule
@@ -57,11 +59,13 @@ def assemble(
     portal_enabled: bool = False,
     accounts: AccountService | None = None,
     portal_dev: bool = False,
+    card_login: CardLoginService | None = None,
 ) -> FastAPI:
     """The application from ready-made parts (tests pass their own); no portal routes without a ``portal``.
 
     ``portal_enabled`` needs ``accounts``: the top-up routes are for logged-in citizens.
     ``portal_dev`` drops the cookie's Secure flag (plain http on a developer's machine).
+    ``card_login`` adds ``/api/card-login`` (with the portal's ``/api`` only).
     """
     app = FastAPI(
         title="Yikatong",
@@ -72,6 +76,8 @@ def assemble(
     clearing_api.mount(app, clearing)
     if portal is not None:
         portal_api.mount(app, portal, topups_enabled=portal_enabled, accounts=accounts, secure_cookies=not portal_dev)
+        if portal_enabled and card_login is not None:
+            mount_card_login(app, card_login, secure_cookies=not portal_dev)
     clearing_api.install_openapi(app)
     return app
 
@@ -115,6 +121,7 @@ def account_service(settings: Settings, clearing: clearing_api.ApiDeps) -> Accou
         register_per_ip=Rule(s.portal_register_per_ip_max, s.portal_register_window_s),
         bind_per_citizen=Rule(s.portal_bind_per_citizen_max, s.portal_bind_window_s),
         bind_per_ip=Rule(s.portal_bind_per_ip_max, s.portal_bind_window_s),
+        bind_per_card=Rule(s.portal_bind_per_card_max, s.portal_bind_card_window_s),
     )
     return AccountService(
         sessions=session_factory(clearing.engine),
@@ -122,6 +129,26 @@ def account_service(settings: Settings, clearing: clearing_api.ApiDeps) -> Accou
         limiter=limiter,
         limits=limits,
         session_ttl_s=settings.portal_session_ttl_s,
+    )
+
+
+def card_login_service(
+    settings: Settings, clearing: clearing_api.ApiDeps, accounts: AccountService
+) -> CardLoginService | None:
+    """Card login when ``YIKATONG_PORTAL_ORIGIN`` is set; nonces in Redis when configured."""
+    if settings.portal_origin is None:
+        return None
+    store: NonceStore = (
+        RedisNonceStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else MemoryNonceStore()
+    )
+    return CardLoginService(
+        accounts=accounts,
+        origin=settings.portal_origin,
+        anchors=keystore_anchors(clearing.keystore),
+        store=store,
+        challenge_ttl_s=settings.portal_card_challenge_ttl_s,
     )
 
 
@@ -135,7 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
         portal_enabled=settings.portal_enabled,
         accounts=accounts,
         portal_dev=settings.portal_dev,
+        card_login=card_login_service(settings, clearing, accounts) if accounts is not None else None,
     )
 
 
-__all__ = ["account_service", "assemble", "create_app", "portal_lookup_key", "portal_service"]
+__all__ = ["account_service", "assemble", "card_login_service", "create_app", "portal_lookup_key", "portal_service"]

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # Unset: derived from the KEK (HMAC-SHA256, label "yikatong/portal/lookup-key/v1").
     portal_lookup_key: SecretStr | None = None
     portal_session_ttl_s: int = 12 * 3600
+    # Card login (docs/portal.md, "Card login"): the portal's origin exactly as the browser shows it
+    # (scheme://host[:port]); the card signs it. Unset: the card-login routes are not mounted.
+    portal_origin: str | None = None
+    portal_card_challenge_ttl_s: int = 300
     # Rate limits (attempts per window, sliding): login per mobile number and per client IP,
     # card binding per citizen and per client IP, registration per client IP.
     portal_login_per_mobile_max: int = 10
@@ -51,6 +55,9 @@ class Settings(BaseSettings):
     portal_login_window_s: int = 15 * 60
     portal_bind_per_citizen_max: int = 5
     portal_bind_per_ip_max: int = 30
+    # Binding guesses against one card, whoever makes them (throwaway accounts are cheap).
+    portal_bind_per_card_max: int = 5
+    portal_bind_card_window_s: int = 24 * 60 * 60
     portal_bind_window_s: int = 3600
     portal_register_per_ip_max: int = 20
     portal_register_window_s: int = 3600

@@ -19,7 +19,7 @@ import pytest
 
 from portal import topups
 from portal.errors import Code, PortalError
-from portal.payments import FormValue, PaymentsClient, PaymentsConfig, RefundObject, form_encode
+from portal.payments import FormValue, PaymentsClient, PaymentsConfig, RefundTotal, form_encode
 from portal.webhooks import topup_event, verify_and_decode
 from tests.portal.conftest import LOCALSTRIPE_KEY
 
@@ -95,12 +95,14 @@ def test_a_paid_intent_is_succeeded_and_refunds_once(client: PaymentsClient, loc
     assert client.retrieve_intent(intent.id).status == "succeeded"
     effect = topups.Refund(intent.id, 12_345)
 
-    def refund_once() -> RefundObject:
+    def refund_once() -> RefundTotal:
         return client.refund_once(
             payment_intent_id=intent.id, amount_fen=12_345, idempotency_key=effect.idempotency_key, topup_id="tu_paid"
         )
 
-    refund = refund_once()
+    total = refund_once()
+    (refund,) = total.refunds
+    assert (total.succeeded_fen, total.pending_fen) == (12_345, 0)
     assert (refund.status, refund.amount, refund.currency, refund.payment_intent) == (
         "succeeded",
         12_345,
@@ -108,8 +110,21 @@ def test_a_paid_intent_is_succeeded_and_refunds_once(client: PaymentsClient, loc
         intent.id,
     )
     again = refund_once()
-    assert again.id == refund.id
+    assert [r.id for r in again.refunds] == [refund.id] and again.succeeded_fen == 12_345
     assert [r.id for r in client.refunds_of(intent.id)] == [refund.id]
+
+
+def test_refund_once_refunds_only_what_earlier_refunds_leave(client: PaymentsClient, localstripe_url: str) -> None:
+    """A 1-fen goodwill refund at the dashboard is not the refund: the remainder is refunded, once."""
+    intent = client.create_intent(topup_id="tu_partial", card_id=CARD, amount_fen=5000)
+    assert pay(localstripe_url, intent.id).status_code == 200
+    client.refund(payment_intent_id=intent.id, amount_fen=1, idempotency_key="goodwill", topup_id="tu_partial")
+    key = topups.Refund(intent.id, 5000).idempotency_key
+    total = client.refund_once(payment_intent_id=intent.id, amount_fen=5000, idempotency_key=key, topup_id="tu_partial")
+    assert (total.succeeded_fen, sorted(r.amount for r in total.refunds)) == (5000, [1, 4999])
+    again = client.refund_once(payment_intent_id=intent.id, amount_fen=5000, idempotency_key=key, topup_id="tu_partial")
+    assert again.succeeded_fen == 5000
+    assert sorted(r.amount for r in client.refunds_of(intent.id)) == [1, 4999]
 
 
 def test_localstripe_ignores_idempotency_keys(client: PaymentsClient) -> None:
@@ -181,15 +196,19 @@ def test_localstripes_signed_webhook_verifies_and_maps_to_the_topup(
             content=urllib.parse.urlencode({**hook, "events[0]": "payment_intent.succeeded"}),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         ).raise_for_status()
-        intent = client.create_intent(topup_id="tu_hook", card_id=CARD, amount_fen=777)
+        hook_id = "tu_" + "0123456789abcdef" * 2
+        intent = client.create_intent(topup_id=hook_id, card_id=CARD, amount_fen=777)
         pay(localstripe_url, intent.id)
         deadline = time.monotonic() + 10
-        while not any(b'"tu_hook"' in body for body, _ in _Receiver.received) and time.monotonic() < deadline:
+        while not any(hook_id.encode() in body for body, _ in _Receiver.received) and time.monotonic() < deadline:
             time.sleep(0.1)
-        body, header = next(x for x in _Receiver.received if b'"tu_hook"' in x[0])
+        body, header = next(x for x in _Receiver.received if hook_id.encode() in x[0])
         event = verify_and_decode(body, header, [secret], now_s=int(time.time()))
         assert event.type == "payment_intent.succeeded" and json.loads(body)["id"] == event.id
-        assert topup_event(event) == ("tu_hook", topups.PaymentSucceeded(intent.id, 777, "cny"))
+        # localstripe 1.15 sends no amount_received (Stripe does): the webhook falls back to amount.
+        sent = json.loads(body)["data"]["object"]
+        assert sent["status"] == "succeeded" and "amount_received" not in sent
+        assert topup_event(event) == (hook_id, topups.PaymentSucceeded(intent.id, 777, "cny"))
         with pytest.raises(PortalError):
             verify_and_decode(body + b" ", header, [secret], now_s=int(time.time()))
     finally:

@@ -336,7 +336,9 @@ def test_a_second_payment_for_the_same_topup_is_refunded_never_loaded(rig: Rig, 
     with Session(rig.engine) as session:
         row = session.get(PortalTopup, topup["topup_id"])
         assert row is not None and row.state == "load_pending"
-        assert row.unmatched == [{"payment_intent_id": stranger.id, "amount_fen": 1200, "refunded": True}]
+        assert row.unmatched == [
+            {"payment_intent_id": stranger.id, "amount_fen": 1200, "refunded": True, "refunded_fen": 1200}
+        ]
     assert len(rig.loads()) == 1
     rig.balanced()
 
@@ -363,12 +365,13 @@ def test_events_not_ours_are_answered_200_and_ignored(rig: Rig) -> None:
     foreign = {"id": "pi_foreign", "amount": 100, "currency": "cny", "status": "succeeded", "metadata": {}}
     answer = rig.deliver(*signed(event_for(foreign, "payment_intent.succeeded", "evt_foreign")))
     assert answer.json() == {"status": "ignored"}
-    other_type = rig.deliver(*signed({"id": "evt_c", "type": "charge.refunded", "created": 1, "data": {"object": {}}}))
+    other_type = rig.deliver(*signed({"id": "evt_c", "type": "charge.captured", "created": 1, "data": {"object": {}}}))
     assert other_type.json() == {"status": "ignored"}
-    unknown_topup = {**foreign, "id": "pi_unknown", "metadata": {"topup_id": "tu_not_here"}}
-    assert rig.deliver(*signed(event_for(unknown_topup, "payment_intent.succeeded", "evt_u"))).json() == {
-        "status": "ignored"
-    }
+    for i, topup_id in enumerate(["tu_not_here", "tu_" + "0" * 32]):  # not our shape; our shape, not ours
+        unknown_topup = {**foreign, "id": f"pi_unknown{i}", "metadata": {"topup_id": topup_id}}
+        assert rig.deliver(*signed(event_for(unknown_topup, "payment_intent.succeeded", f"evt_u{i}"))).json() == {
+            "status": "ignored"
+        }
     assert rig.loads() == []
 
 

@@ -191,6 +191,7 @@ class World:
     def __init__(self) -> None:
         self.intents: dict[str, tuple[int, str]] = {}  # id -> (amount, status)
         self.refunds: dict[str, tuple[str, int]] = {}  # idempotency key -> (intent, amount)
+        self.external_fen = 0  # refunded at the provider outside the flow (dashboard, support)
         self.loads: dict[str, str] = {}  # load id -> pending | posted | cancelled
         self.load_amounts: dict[str, int] = {}
         self._ids = itertools.count(1)
@@ -207,6 +208,9 @@ class World:
     @property
     def refunded_fen(self) -> int:
         return sum(a for _, a in self.refunds.values())
+
+    def refunded_of(self, pi: str) -> int:
+        return sum(a for p, a in self.refunds.values() if p == pi)
 
     @property
     def loaded_fen(self) -> int:
@@ -233,15 +237,16 @@ class World:
                     self.loads[load_id] = "cancelled"
                 return [self._load_answer(load_id)]
             case t.Refund(pi, amount):
-                key = effect.idempotency_key
-                if key in self.refunds:
-                    return [t.RefundSucceeded(*self.refunds[key])]
+                # As ``payments.refund_once``: earlier refunds (ours or external) count; only the rest is refunded.
                 taken, status = self.intents[pi]
-                already = sum(a for p, a in self.refunds.values() if p == pi)
-                if status != "succeeded" or already + amount > taken:
+                already = self.refunded_of(pi)
+                if status != "succeeded":
                     return []  # refused by the provider
-                self.refunds[key] = (pi, amount)
-                return [t.RefundSucceeded(pi, amount)]
+                if already < amount:
+                    if amount > taken:
+                        return []  # refused by the provider: more than the intent took
+                    self.refunds[f"{effect.idempotency_key}:rest:{amount - already}"] = (pi, amount - already)
+                return [t.RefundSucceeded(pi, self.refunded_of(pi))]
             case t.Notice():
                 return []
         raise AssertionError(effect)
@@ -364,6 +369,31 @@ class TopupMachine(RuleBasedStateMachine):
         self.world.intents[pi] = (amount, "succeeded")
         self.inbox.append(t.PaymentSucceeded(pi, amount, "cny"))
 
+    def _externally_refundable(self) -> list[str]:
+        """Intents the machine knows as paid (its own or set aside), not yet refunded in full at the provider.
+
+        A refund webhook that overtakes the payment's own success is noted and dropped (left for
+        the sweep, which is not built); the model does not send one.
+        """
+        known = {u.payment_intent_id for u in self.topup.unmatched}
+        if self.topup.state in t.HOLDS_PAYMENT and self.topup.payment_intent_id is not None:
+            known.add(self.topup.payment_intent_id)
+        return sorted(pi for pi in known if self.world.refunded_of(pi) < self.world.intents[pi][0])
+
+    @precondition(lambda self: self.world.external_fen == 0 and self._externally_refundable())
+    @rule(data=st.data(), partial=st.booleans(), single_too=st.booleans())
+    def someone_refunds_at_the_provider(self, data: st.DataObject, partial: bool, single_too: bool) -> None:
+        """A clerk refunds at the dashboard (1 fen of goodwill, or all that is left): charge.refunded
+        brings the total, refund.created / refund.updated (maybe) that refund's part alone."""
+        pi = data.draw(st.sampled_from(self._externally_refundable()))
+        taken, _ = self.world.intents[pi]
+        amount = 1 if partial else taken - self.world.refunded_of(pi)
+        self.world.refunds[f"dashboard:{len(self.world.refunds)}"] = (pi, amount)
+        self.world.external_fen += amount
+        self.inbox.append(t.RefundSucceeded(pi, self.world.refunded_of(pi)))
+        if single_too:
+            self.inbox.append(t.RefundSucceeded(pi, amount))
+
     @precondition(lambda self: "pending" in self.world.loads.values())
     @rule()
     def the_card_meets_a_reader(self) -> None:
@@ -393,13 +423,19 @@ class TopupMachine(RuleBasedStateMachine):
 
     @invariant()
     def refunds_plus_loads_never_exceed_payments(self) -> None:
-        assert self.world.loaded_fen + self.world.refunded_fen <= self.world.paid_fen
-        assert t.money_ok(self.topup)
+        """Unless a refund made outside the flow raced the card: never by more than that refund."""
+        over = self.world.loaded_fen + self.world.refunded_fen - self.world.paid_fen
+        assert over <= self.world.external_fen, vars(self.world)
+        assert all(self.world.refunded_of(pi) <= amount for pi, (amount, _) in self.world.intents.items())
+        assert t.money_ok(self.topup), self.topup
+        assert t.over_credited_fen(self.topup) == 0 or t.loaded_and_refunded(self.topup), self.topup
 
     @invariant()
     def the_machine_never_claims_more_than_the_world_did(self) -> None:
         assert self.topup.loaded_fen <= self.world.loaded_fen
         assert self.topup.paid_fen <= self.world.paid_fen
+        if self.topup.payment_intent_id is not None:
+            assert self.topup.refunded_fen <= self.world.refunded_of(self.topup.payment_intent_id)
         if self.topup.state is t.State.REFUNDED:
             assert self.world.loaded_fen == 0
 
@@ -417,7 +453,10 @@ class TopupMachine(RuleBasedStateMachine):
         for window in (t.PaymentWindowExpired(), t.LoadWindowExpired()):
             self._apply(window)
         self._drain()
-        assert self.world.paid_fen == self.world.loaded_fen + self.world.refunded_fen, vars(self.world)
+        over = self.world.loaded_fen + self.world.refunded_fen - self.world.paid_fen
+        assert over >= 0, vars(self.world)  # every fen paid is on the card or refunded
+        if over:  # loaded and refunded outside the flow: recorded, to the fen, for staff recovery
+            assert t.loaded_and_refunded(self.topup) and t.over_credited_fen(self.topup) == over, self.topup
         assert self.topup.state in t.FINAL, self.topup
         event(f"ended {self.topup.state}, {len(self.topup.unmatched)} unmatched")
 

@@ -27,6 +27,7 @@ from portal.webhooks import (
 SECRET = "whsec_test_0123456789abcdef"
 OLD_SECRET = "whsec_old_fedcba9876543210"
 NOW = 1_780_000_000
+TOPUP = "tu_" + "0123456789abcdef" * 2  # the shape new_topup_id makes
 
 
 def event_body(
@@ -38,7 +39,7 @@ def event_body(
         "amount": amount,
         "currency": "cny",
         "status": "succeeded",
-        "metadata": {"topup_id": "tu_1", "card_id": "01007120FFFFFFFF:0000000000000001"}
+        "metadata": {"topup_id": TOPUP, "card_id": "01007120FFFFFFFF:0000000000000001"}
         if metadata is None
         else metadata,
         "latest_charge": "ch_1",
@@ -66,7 +67,7 @@ def test_a_correctly_signed_event_decodes_to_its_typed_fields() -> None:
     body = event_body()
     event = verify_and_decode(body, signature_header([SECRET], NOW, body), [SECRET], now_s=NOW)
     assert (event.id, event.type, event.created) == ("evt_1", "payment_intent.succeeded", NOW)
-    assert topup_event(event) == ("tu_1", topups.PaymentSucceeded("pi_123", 5000, "cny"))
+    assert topup_event(event) == (TOPUP, topups.PaymentSucceeded("pi_123", 5000, "cny"))
 
 
 def test_other_schemes_are_ignored_and_any_v1_may_match() -> None:
@@ -170,11 +171,11 @@ def test_events_that_are_not_ours_are_ignored() -> None:
 
 def test_failed_and_canceled_intents_map_to_their_events() -> None:
     assert topup_event(decode_event(event_body("payment_intent.payment_failed"))) == (
-        "tu_1",
+        TOPUP,
         topups.PaymentFailed("pi_123"),
     )
     assert topup_event(decode_event(event_body("payment_intent.canceled"))) == (
-        "tu_1",
+        TOPUP,
         topups.PaymentCanceled("pi_123"),
     )
 
