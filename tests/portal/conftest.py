@@ -15,22 +15,62 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from clearing import db
+from clearing.models import Base
 from portal.accounts import AccountService
+from portal.identity import check_char
 from portal.models import PortalCardBinding, PortalCitizen
 from portal.passwords import Passwords
 from tests.conftest import require
 
 LOCALSTRIPE_KEY = "sk_test_yikatong"
 START_TIMEOUT_S = 20.0
+
+
+def id_number(first17: str) -> str:
+    """A resident ID number with its check character."""
+    return first17 + check_char(first17)
+
+
+ALICE = {"mobile": "13912345678", "password": "tea by the Wei river", "real_name": "欧阳娜娜",
+         "id_number": id_number("61040219900101123")}  # fmt: skip
+BOB = {"mobile": "15087654321", "password": "eight chars", "real_name": "李四",
+       "id_number": id_number("61040419851111456")}  # fmt: skip
+
+
+# --- the database: SQLite and PostgreSQL, one migrated schema per test module ----------------
+
+
+@pytest.fixture(scope="module")
+def pg_schema(pg_url: str, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    with db.isolated_schema(pg_url, prefix=f"t_{request.module.__name__.rsplit('.', 1)[-1][:20]}_") as schema:
+        db.upgrade(pg_url, schema=schema)
+        yield pg_url, schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty database of each kind (PostgreSQL: the module's schema, truncated)."""
+    if request.param == "sqlite":
+        eng = db.ensure_migrated(f"sqlite:///{tmp_path / 'portal.db'}")
+    else:
+        url, schema = request.getfixturevalue("pg_schema")
+        eng = db.make_engine(url, schema=schema)
+        with eng.begin() as conn:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))  # accounts refuse TRUNCATE
+            names = ", ".join(t for t in Base.metadata.tables if t != "taps_default")
+            conn.execute(text(f"TRUNCATE TABLE {names} RESTART IDENTITY CASCADE"))
+    yield eng
+    eng.dispose()
 
 
 def _free_port() -> int:

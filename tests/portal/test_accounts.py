@@ -13,70 +13,33 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from clearing import accounts, db, registry
 from clearing.api import ApiDeps
 from clearing.keystore import KeyStore
 from clearing.ledger import TransferSpec, post_transfers
-from clearing.models import Base, Card, Tap, TransferCode
+from clearing.models import Card, Tap, TransferCode
 from portal.accounts import AccountLimits, AccountService, session_id_of
 from portal.errors import PortalError
-from portal.identity import check_char
 from portal.models import PortalCardBinding, PortalCitizen, PortalSession
 from portal.payments import PaymentsClient, PaymentsConfig
 from portal.ratelimit import MemoryLimiter, Rule
 from portal.topup_service import TopupService
-from tests.portal.conftest import LOCALSTRIPE_KEY, account_service
+from tests.portal.conftest import ALICE, BOB, LOCALSTRIPE_KEY, account_service
 from yikatong.app import assemble
 
 ISSUER = "01007120ffffffff"
 ASN = "71200000000000000077"
 OTHER_ASN = "71200000000000000078"
 TERMINAL = "t00000000001"
-
-
-def id_number(first17: str) -> str:
-    return first17 + check_char(first17)
-
-
-ALICE = {"mobile": "13912345678", "password": "tea by the Wei river", "real_name": "欧阳娜娜",
-         "id_number": id_number("61040219900101123")}  # fmt: skip
-BOB = {"mobile": "15087654321", "password": "eight chars", "real_name": "李四",
-       "id_number": id_number("61040419851111456")}  # fmt: skip
-
-
-# --- the database: SQLite and PostgreSQL ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_schema(pg_url: str) -> Iterator[tuple[str, str]]:
-    with db.isolated_schema(pg_url, prefix="t_accounts_") as schema:
-        db.upgrade(pg_url, schema=schema)
-        yield pg_url, schema
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = db.ensure_migrated(f"sqlite:///{tmp_path / 'accounts.db'}")
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        eng = db.make_engine(url, schema=schema)
-        with eng.begin() as conn:
-            conn.execute(text("SET LOCAL session_replication_role = replica"))  # accounts refuse TRUNCATE
-            names = ", ".join(t for t in Base.metadata.tables if t != "taps_default")
-            conn.execute(text(f"TRUNCATE TABLE {names} RESTART IDENTITY CASCADE"))
-    yield eng
-    eng.dispose()
 
 
 @dataclass

@@ -11,19 +11,16 @@ from sqlalchemy import Engine
 from portal.accounts import AccountLimits
 from portal.errors import PortalError
 from portal.ratelimit import Rule
+from tests.portal.conftest import ALICE, id_number
 from tests.portal.test_accounts import (  # noqa: F401 - fixtures
-    ALICE,
     ASN,
     ISSUER,
     OTHER_ASN,
     Portal,
     bindings,
     card_with_taps,
-    engine,
-    id_number,
     login,
     make_portal,
-    pg_schema,
     portal,
     register,
 )
@@ -50,7 +47,7 @@ def test_guesses_against_one_card_are_limited_per_card(portal: Portal) -> None: 
     assert refused == guesses - 5, f"{guesses} wrong proofs against one card, {refused} rate limited"
 
 
-def test_the_per_card_limit_counts_the_card_however_it_is_named(engine: Engine, tmp_path: Path) -> None:  # noqa: F811
+def test_the_per_card_limit_counts_the_card_however_it_is_named(engine: Engine, tmp_path: Path) -> None:
     rig = make_portal(engine, tmp_path, limits=AccountLimits(bind_per_card=Rule(2, 24 * 3600)))
     card_with_taps(rig.engine)
     card_with_taps(rig.engine, OTHER_ASN)

@@ -52,28 +52,17 @@ from portal.card_login import (
     check_origin,
     keystore_anchors,
 )
-from portal.identity import check_char
 from portal.models import PortalCardBinding, PortalSession
 from portal.payments import PaymentsClient, PaymentsConfig
 from portal.ratelimit import MemoryLimiter, Rule
 from portal.topup_service import TopupService
-from tests.portal.conftest import LOCALSTRIPE_KEY, account_service
+from tests.portal.conftest import ALICE, BOB, LOCALSTRIPE_KEY, account_service
 from yikatong.app import assemble
 
 ORIGIN = "https://portal.yikatong.test"
 PIN = "246810"
 XY = "01007120ffffffff"
 APP_VERSION = "https://yikatong.test/reader-agent/0.1"
-
-
-def id_number(first17: str) -> str:
-    return first17 + check_char(first17)
-
-
-ALICE = {"mobile": "13912345678", "password": "tea by the Wei river", "real_name": "欧阳娜娜",
-         "id_number": id_number("61040219900101123")}  # fmt: skip
-BOB = {"mobile": "15087654321", "password": "eight chars", "real_name": "李四",
-       "id_number": id_number("61040419851111456")}  # fmt: skip
 
 
 # --- the database, the key stores -------------------------------------------------------------

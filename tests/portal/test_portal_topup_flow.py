@@ -23,14 +23,14 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from clearing import accounts, db, registry
 from clearing.api import ApiDeps
 from clearing.keystore import KeyStore
 from clearing.ledger import TransferSpec, post_transfers, trial_balance
-from clearing.models import Base, Card, PendingLoad, TransferCode
+from clearing.models import Card, PendingLoad, TransferCode
 from portal.errors import Code, PortalError
 from portal.models import PortalOutbox, PortalTopup, PortalWebhookEvent
 from portal.payments import PaymentsClient, PaymentsConfig
@@ -108,31 +108,6 @@ def event_for(intent: dict[str, Any], event_type: str, event_id: str) -> dict[st
         "created": int(time.time()),
         "data": {"object": intent},
     }
-
-
-# --- the database: SQLite and PostgreSQL ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_schema(pg_url: str) -> Iterator[tuple[str, str]]:
-    with db.isolated_schema(pg_url, prefix="t_portal_") as schema:
-        db.upgrade(pg_url, schema=schema)
-        yield pg_url, schema
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = db.ensure_migrated(f"sqlite:///{tmp_path / 'portal.db'}")
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        eng = db.make_engine(url, schema=schema)
-        with eng.begin() as conn:
-            conn.execute(text("SET LOCAL session_replication_role = replica"))  # accounts refuse TRUNCATE
-            names = ", ".join(t for t in Base.metadata.tables if t != "taps_default")
-            conn.execute(text(f"TRUNCATE TABLE {names} RESTART IDENTITY CASCADE"))
-    yield eng
-    eng.dispose()
 
 
 def register_card(engine: Engine, *, balance_fen: int, holder_name: str | None = None, asn: str = ASN) -> None:

@@ -25,11 +25,9 @@ from tests.portal.test_portal_topup_flow import (  # noqa: F401 - fixtures
     ISSUER,
     Rig,
     _Receiver,
-    engine,
     event_for,
     hooks,
     paid_topup,
-    pg_schema,
     register_card,
     rig,
     signed,
@@ -80,7 +78,7 @@ class _SlowService(TopupService):
         return got
 
 
-def test_two_racing_topups_cannot_both_pass_the_card_cap(engine: Engine) -> None:  # noqa: F811
+def test_two_racing_topups_cannot_both_pass_the_card_cap(engine: Engine) -> None:
     register_card(engine, balance_fen=0)  # anonymous: cap 100,000 fen
     service = _SlowService(
         sessions=db.session_factory(engine),
