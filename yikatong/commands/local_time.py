@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from cardos.records import SHANGHAI_TZ
+from terminals.display import shanghai_stamp
 
 
 def _local(moment: dt.datetime) -> dt.datetime:
@@ -21,10 +22,7 @@ def _local(moment: dt.datetime) -> dt.datetime:
 
 def shanghai(moment: dt.datetime | None, missing: str = "-") -> str:
     """``2026-12-02 08:15:02 +08:00`` for people; ``missing`` for no time."""
-    if moment is None:
-        return missing
-    local = _local(moment)
-    return f"{local:%Y-%m-%d %H:%M:%S} {local.isoformat()[-6:]}"
+    return missing if moment is None else shanghai_stamp(moment)  # the validator console's format
 
 
 def shanghai_iso(moment: dt.datetime | None) -> str | None:
