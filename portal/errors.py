@@ -13,10 +13,10 @@ message may end up in a log line, and the logs hold no personal data (issue 10, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from clearing.contract.codes import CodeInfo
 from clearing.errors import CodedError
 
 
@@ -88,14 +88,7 @@ class Code(StrEnum):
     E_PAYMENTS_BAD_ID = "E_PAYMENTS_BAD_ID"
 
 
-@dataclass(frozen=True, slots=True)
-class CodeInfo:
-    status: int  # the HTTP status when this code refuses a request
-    meaning: str
-
-
-def _i(status: int, meaning: str) -> CodeInfo:
-    return CodeInfo(status, meaning)
+_i = CodeInfo  # (status, meaning): the shape clearing's registry uses
 
 
 C = Code
