@@ -6,8 +6,9 @@ VENV_STAMP := .venv/.installed
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml scripts/install-system-deps
+$(VENV_STAMP): pyproject.toml package.json package-lock.json scripts/install-system-deps scripts/install-assets
 	./scripts/install-system-deps
+	./scripts/install-assets
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	if command -v swig >/dev/null && [ -f /usr/include/PCSC/winscard.h ]; then \
