@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from yikatong.demo import DemoReport, run_demo
-from yikatong.settings import get_settings
+from yikatong.settings import Settings, get_settings
 
 
 def _yuan(fen: int | None) -> str:
@@ -56,7 +58,8 @@ def demo(
         bool | None, typer.Option("--pcsc/--no-pcsc", help="bus 1 through pcscd + vpcd (default: when running)")
     ] = None,
     serve: Annotated[bool, typer.Option(help="keep serving the clearing API afterwards")] = False,
-    port: Annotated[int, typer.Option(help="port for --serve")] = 8400,
+    port: Annotated[int, typer.Option(help="port for --serve: clearing API and portal")] = 8400,
+    payments_port: Annotated[int, typer.Option(help="port for --serve: localstripe")] = 8420,
 ) -> None:
     """Issue demo cards, tap them along a simulated bus route, upload and clear the taps."""
     console = Console(width=max(Console().width, 150))
@@ -78,9 +81,48 @@ def demo(
     ):
         raise typer.Exit(1)
     if serve:
-        import uvicorn
+        serve_live(settings, report, console, port=port, payments_port=payments_port)
 
-        from yikatong.app import create_app
 
-        console.print(f"\nclearing API on http://127.0.0.1:{port} (OpenAPI: /docs) — Ctrl-C to stop")
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+def serve_live(settings: Settings, report: DemoReport, console: Console, *, port: int, payments_port: int) -> None:
+    """Keep the city running: clearing API and portal, localstripe, and bus 1 tapping (``yikatong.live_demo``)."""
+    import time
+
+    from yikatong import live_demo
+    from yikatong.demo import clearing_server, open_keystore
+
+    for what, number in (("--port", port), ("--payments-port", payments_port)):
+        if not live_demo.port_free(number):
+            console.print(f"[red]port {number} is in use ({what}): stop what holds it or pick another port[/red]")
+            raise typer.Exit(1)
+    signal.signal(signal.SIGTERM, live_demo.interrupt)  # a `kill` stops localstripe and the bus too
+    live = live_demo.live_settings(settings, port=port, payments_port=payments_port)
+    secret = live.payments_webhook_secrets[0].get_secret_value()
+    with console.status("starting localstripe, the portal and the bus line…"):
+        stack = contextlib.ExitStack()
+        payments_url = stack.enter_context(
+            live_demo.localstripe(
+                payments_port, report.workdir / "localstripe.log", live.payments_key.get_secret_value()
+            )
+        )
+        city, riders = live_demo.prepare(live, report)
+        url = stack.enter_context(clearing_server(live, port))
+        live_demo.point_webhooks(payments_url, url, secret)
+        line = live_demo.bus_line(live, report.workdir, open_keystore(live), riders, url).start()
+        stack.callback(line.stop)
+    with stack:
+        console.print(
+            "\n[bold]The city is running[/bold] (Ctrl-C to stop)\n"
+            f"  portal:          {url}/   (log in as {city.citizen_mobile} / {city.citizen_password!r})\n"
+            f"  clearing API:    {url}/v1  (OpenAPI: {url}/docs)\n"
+            f"  payments:        {payments_url}  (localstripe; top-ups are paid in its test mode)\n"
+            f"  demo card:       {city.card_asn}  PIN {city.card_pin}  image {city.card_image}\n"
+            f"  reader page:     yikatong card emulate --image {city.card_image}   (puts it on the vpcd reader)\n"
+            f"                   yikatong reader-agent --origin {url}\n"
+            f"  bus 1:           tapping a demo card every {live_demo.TAP_INTERVAL_S:.0f} s and uploading"
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping…")
