@@ -166,4 +166,19 @@ def create_app(settings: Settings) -> FastAPI:
     )
 
 
-__all__ = ["account_service", "assemble", "card_login_service", "create_app", "portal_lookup_key", "portal_service"]
+def app_from_environment() -> FastAPI:
+    """``uvicorn --factory yikatong.app:app_from_environment``: the app for ``YIKATONG_*`` (benchmarks, workers)."""
+    from yikatong.settings import get_settings
+
+    return create_app(get_settings())
+
+
+__all__ = [
+    "account_service",
+    "app_from_environment",
+    "assemble",
+    "card_login_service",
+    "create_app",
+    "portal_lookup_key",
+    "portal_service",
+]
