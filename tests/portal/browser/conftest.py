@@ -1,0 +1,123 @@
+"""The browser tests' real parts: Debian's Chromium driven by Playwright, the whole app, localstripe.
+
+* **Chromium** is ``/usr/bin/chromium`` (Debian's package, installed by
+  ``scripts/install-system-deps``); Playwright only drives it (no browser download). It runs
+  headless with the flags this machine's closed network needs.
+* **The city** is ``yikatong.demo``'s (cards, two buses, a cleared morning), served by one
+  uvicorn server in a thread with the portal on (``yikatong.live_demo.live_settings``), the
+  demo citizen registered and its social-security card bound, localstripe's signed webhooks
+  pointed at the portal.
+* **axe-core** (npm, ``scripts/install-assets``) is served by the portal itself from
+  ``/static/vendor/axe.min.js``, so the page's own CSP admits it; ``axe_check`` fails on any
+  serious or critical violation.
+
+Missing Chromium, Playwright or the axe asset: the tests skip locally and fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from tests.conftest import require
+from yikatong import live_demo
+from yikatong.demo import DemoReport, clearing_server, free_port, run_demo
+from yikatong.settings import Settings
+
+CHROMIUM = os.environ.get("YIKATONG_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+AXE_ASSET = Path(__file__).resolve().parents[3] / "portal" / "static" / "vendor" / "axe.min.js"
+BLOCKING_IMPACTS = ("serious", "critical")
+
+
+@dataclass
+class City:
+    url: str
+    settings: Settings
+    report: DemoReport
+    live: live_demo.LiveCity
+    workdir: Path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    require(importlib.util.find_spec("playwright") is not None, "playwright is not installed")
+    require(shutil.which(CHROMIUM) is not None or Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory, localstripe_url: str) -> Iterator[City]:
+    workdir = tmp_path_factory.mktemp("city")
+    base = Settings(
+        database_url=f"sqlite:///{workdir / 'city.db'}",
+        keystore=workdir / "keystore.json",
+        kek=SecretStr("33" * 32),
+        redis_url=None,
+    )
+    report = run_demo(base, seed=5, workdir=workdir / "demo", use_pcsc=False)
+    port = free_port()
+    settings = live_demo.live_settings(base, port=port, payments_port=int(localstripe_url.rsplit(":", 1)[1]))
+    live, _riders = live_demo.prepare(settings, report)
+    with clearing_server(settings, port) as url:
+        live_demo.point_webhooks(localstripe_url, url, settings.payments_webhook_secrets[0].get_secret_value())
+        yield City(url=url, settings=settings, report=report, live=live, workdir=workdir)
+
+
+@pytest.fixture
+def page(browser: Any, city: City) -> Iterator[Any]:
+    context = browser.new_context(locale="zh-CN", base_url=city.url)
+    context.set_default_timeout(15_000)
+    tab = context.new_page()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+def axe_check(page: Any) -> None:
+    """axe-core over the page as it is now: no serious or critical violation."""
+    require(AXE_ASSET.exists(), f"{AXE_ASSET} is missing: run scripts/install-assets")
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(url="/static/vendor/axe.min.js")
+    violations = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations")
+    blocking = [v for v in violations if v.get("impact") in BLOCKING_IMPACTS]
+    summary = "; ".join(f"{v['id']} ({v['impact']}): {v['nodes'][0]['html'][:120]}" for v in blocking)
+    assert not blocking, f"axe on {page.url}: {summary}"
+
+
+def login(page: Any, mobile: str = live_demo.DEMO_MOBILE, password: str = live_demo.DEMO_PASSWORD) -> None:
+    page.goto("/login")
+    page.get_by_label(re_label("mobile")).fill(mobile)
+    page.get_by_label(re_label("password")).fill(password)
+    page.locator("form button[type=submit]").first.click()
+    page.wait_for_load_state()
+
+
+def re_label(what: str) -> Any:
+    import re
+
+    return re.compile({"mobile": "手机|[Mm]obile", "password": "密码|[Pp]assword"}[what])
