@@ -113,8 +113,8 @@ def login(page: Any, mobile: str = live_demo.DEMO_MOBILE, password: str = live_d
     page.goto("/login")
     page.get_by_label(re_label("mobile")).fill(mobile)
     page.get_by_label(re_label("password")).fill(password)
-    page.locator("form button[type=submit]").first.click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.click("#login-submit")
 
 
 def re_label(what: str) -> Any:

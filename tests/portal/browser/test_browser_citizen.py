@@ -1,0 +1,150 @@
+"""A citizen in Chromium: register, log in, bind a card, top up through localstripe; axe on every page.
+
+The real parts of ``conftest.py``: Debian's Chromium (Playwright), the demo city served with
+the portal on, localstripe delivering its signed webhooks to the portal. Selectors are the
+pages' element ids; the assertions read what a person reads (state words, balances) and
+what the database holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from clearing import db
+from clearing.models import PendingLoad
+from portal.identity import check_char
+from portal.models import PortalCardBinding, PortalTopup
+from tests.portal.browser.conftest import City, axe_check, login
+from yikatong import live_demo
+
+WEBHOOK_WAIT_S = 20.0
+
+
+def _card_of(city: City, label: str) -> str:
+    return next(asn for name, asn, _purse, _shadow in city.report.balances if name == label)
+
+
+def _last_fare(city: City, label: str) -> tuple[int, dt.date]:
+    """The amount and the card's date of the label's last charged tap of the morning."""
+    for line in reversed(city.report.taps):
+        record = line.result.record
+        if line.card == label and record is not None and record.amount_fen > 0:
+            return record.amount_fen, line.time.date()
+    raise AssertionError(f"{label} paid no fare in the demo morning")
+
+
+def test_a_citizen_registers_logs_in_and_binds_a_card_by_a_transaction(page: Any, city: City) -> None:
+    page.goto("/")
+    axe_check(page)
+    page.goto("/register")
+    axe_check(page)
+    first17 = "61040419800202345"
+    page.fill("#mobile", "13700001111")
+    page.fill("#password", "the Wei river at dusk")
+    page.fill("#real_name", "刘备")
+    page.fill("#id_number", first17 + check_char(first17))
+    page.click("#register-submit")
+    page.wait_for_selector("#registered-notice")
+    axe_check(page)
+    login(page, "13700001111", "the Wei river at dusk")
+    page.goto("/cards")
+    page.wait_for_selector("#no-cards")
+    axe_check(page)
+    label = "Zhang (student)"
+    asn = _card_of(city, label)
+    amount_fen, day = _last_fare(city, label)
+    page.fill("#card_asn", "0000" + asn[4:])  # a wrong card number first: refused, nothing bound
+    page.fill("#amount", f"{amount_fen // 100}.{amount_fen % 100:02d}")
+    page.fill("#date", day.isoformat())
+    page.click("#bind-submit")
+    page.wait_for_selector("#error-summary")
+    axe_check(page)
+    page.fill("#card_asn", asn)
+    page.fill("#amount", f"{amount_fen // 100}.{amount_fen % 100:02d}")
+    page.fill("#date", day.isoformat())
+    page.click("#bind-submit")
+    page.wait_for_selector("#balance")  # bound: the card's own page
+    axe_check(page)
+    page.goto("/cards")
+    assert asn in page.inner_text("#cards-table")
+    engine = db.make_engine(city.settings.database_url)
+    with db.session_factory(engine)() as session:
+        bound = session.scalars(select(PortalCardBinding.card_asn).where(PortalCardBinding.card_asn == asn)).all()
+    engine.dispose()
+    assert bound == [asn]
+
+
+def test_a_top_up_is_paid_at_localstripe_and_waits_for_the_card(page: Any, city: City) -> None:
+    login(page)
+    asn = city.live.card_asn
+    page.goto("/cards/zz/not-a-card")  # a nonsense card path: a page, not a 500
+    assert page.locator("h1").count() == 1
+    page.goto("/cards")
+    page.click(f"#cards-table a[href$='{asn}']")
+    page.click("#topup-link")
+    axe_check(page)
+    page.fill("#amount", "abc")  # not an amount: the form says so
+    page.click("#topup-submit")
+    page.wait_for_selector("#error-summary")
+    page.fill("#amount", "20")
+    page.click("#topup-submit")
+    page.wait_for_selector("#topup-state")
+    axe_check(page)
+    topup_id = page.inner_text("#topup-id").strip()
+    assert re.fullmatch(r"tu_[0-9a-f]{32}", topup_id)
+    page.click("#pay-link")
+    axe_check(page)
+    page.click("#pay-submit")
+    deadline = time.monotonic() + WEBHOOK_WAIT_S
+    while page.get_attribute("#topup-state", "data-state") not in ("paid", "load_pending"):
+        assert time.monotonic() < deadline, f"still {page.get_attribute('#topup-state', 'data-state')}"
+        time.sleep(0.5)
+        page.goto(f"/topups/{topup_id}")
+    page.wait_for_selector("#reader-link")
+    engine = db.make_engine(city.settings.database_url)
+    with db.session_factory(engine)() as session:
+        topup = session.get(PortalTopup, topup_id)
+        load = session.get(PendingLoad, topup_id)
+    engine.dispose()
+    assert topup is not None and topup.paid_fen == 2000
+    assert load is not None and load.amount_fen == 2000 and load.card_asn == asn
+
+
+def test_a_form_posted_without_its_csrf_token_is_refused(page: Any, city: City) -> None:
+    login(page)
+    page.goto("/cards")
+    page.evaluate("document.querySelector('#bind-form input[name=csrf_token]').value = 'forged'")
+    page.fill("#card_asn", city.live.card_asn)
+    page.fill("#amount", "1")
+    page.fill("#date", "2026-01-01")
+    page.click("#bind-submit")
+    assert page.locator("h1").count() == 1
+    assert page.evaluate("document.readyState") == "complete"
+    response = page.request.post("/cards/bind", form={"card_asn": city.live.card_asn, "amount": "1"})
+    assert response.status == 403
+
+
+def test_the_portal_works_in_english_with_the_keyboard_alone(browser: Any, city: City) -> None:
+    context = browser.new_context(locale="en-GB", base_url=city.url)
+    try:
+        page = context.new_page()
+        page.goto("/login")
+        assert page.locator("html").get_attribute("lang", timeout=5000) in ("en", "en-GB", "en_GB")
+        page.keyboard.press("Tab")  # the skip link comes first
+        page.focus("#mobile")
+        page.keyboard.type(live_demo.DEMO_MOBILE)
+        page.keyboard.press("Tab")
+        page.keyboard.type(live_demo.DEMO_PASSWORD)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        page.goto("/cards")
+        assert page.locator("#cards-table").count() == 1, page.inner_text("main")
+        assert city.live.card_asn in page.inner_text("#cards-table")
+        axe_check(page)
+    finally:
+        context.close()
