@@ -33,6 +33,7 @@ from portal.webhooks import METADATA_TOPUP_ID
 
 METADATA_CARD_ID: Final = "card_id"
 TIMEOUT_S_DEFAULT: Final = 10.0
+TEST_PAYMENT_METHOD: Final = "pm_card_visa"  # Stripe's test Visa; test mode only
 ID_CHARS_MAX: Final = 255
 
 _INTENT_ID: Final = re.compile(rf"pi_[A-Za-z0-9_]{{1,{ID_CHARS_MAX}}}")
@@ -177,6 +178,27 @@ class PaymentsClient:
             raise PortalError(Code.E_PAYMENTS_BAD_RESPONSE, f"refund {refund.id} is not the one asked for")
         return refund
 
+    def confirm_test_payment(
+        self, payment_intent_id: str, *, payment_method: str = TEST_PAYMENT_METHOD
+    ) -> PaymentIntent:
+        """Test mode only: pay an intent server-side with a Stripe test payment method, as Stripe.js would.
+
+        The stand-in for the payer's browser in development (``YIKATONG_PORTAL_PAYMENTS_TEST_MODE``,
+        ``docs/portal.md``, "Pages"): attach the method, then confirm. localstripe refuses a
+        ``payment_method`` on the confirm call itself, so it is attached by an update first (Stripe
+        takes both). An intent that no longer waits for a payment is answered as it is, so a
+        replayed "pay" confirms nothing twice.
+        """
+        if not payment_method.startswith("pm_card_"):
+            raise ValueError("only Stripe's test payment methods (pm_card_…) are used here")
+        intent = self.retrieve_intent(payment_intent_id)
+        if intent.status not in ("requires_payment_method", "requires_confirmation"):
+            return intent
+        path = f"/v1/payment_intents/{_intent_id(payment_intent_id)}"
+        if intent.status == "requires_payment_method":
+            self._call("POST", path, PaymentIntent, {"payment_method": payment_method})
+        return self._checked(self._call("POST", f"{path}/confirm", PaymentIntent, {}))
+
     def refunds_of(self, payment_intent_id: str) -> list[RefundObject]:
         query = {"payment_intent": _intent_id(payment_intent_id), "limit": "100"}
         return self._call("GET", "/v1/refunds", _RefundList, query=query).data
@@ -289,6 +311,7 @@ def _error_of(method: str, path: str, response: httpx.Response) -> PortalError:
 
 __all__ = [
     "METADATA_CARD_ID",
+    "TEST_PAYMENT_METHOD",
     "PaymentIntent",
     "PaymentsClient",
     "PaymentsConfig",

@@ -7,9 +7,10 @@
   uvicorn server in a thread with the portal on (``yikatong.live_demo.live_settings``), the
   demo citizen registered and its social-security card bound, localstripe's signed webhooks
   pointed at the portal.
-* **axe-core** (npm, ``scripts/install-assets``) is served by the portal itself from
-  ``/static/vendor/axe.min.js``, so the page's own CSP admits it; ``axe_check`` fails on any
-  serious or critical violation.
+* **axe-core** (npm, ``scripts/install-assets``, which copies it to
+  ``portal/static/vendor/axe.min.js``) is evaluated in the page through the DevTools protocol
+  (the agent's PIN page allows no script at all); ``axe_check`` fails on any serious or
+  critical violation.
 
 Missing Chromium, Playwright or the axe asset: the tests skip locally and fail under ``CI=true``.
 """
@@ -53,6 +54,7 @@ class City:
     report: DemoReport
     live: live_demo.LiveCity
     workdir: Path
+    agent_port: int  # the reader agent's port, in the pages' CSP (a test that needs it starts it)
 
 
 @pytest.fixture(scope="session")
@@ -80,11 +82,13 @@ def city(tmp_path_factory: pytest.TempPathFactory, localstripe_url: str) -> Iter
     )
     report = run_demo(base, seed=5, workdir=workdir / "demo", use_pcsc=False)
     port = free_port()
+    agent_port = free_port()
     settings = live_demo.live_settings(base, port=port, payments_port=int(localstripe_url.rsplit(":", 1)[1]))
+    settings = settings.model_copy(update={"portal_reader_agent_url": f"http://127.0.0.1:{agent_port}"})
     live, _riders = live_demo.prepare(settings, report)
     with clearing_server(settings, port) as url:
         live_demo.point_webhooks(localstripe_url, url, settings.payments_webhook_secrets[0].get_secret_value())
-        yield City(url=url, settings=settings, report=report, live=live, workdir=workdir)
+        yield City(url=url, settings=settings, report=report, live=live, workdir=workdir, agent_port=agent_port)
 
 
 @pytest.fixture
@@ -102,7 +106,8 @@ def axe_check(page: Any) -> None:
     """axe-core over the page as it is now: no serious or critical violation."""
     require(AXE_ASSET.exists(), f"{AXE_ASSET} is missing: run scripts/install-assets")
     if not page.evaluate("typeof window.axe !== 'undefined'"):
-        page.add_script_tag(url="/static/vendor/axe.min.js")
+        # Through the DevTools protocol, not a <script>: the agent's PIN page allows no script at all.
+        page.evaluate(AXE_ASSET.read_text(encoding="utf-8") + "\n;undefined")
     violations = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations")
     blocking = [v for v in violations if v.get("impact") in BLOCKING_IMPACTS]
     summary = "; ".join(f"{v['id']} ({v['impact']}): {v['nodes'][0]['html'][:120]}" for v in blocking)
@@ -121,3 +126,24 @@ def re_label(what: str) -> Any:
     import re
 
     return re.compile({"mobile": "手机|[Mm]obile", "password": "密码|[Pp]assword"}[what])
+
+
+def pay_topup(page: Any, city: City, card_asn: str, amount: str, wait_s: float = 20.0) -> str:
+    """Top up ``card_asn`` by ``amount`` yuan on the pages and pay it at localstripe; the top-up id once paid."""
+    import time
+
+    page.goto("/cards")
+    page.click(f"#cards-table a[href$='{card_asn}']")
+    page.click("#topup-link")
+    page.fill("#amount", amount)
+    page.click("#topup-submit")
+    page.wait_for_selector("#topup-state")
+    topup_id = str(page.inner_text("#topup-id")).strip()
+    page.click("#pay-link")
+    page.click("#pay-submit")
+    deadline = time.monotonic() + wait_s
+    while page.get_attribute("#topup-state", "data-state") not in ("paid", "load_pending"):
+        assert time.monotonic() < deadline, f"still {page.get_attribute('#topup-state', 'data-state')}"
+        time.sleep(0.5)
+        page.goto(f"/topups/{topup_id}")
+    return topup_id
