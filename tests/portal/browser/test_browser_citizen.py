@@ -9,6 +9,7 @@ what the database holds.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 from typing import Any
@@ -19,7 +20,8 @@ from clearing import db
 from clearing.models import PendingLoad
 from portal.identity import check_char
 from portal.models import PortalCardBinding, PortalTopup
-from tests.portal.browser.conftest import City, axe_check, login
+from portal.webhooks import signature_header
+from tests.portal.browser.conftest import City, axe_check, login, pay_topup
 from yikatong import live_demo
 
 WEBHOOK_WAIT_S = 20.0
@@ -148,3 +150,47 @@ def test_the_portal_works_in_english_with_the_keyboard_alone(browser: Any, city:
         axe_check(page)
     finally:
         context.close()
+
+
+def test_forged_stale_and_replayed_webhooks_are_refused_and_move_nothing(page: Any, city: City) -> None:
+    """Against the served portal: a paid top-up, then webhooks a forger or a replayer would send."""
+    login(page)
+    topup_id = pay_topup(page, city, city.live.card_asn, "3")
+    engine = db.make_engine(city.settings.database_url)
+    with db.session_factory(engine)() as session:
+        before = session.get(PortalTopup, topup_id)
+        assert before is not None
+        intent, state, paid = before.payment_intent_id, before.state, before.paid_fen
+    event = {
+        "id": f"evt_browser_{topup_id[3:15]}",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": int(time.time()),
+        "data": {"object": {"id": intent, "object": "payment_intent", "amount": 300, "amount_received": 300,
+                            "currency": "cny", "status": "succeeded", "metadata": {"topup_id": topup_id}}},
+    }  # fmt: skip
+    body = json.dumps(event).encode()
+    secret = city.settings.payments_webhook_secrets[0].get_secret_value()
+    now = int(time.time())
+
+    def deliver(header: str, content: bytes = body) -> Any:
+        return page.request.post(
+            "/webhooks/payments", data=content, headers={"Stripe-Signature": header, "Content-Type": "application/json"}
+        )
+
+    forged = deliver(signature_header(["whsec_not_ours"], now, body))
+    assert forged.status == 400 and forged.json()["code"] == "E_WEBHOOK_SIGNATURE_MISMATCH"
+    tampered = deliver(signature_header([secret], now, body), body.replace(b'"amount": 300', b'"amount": 900'))
+    assert tampered.status == 400
+    stale = deliver(signature_header([secret], now - 3600, body))
+    assert stale.status == 400 and stale.json()["code"] == "E_WEBHOOK_TIMESTAMP_STALE"
+    first = deliver(signature_header([secret], now, body))
+    assert first.status == 200, first.text()
+    replayed = deliver(signature_header([secret], now, body))
+    assert replayed.status == 200 and replayed.json() == {"status": "duplicate"}
+    with db.session_factory(engine)() as session:
+        after = session.get(PortalTopup, topup_id)
+        loads = session.scalars(select(PendingLoad).where(PendingLoad.id == topup_id)).all()
+    engine.dispose()
+    assert after is not None and (after.state, after.paid_fen) == (state, paid)
+    assert len(loads) == 1 and loads[0].amount_fen == 300
