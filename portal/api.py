@@ -8,8 +8,9 @@ and a payment provider will.
 
 **Top-ups need a citizen.** ``POST /api/topups`` needs a session (``CsrfCitizen``: the
 cookie and its CSRF token) and a card bound to the session's citizen (``E_CARD_NOT_BOUND``);
-``GET /api/topups/{id}`` answers only the citizen the top-up's card is bound to (anyone else:
-``E_TOPUP_NOT_FOUND``). The ``/api`` routes are still mounted only when
+``GET /api/topups/{id}`` and ``POST /api/topups/{id}/refund`` answer only the citizen the
+top-up's card is bound to (anyone else: ``E_TOPUP_NOT_FOUND``). Creation is rate limited per
+citizen and per client IP (``429 E_RATE_LIMITED``). The ``/api`` routes are still mounted only when
 ``YIKATONG_PORTAL_ENABLED`` is set (default off; ``docs/portal.md``). The webhook route is
 always mounted: it is authenticated by the provider's signature.
 """
@@ -28,10 +29,11 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from portal.accounts import AccountService
-from portal.api_auth import CsrfCitizen, CurrentCitizen, accounts_of
+from portal.accounts import AccountService, CurrentSession
+from portal.api_auth import CsrfCitizen, CurrentCitizen, accounts_of, client_ip
 from portal.errors import Code, PortalError
 from portal.topup_service import TopupService, TopupView
+from portal.topups import RefundReason, State
 
 log = logging.getLogger(__name__)
 
@@ -117,25 +119,51 @@ class ErrorOut(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut} for s in (401, 403, 404, 409, 422, 503)}
+_CREATE_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 429: {"model": ErrorOut}}
 
 
 def topups_router(service: TopupService) -> APIRouter:
     """``/api/topups``: for a card bound to the session's citizen (module docstring)."""
     router = APIRouter(prefix="/api", route_class=PortalRoute, tags=["portal"])
 
-    @router.post("/topups", status_code=201, response_model=TopupOut, responses=_ERRORS)
-    def create_topup(body: TopupRequest, current: CsrfCitizen, request: Request) -> TopupOut:
-        accounts_of(request).require_bound(current, body.card.issuer_id, body.card.card_asn)
-        return TopupOut.of(service.create_topup(body.card.issuer_id, body.card.card_asn, body.amount_fen))
-
-    @router.get("/topups/{topup_id}", response_model=TopupOut, responses=_ERRORS)
-    def get_topup(topup_id: str, current: CurrentCitizen, request: Request) -> TopupOut:
+    def own(topup_id: str, current: CurrentSession, request: Request) -> TopupView:
         view = service.view(topup_id)
         try:
             accounts_of(request).require_bound(current, view.issuer_id, view.card_asn)
         except PortalError:  # not this citizen's: as if it did not exist
             raise PortalError(Code.E_TOPUP_NOT_FOUND, "no top-up with this id") from None
-        return TopupOut.of(view)
+        return view
+
+    @router.post("/topups", status_code=201, response_model=TopupOut, responses=_CREATE_ERRORS)
+    def create_topup(body: TopupRequest, current: CsrfCitizen, request: Request) -> TopupOut:
+        service.limit_creation(current.citizen_id, client_ip(request))
+        accounts_of(request).require_bound(current, body.card.issuer_id, body.card.card_asn)
+        return TopupOut.of(service.create_topup(body.card.issuer_id, body.card.card_asn, body.amount_fen))
+
+    @router.get("/topups/{topup_id}", response_model=TopupOut, responses=_ERRORS)
+    def get_topup(topup_id: str, current: CurrentCitizen, request: Request) -> TopupOut:
+        return TopupOut.of(own(topup_id, current, request))
+
+    @router.post("/topups/{topup_id}/refund", response_model=TopupOut, responses=_ERRORS)
+    def request_refund(topup_id: str, current: CsrfCitizen, request: Request) -> TopupOut:
+        """The citizen asks for the payment back: the load is voided, then the payment refunded.
+
+        ``200`` with the top-up as it is after the effects ran (``refunded``, or
+        ``refund_requested`` while the provider or an in-doubt load holds it up). A repeat
+        answers the same: asking again while a refund is under way, or once it is refunded, is
+        not an error. ``409 E_TOPUP_NOT_REFUNDABLE`` when there is nothing to refund (not paid,
+        canceled, loaded on the card).
+        """
+        view = own(topup_id, current, request)
+        if view.state == State.REFUNDED.value:
+            return TopupOut.of(view)  # a repeat
+        try:
+            return TopupOut.of(service.request_refund(topup_id, RefundReason.CITIZEN))
+        except PortalError as exc:
+            again = service.view(topup_id)
+            if exc.code is Code.E_TOPUP_NOT_REFUNDABLE and again.state == State.REFUNDED.value:
+                return TopupOut.of(again)  # a racing repeat finished first
+            raise
 
     return router
 

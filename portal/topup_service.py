@@ -17,15 +17,26 @@
 - **Clearing's side of an effect is in the same transaction as its answer.** The pending
   load is created (``clearing.loads.create_pending``, load id = top-up id, payment reference
   = the intent) in the transaction that applies ``LoadCreated`` and marks the effect done,
-  because both live in the one database: a crash leaves both or neither.
+  because both live in the one database: a crash leaves both or neither. Its ``expires_at`` is
+  the end of the load window (``load_window_s``), so clearing refuses the load when the portal
+  would refund it (``docs/portal.md``, "Sweep").
+- **A call to the payment service is leased.** Before an effect that calls the provider runs
+  (create or cancel an intent, refund), the runner takes a lease on it in the transaction that
+  checks it is still due: a row ``portal_outbox_lease:<outbox id>`` of clearing's ``counters``
+  holding the lease's end (epoch ms). Another runner (the webhook's background task, a sweep,
+  a second sweep) finds the lease and skips the effect, so localstripe, which ignores
+  Idempotency-Key, is never asked to refund twice at once. The lease goes with the effect's
+  answer (same transaction) or with a recorded failure; a runner that crashed holding one
+  leaves it to expire (``lease_s``), and the next run asks the provider what is already done
+  (``refund_once`` lists the intent's refunds first).
 
 The payer of a top-up's load is clearing's payment gateway receivable
 (``clearing.accounts.gateway_receivable``, ``system:gateway_receivable``): the money the
 provider collected for us and has yet to pay out. It is ``create_pending``'s default for a
 load with a payment reference, and nothing is posted until the card takes the load.
 
-Citizen authentication is not here yet: ``create_topup`` trusts the card it is given. The
-accounts slice of issue 10 puts a ``CurrentCitizen`` in front of it (``portal.api``).
+``create_topup`` trusts the card it is given: ``portal.api`` puts a ``CsrfCitizen`` and the
+card's binding in front of it, and ``limit_creation`` (per citizen, per client IP) before it.
 """
 
 from __future__ import annotations
@@ -38,24 +49,30 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing import loads as clearing_loads
 from clearing.db import conflict_insert, lock_for_update
 from clearing.errors import ClearingError
-from clearing.models import Card, CardStatus, LoadState, PendingLoad
+from clearing.models import Card, CardStatus, Counter, LoadState, PendingLoad
 from portal import topups, webhooks
 from portal.errors import Code, PortalError
 from portal.limits import TopupLimits, check_topup
 from portal.models import PortalOutbox, PortalTopup, PortalWebhookEvent
 from portal.payments import PaymentsClient
+from portal.ratelimit import MemoryLimiter, RateLimiter, Rule
 
 log = logging.getLogger(__name__)
 
 TOPUP_ID_PREFIX: Final = "tu_"
 OUTBOX_BATCH_MAX: Final = 100  # effects one ``run_outbox`` call takes on
 ERROR_CHARS_MAX: Final = 500
+LEASE_S_DEFAULT: Final = 120  # well past the payment client's timeout (10 s): a live call never outlasts it
+LEASE_PREFIX: Final = "portal_outbox_lease:"
+LEASE_TOKEN_SPREAD: Final = 1000
+_CREATE_PER_CITIZEN: Final = Rule(20, 60 * 60)
+_CREATE_PER_IP: Final = Rule(100, 60 * 60)
 
 _KIND_OF: Final[dict[type[topups.Effect], str]] = {
     topups.CreatePaymentIntent: "create_payment_intent",
@@ -68,6 +85,8 @@ _KIND_OF: Final[dict[type[topups.Effect], str]] = {
 _TYPE_OF: Final = {kind: cls for cls, kind in _KIND_OF.items()}
 # Effects that are ``due_effects`` of a state: run only while the state still waits for them.
 _DUE_KINDS: Final = frozenset({"create_payment_intent", "create_load", "cancel_load", "refund"})
+# Effects that call the payment service outside any transaction: leased while they run.
+_LEASED_KINDS: Final = frozenset({"create_payment_intent", "cancel_payment_intent", "refund"})
 
 
 def new_topup_id() -> str:
@@ -100,6 +119,18 @@ class TopupView:
 WebhookOutcome = Literal["applied", "duplicate", "ignored"]
 
 
+@dataclass(frozen=True, slots=True)
+class TopupRateLimits:
+    """Top-up creation per citizen and per client IP (settings ``portal_topup_per_*_max``)."""
+
+    per_citizen: Rule = _CREATE_PER_CITIZEN
+    per_ip: Rule = _CREATE_PER_IP
+
+
+# The sweep decides under the row lock which event (if any) a top-up is due (``portal.sweep``).
+Decide = Callable[[Session, PortalTopup, topups.Topup], topups.Event | None]
+
+
 @dataclass
 class TopupService:
     """Built once by the composition root (``yikatong.app``) or by a test."""
@@ -111,10 +142,17 @@ class TopupService:
     webhook_tolerance_s: int = webhooks.TOLERANCE_S_DEFAULT
     clock: Callable[[], dt.datetime] = _utcnow
     new_id: Callable[[], str] = new_topup_id
+    # The load window: clearing's ``expires_at`` of a top-up's load (None: no expiry in clearing).
+    load_window_s: int | None = None
+    limiter: RateLimiter = field(default_factory=MemoryLimiter)
+    rate_limits: TopupRateLimits = field(default_factory=TopupRateLimits)
+    lease_s: int = LEASE_S_DEFAULT
 
     def __post_init__(self) -> None:
         if not self.webhook_secrets or any(not s for s in self.webhook_secrets):
             raise ValueError("the webhook route needs at least one non-empty endpoint secret")
+        assert self.load_window_s is None or self.load_window_s > 0
+        assert self.lease_s > 0
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -122,6 +160,14 @@ class TopupService:
             yield session
 
     # --- create ---------------------------------------------------------------------------
+
+    def limit_creation(self, citizen_id: int, client_ip: str) -> None:
+        """``429 E_RATE_LIMITED`` past the top-up creation limits (each attempt counts, refused or not)."""
+        for key, rule in ((f"topup:citizen:{citizen_id}", self.rate_limits.per_citizen),
+                          (f"topup:ip:{client_ip}", self.rate_limits.per_ip)):  # fmt: skip
+            if not self.limiter.hit(key, rule):
+                log.info("rate limit reached: %s", key.rsplit(":", 1)[0])
+                raise PortalError(Code.E_RATE_LIMITED, f"too many top-ups; try again in {int(rule.window_s)} s at most")
 
     def create_topup(self, issuer_id: str, card_asn: str, amount_fen: object) -> TopupView:
         """Check the limits against what clearing holds for the card, write the top-up, create its intent.
@@ -190,7 +236,7 @@ class TopupService:
             )
 
     def request_refund(self, topup_id: str, reason: topups.RefundReason) -> TopupView:
-        """A command (citizen or clerk; no route yet): void the load, then refund the payment.
+        """A command (citizen: ``POST /api/topups/{id}/refund``; clerk): void the load, then refund the payment.
 
         Refused with ``E_TOPUP_NOT_REFUNDABLE`` unless the top-up holds a payment not loaded.
         The effects (``CancelLoad``, then ``Refund``) run before this answers.
@@ -202,6 +248,33 @@ class TopupService:
             self._apply(session, row, topups.RefundRequested(reason))
         self.run_outbox(topup_id)
         return self.view(topup_id)
+
+    # --- the sweep's seams (``portal.sweep`` decides, this writes) -------------------------
+
+    def sweep_apply(self, topup_id: str, decide: Decide) -> topups.Event | None:
+        """Lock the top-up, ask ``decide`` (under the lock, so on current state) and apply its event.
+
+        One transaction, as for a webhook: the state and the effects are written together, so a
+        crash leaves either both or neither. Answers the event applied (None: nothing was due).
+        """
+        with self._tx() as session:
+            lock_for_update(session)  # SQLite: read the load and the row current, as FOR UPDATE does
+            row = self._locked(session, topup_id)
+            if row is None:
+                return None
+            event = decide(session, row, _topup_of(row))
+            if event is not None:
+                self._apply(session, row, event)
+            return event
+
+    def requeue_due(self, topup_id: str) -> int:
+        """Write the ``due_effects`` the outbox does not hold (state untouched); answer how many."""
+        with self._tx() as session:
+            row = self._locked(session, topup_id)
+            if row is None:
+                return 0
+            t = _topup_of(row)
+            return self._add_effects(session, t.topup_id, topups.due_effects(t))
 
     # --- webhooks -------------------------------------------------------------------------
 
@@ -284,35 +357,58 @@ class TopupService:
         row.unmatched = [asdict(u) for u in t.unmatched]
         row.updated_at = self.clock()
         session.flush()
+        self._add_effects(session, t.topup_id, effects)
+
+    def _add_effects(self, session: Session, topup_id: str, effects: list[topups.Effect]) -> int:
         due = {
             (o.kind, _key(o.payload))
             for o in session.execute(
-                select(PortalOutbox).where(PortalOutbox.topup_id == t.topup_id, PortalOutbox.done_at.is_(None))
+                select(PortalOutbox).where(PortalOutbox.topup_id == topup_id, PortalOutbox.done_at.is_(None))
             ).scalars()
         }
+        added = 0
         for effect in effects:
             kind, payload = _KIND_OF[type(effect)], _payload(effect)
             if (kind, _key(payload)) in due:
                 continue
             due.add((kind, _key(payload)))
             session.add(
-                PortalOutbox(topup_id=t.topup_id, kind=kind, payload=payload, created_at=self.clock(), attempts=0)
+                PortalOutbox(topup_id=topup_id, kind=kind, payload=payload, created_at=self.clock(), attempts=0)
             )
+            added += 1
         session.flush()
+        return added
 
     def run_outbox(self, topup_id: str | None = None, *, batch_max: int = OUTBOX_BATCH_MAX) -> str | None:
         """Run the effects still due (of one top-up, or of all), oldest first; answer a new intent's client secret.
 
-        Safe to run concurrently and repeatedly: every receiver dedupes and every answer is
-        applied through the state machine. Failures are recorded on the row, never raised.
+        Safe to run concurrently and repeatedly: every receiver dedupes, a provider call is
+        leased (module docstring) and every answer is applied through the state machine.
+        Failures are recorded on the row, never raised.
+        """
+        return self.run_effects(topup_id, batch_max=batch_max)[0]
+
+    def run_effects(
+        self, topup_id: str | None = None, *, batch_max: int = OUTBOX_BATCH_MAX, older_than: dt.datetime | None = None
+    ) -> tuple[str | None, int]:
+        """``run_outbox``, answering also how many effects it tried; ``older_than`` skips newer effects.
+
+        Across all top-ups, effects that failed before go after fresh ones (``attempts``, then
+        age), so a few effects failing for ever never starve the rest of a bounded batch. The
+        sweep passes ``older_than``: an effect just written is its request's to run (a new
+        intent's client secret goes to the browser that asked).
         """
         secret: str | None = None
         tried: set[int] = set()  # each effect once per call: one that fails waits for the next call
         while len(tried) < batch_max:
             with self.sessions() as session:
-                stmt = select(PortalOutbox.id).where(PortalOutbox.done_at.is_(None)).order_by(PortalOutbox.id)
+                stmt = select(PortalOutbox.id).where(PortalOutbox.done_at.is_(None))
                 if topup_id is not None:
-                    stmt = stmt.where(PortalOutbox.topup_id == topup_id)
+                    stmt = stmt.where(PortalOutbox.topup_id == topup_id).order_by(PortalOutbox.id)
+                else:
+                    stmt = stmt.order_by(PortalOutbox.attempts, PortalOutbox.id)
+                if older_than is not None:
+                    stmt = stmt.where(PortalOutbox.created_at <= older_than)
                 ids = [i for i in session.execute(stmt.limit(batch_max)).scalars() if i not in tried]
             if not ids:
                 break  # nothing new: answers that wrote further effects (a void, then its refund) are run too
@@ -327,10 +423,11 @@ class TopupService:
                     self._failed(outbox_id, f"{type(exc).__name__}")
                 else:
                     secret = got or secret
-        return secret
+        return secret, len(tried)
 
     def _run_one(self, outbox_id: int) -> str | None:
         with self._tx() as session:
+            lock_for_update(session)  # SQLite: the lease below is read and taken on current data
             item = session.get(PortalOutbox, outbox_id)
             if item is None or item.done_at is not None:
                 return None
@@ -345,10 +442,21 @@ class TopupService:
                 item.done_at = self.clock()
                 return None
             if isinstance(effect, topups.CreateLoad | topups.CancelLoad):
-                self._apply(session, row, _clearing_load(session, row, effect))
+                self._apply(session, row, _clearing_load(session, row, effect, self._load_expiry()))
                 item.done_at = self.clock()
                 return None
-        # The payment service: called outside any transaction, its answer applied in a new one.
+            assert item.kind in _LEASED_KINDS, item.kind
+            lease = self._lease(session, outbox_id)
+            if lease is None:
+                return None  # another runner is calling the provider for this effect right now
+        try:
+            return self._call_provider(outbox_id, item.topup_id, effect, lease)
+        except BaseException:
+            self._release_after_failure(outbox_id, lease)
+            raise
+
+    def _call_provider(self, outbox_id: int, topup_id: str, effect: topups.Effect, lease: int) -> str | None:
+        """The payment service: called outside any transaction, its answer applied in a new one."""
         secret: str | None = None
         answer: topups.Event | None = None
         if isinstance(effect, topups.CreatePaymentIntent):
@@ -357,13 +465,13 @@ class TopupService:
             )
             answer, secret = topups.PaymentCreated(intent.id), intent.client_secret
         elif isinstance(effect, topups.CancelPaymentIntent):
-            self.payments.cancel_intent(effect.payment_intent_id)  # its webhook brings the news
+            answer = self._cancel_intent(topup_id, effect.payment_intent_id)
         elif isinstance(effect, topups.Refund):
             total = self.payments.refund_once(
                 payment_intent_id=effect.payment_intent_id,
                 amount_fen=effect.amount_fen,
                 idempotency_key=effect.idempotency_key,
-                topup_id=item.topup_id,
+                topup_id=topup_id,
             )
             if total.succeeded_fen < effect.amount_fen:
                 why = f"{total.succeeded_fen} of {effect.amount_fen} fen refunded, {total.pending_fen} pending"
@@ -373,13 +481,60 @@ class TopupService:
             item = session.get(PortalOutbox, outbox_id)
             assert item is not None
             if item.done_at is not None:
-                return secret  # another runner applied the same answer first
+                _release(session, outbox_id, lease)
+                return secret  # another runner applied the same answer first (after our lease ran out)
             row = self._locked(session, item.topup_id)
             assert row is not None
             if answer is not None:
                 self._apply(session, row, answer)
             item.done_at = self.clock()
+            _release(session, outbox_id, lease)
         return secret
+
+    def _release_after_failure(self, outbox_id: int, lease: int) -> None:
+        try:
+            with self._tx() as session:
+                _release(session, outbox_id, lease)
+        except Exception:  # the lease runs out by itself
+            log.exception("could not release the lease of outbox effect %s", outbox_id)
+
+    def _cancel_intent(self, topup_id: str, payment_intent_id: str) -> topups.Event | None:
+        """Cancel, best effort; its webhook brings the news. One the provider will not cancel is looked at:
+        a payment that succeeded meanwhile (its webhook maybe lost) is answered, so it is refunded, not kept."""
+        try:
+            self.payments.cancel_intent(payment_intent_id)
+            return None
+        except PortalError as exc:
+            if exc.code is Code.E_PAYMENT_NOT_FOUND:
+                return None  # nothing to cancel
+            if exc.code is not Code.E_PAYMENTS_REFUSED:
+                raise  # unavailable: stays due
+        intent = self.payments.retrieve_intent(payment_intent_id)
+        if intent.status == "succeeded" and intent.metadata.get(webhooks.METADATA_TOPUP_ID) == topup_id:
+            return topups.PaymentSucceeded(intent.id, intent.amount, intent.currency)
+        return None  # canceled already, or in a state that cannot be canceled nor paid
+
+    def _load_expiry(self) -> dt.datetime | None:
+        return None if self.load_window_s is None else self.clock() + dt.timedelta(seconds=self.load_window_s)
+
+    def _lease(self, session: Session, outbox_id: int) -> int | None:
+        """Take the effect's lease (module docstring): answer its token, or None while another runner holds it.
+
+        The token is the lease's end in milliseconds times 1000 plus a random 0..999, so only
+        the runner that took a lease releases it.
+        """
+        now_ms = int(self.clock().timestamp() * 1000)
+        token = (now_ms + self.lease_s * 1000) * LEASE_TOKEN_SPREAD + secrets.randbelow(LEASE_TOKEN_SPREAD)
+        name = f"{LEASE_PREFIX}{outbox_id}"
+        insert = conflict_insert(session.get_bind().dialect.name)
+        stmt = insert(Counter).values(name=name, value=token).on_conflict_do_nothing().returning(Counter.name)
+        if session.execute(stmt).scalar_one_or_none() is not None:
+            return token
+        held = session.execute(select(Counter).where(Counter.name == name).with_for_update()).scalar_one()
+        if held.value // LEASE_TOKEN_SPREAD > now_ms:
+            return None
+        held.value = token  # the runner that held it crashed: the provider is asked what it did
+        return token
 
     def _failed(self, outbox_id: int, why: str) -> None:
         try:
@@ -395,7 +550,17 @@ class TopupService:
 # --- clearing's side ---------------------------------------------------------------------
 
 
-def _clearing_load(session: Session, row: PortalTopup, effect: topups.CreateLoad | topups.CancelLoad) -> topups.Event:
+def _release(session: Session, outbox_id: int, lease: int) -> None:
+    """Drop the lease if it is still this runner's (one that ran out may have been taken over)."""
+    session.execute(delete(Counter).where(Counter.name == f"{LEASE_PREFIX}{outbox_id}", Counter.value == lease))
+
+
+def _clearing_load(
+    session: Session,
+    row: PortalTopup,
+    effect: topups.CreateLoad | topups.CancelLoad,
+    expires_at: dt.datetime | None = None,
+) -> topups.Event:
     """Create (and for ``CancelLoad`` then cancel) the pending load; answer what its row's state means.
 
     ``CancelLoad`` creates first (idempotent) so a ``CreateLoad`` still in flight finds a
@@ -404,16 +569,23 @@ def _clearing_load(session: Session, row: PortalTopup, effect: topups.CreateLoad
     resolves it from the card.
     """
     load = clearing_loads.create_pending(
-        session, effect.load_id, row.issuer_id, row.card_asn, effect.amount_fen, payment_ref=effect.payment_intent_id
+        session,
+        effect.load_id,
+        row.issuer_id,
+        row.card_asn,
+        effect.amount_fen,
+        payment_ref=effect.payment_intent_id,
+        expires_at=expires_at,
     )
     if isinstance(effect, topups.CancelLoad) and load.state == LoadState.PENDING.value:
         load = clearing_loads.cancel(session, effect.load_id)
     if isinstance(effect, topups.CancelLoad) and load.state == LoadState.AUTHORIZED.value:
         clearing_loads.cancel(session, effect.load_id)  # raises E_LOAD_IN_DOUBT: kept due
-    return _event_of_load(load.state)
+    return event_of_load(load.state)
 
 
-def _event_of_load(state: str) -> topups.Event:
+def event_of_load(state: str) -> topups.Event:
+    """What a clearing load row's state tells the top-up: created, completed (posted) or voided."""
     if state in (LoadState.PENDING.value, LoadState.AUTHORIZED.value):
         return topups.LoadCreated()
     if state == LoadState.POSTED.value:
@@ -429,6 +601,11 @@ def _mark_load_refunded(session: Session, load_id: str) -> None:
 
 
 # --- rows, effects and payloads ----------------------------------------------------------
+
+
+def topup_of(row: PortalTopup) -> topups.Topup:
+    """The persisted row as the state machine's ``Topup``."""
+    return _topup_of(row)
 
 
 def _topup_of(row: PortalTopup) -> topups.Topup:
@@ -474,4 +651,14 @@ def _key(payload: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, str(v)) for k, v in payload.items()))
 
 
-__all__ = ["TopupService", "TopupView", "WebhookOutcome", "new_topup_id"]
+__all__ = [
+    "LEASE_PREFIX",
+    "Decide",
+    "TopupRateLimits",
+    "TopupService",
+    "TopupView",
+    "WebhookOutcome",
+    "event_of_load",
+    "new_topup_id",
+    "topup_of",
+]

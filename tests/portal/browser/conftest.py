@@ -94,7 +94,7 @@ def city(tmp_path_factory: pytest.TempPathFactory, localstripe_url: str) -> Iter
 @pytest.fixture
 def page(browser: Any, city: City) -> Iterator[Any]:
     context = browser.new_context(locale="zh-CN", base_url=city.url)
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(30_000)  # a shared 2-core machine: generous, never a sleep
     tab = context.new_page()
     try:
         yield tab
