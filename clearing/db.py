@@ -61,6 +61,10 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
+PG_POOL_SIZE = 20
+PG_POOL_OVERFLOW = 20
+
+
 def make_engine(url: str, *, schema: str | None = None, echo: bool = False, **kwargs: Any) -> Engine:
     """An engine for ``url``; ``schema`` (PostgreSQL only) becomes the connection's search_path.
 
@@ -94,6 +98,11 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False, **kw
             options.append(f"-c search_path={check_schema_name(schema)}")
         connect_args["options"] = " ".join(options)
         kwargs.setdefault("pool_pre_ping", True)
+        # A server process runs its sync routes on anyio's 40 worker threads: a pool of 5 (the
+        # default) made the rest open and close an overflow connection per request, and a
+        # PostgreSQL connection is a forked backend. 20 kept, 20 more under a burst.
+        kwargs.setdefault("pool_size", PG_POOL_SIZE)
+        kwargs.setdefault("max_overflow", PG_POOL_OVERFLOW)
         return create_engine(url, echo=echo, connect_args=connect_args, **kwargs)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
 

@@ -153,12 +153,16 @@ def issue_card(
     holder: HolderInfo | None = None,
     pin: str | None = None,
     now: dt.datetime,
+    sale: bool = True,
 ) -> tuple[CardImage, Card]:
     """Personalise and register a new card; post the value sold with it (issuer float → card liability).
 
     Social security cards (and any card given a PIN) get a citizen-auth key pair and a
     certificate from the issuer CA; a social security card issued without a PIN gets a
     random one, readable once from ``image.auth.pin``. Nothing is committed here.
+
+    ``sale=False``: the opening balance is not sold here; the caller posts where it comes from
+    in the same transaction (a replacement's ``BALANCE_MOVE``, ``clearing.replacement``).
     """
     if now.tzinfo is None:
         raise ClearingError(Code.E_BAD_TIME, "now must be timezone-aware")
@@ -232,7 +236,7 @@ def issue_card(
     )
     session.add(card)
     session.flush()
-    if balance_fen > 0:
+    if balance_fen > 0 and sale:
         float_account = accounts.issuer_float(session, issuer_hex)
         post_transfers(
             session,

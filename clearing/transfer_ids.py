@@ -48,8 +48,14 @@ def card_sale(card_asn: str) -> str:
     return f"issue:{card_asn}"
 
 
+def balance_move(issuer_id: str, old_card_asn: str) -> str:
+    """A lost card's balance moved to its replacement: old card → new card (once per old card)."""
+    return f"move:{issuer_id}:{old_card_asn}"
+
+
 __all__ = [
     "TRANSFER_ID_LEN_MAX",
+    "balance_move",
     "card_sale",
     "load",
     "load_reserve",

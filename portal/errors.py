@@ -72,7 +72,27 @@ class Code(StrEnum):
     E_CARD_LOGIN_SIGNATURE = "E_CARD_LOGIN_SIGNATURE"
     E_CARD_LOGIN_CARD_INACTIVE = "E_CARD_LOGIN_CARD_INACTIVE"
     E_CARD_LOGIN_UNBOUND = "E_CARD_LOGIN_UNBOUND"
+    # --- online load on the reader page (portal.online_load, portal.api_loads) --------------
+    E_LOAD_NOT_FOUND = "E_LOAD_NOT_FOUND"
+    E_LOAD_TERMINAL = "E_LOAD_TERMINAL"
+    E_LOAD_REFUSED = "E_LOAD_REFUSED"
+    # --- lost cards and replacement (portal.lost_cards) -----------------------------------
+    E_LOST_CARD_REPLACED = "E_LOST_CARD_REPLACED"
+    E_LOST_NOT_REPORTED = "E_LOST_NOT_REPORTED"
+    E_LOST_TOO_EARLY = "E_LOST_TOO_EARLY"
+    E_LOST_LOADS_OPEN = "E_LOST_LOADS_OPEN"
+    E_LOST_REPLACEMENT_FAILED = "E_LOST_REPLACEMENT_FAILED"
+    # --- the staff console (portal.staff, portal.api_staff) --------------------------------
+    E_STAFF_LOGIN_FAILED = "E_STAFF_LOGIN_FAILED"
+    E_STAFF_SESSION_REQUIRED = "E_STAFF_SESSION_REQUIRED"
+    E_STAFF_FORBIDDEN = "E_STAFF_FORBIDDEN"
+    E_STAFF_USERNAME = "E_STAFF_USERNAME"
+    E_STAFF_ROLE = "E_STAFF_ROLE"
+    E_STAFF_EXISTS = "E_STAFF_EXISTS"
+    E_STAFF_NOT_FOUND = "E_STAFF_NOT_FOUND"
+    E_STAFF_SEARCH = "E_STAFF_SEARCH"
     # --- notices: nothing refused, a person should look (staff console) --------------------
+    N_LATE_AFTER_REPLACEMENT = "N_LATE_AFTER_REPLACEMENT"
     N_PAYMENT_UNMATCHED = "N_PAYMENT_UNMATCHED"
     N_LOADED_BEFORE_REFUND = "N_LOADED_BEFORE_REFUND"
     N_LOADED_AND_REFUNDED = "N_LOADED_AND_REFUNDED"
@@ -138,12 +158,31 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_CARD_LOGIN_SIGNATURE: _i(401, "the card's signature does not verify over this portal's origin and challenge"),
     C.E_CARD_LOGIN_CARD_INACTIVE: _i(403, "the card is lost, denylisted, blocked, replaced, expired or unknown"),
     C.E_CARD_LOGIN_UNBOUND: _i(403, "the card is bound to no account: log in with the account, then with the card"),
+    C.E_LOAD_NOT_FOUND: _i(404, "no such load for a card bound to this account"),
+    C.E_LOAD_TERMINAL: _i(409, "the load step names another terminal than the portal's reader page"),
+    C.E_LOAD_REFUSED: _i(409, "clearing refused the load step (its code and sentence say why)"),
+    C.E_LOST_CARD_REPLACED: _i(409, "the card was replaced: the report and the denylist stay as they are"),
+    C.E_LOST_NOT_REPORTED: _i(409, "the card is not reported lost (or no longer on the denylist)"),
+    C.E_LOST_TOO_EARLY: _i(409, "the waiting period after the lost-card report is not over yet"),
+    C.E_LOST_LOADS_OPEN: _i(409, "the lost card has loads pending or in doubt: refund or resolve them first"),
+    C.E_LOST_REPLACEMENT_FAILED: _i(503, "the replacement card could not be issued (key store or card writer)"),
+    C.E_STAFF_LOGIN_FAILED: _i(401, "the username, the password or the one-time code is wrong"),
+    C.E_STAFF_SESSION_REQUIRED: _i(401, "log in to the staff console first: no session, or it has ended"),
+    C.E_STAFF_FORBIDDEN: _i(403, "this staff role may not do this"),
+    C.E_STAFF_USERNAME: _i(422, "a staff username has 3 to 32 characters: a-z first, then a-z, 0-9, '.', '_', '-'"),
+    C.E_STAFF_ROLE: _i(422, "a staff role is counter_clerk, finance or administrator"),
+    C.E_STAFF_EXISTS: _i(409, "a staff account with this username exists"),
+    C.E_STAFF_NOT_FOUND: _i(404, "no such staff account"),
+    C.E_STAFF_SEARCH: _i(422, "search by card number (20 hex digits), resident ID number or mobile number"),
     C.N_PAYMENT_UNMATCHED: _i(200, "a payment that does not match its top-up: it is refunded, never loaded"),
     C.N_LOADED_BEFORE_REFUND: _i(200, "the card took the load before the refund could cancel it: no refund"),
     C.N_LOADED_AND_REFUNDED: _i(
         200, "refunded at the provider and loaded on the card both: staff recover the difference"
     ),
     C.N_UNEXPECTED_EVENT: _i(200, "an event the top-up's state does not expect: recorded, nothing moved"),
+    C.N_LATE_AFTER_REPLACEMENT: _i(
+        200, "a replaced card's late records need more than it holds: the shortfall is a loss to recover"
+    ),
     C.E_PAYMENTS_UNAVAILABLE: _i(503, "the payment service did not answer or failed; retry later"),
     C.E_PAYMENTS_AUTH: _i(502, "the payment service refused our API key"),
     C.E_PAYMENTS_REFUSED: _i(502, "the payment service refused the request"),

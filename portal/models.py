@@ -124,7 +124,7 @@ class PortalOutbox(Base):
 
 
 ASSURANCES: Final = ("account", "card")  # issue 10: account login, card login
-BINDING_HOWS: Final = ("transaction", "card_login")
+BINDING_HOWS: Final = ("transaction", "card_login", "replacement")  # replacement: migration 0008
 
 
 class PortalCitizen(Base):
@@ -179,14 +179,116 @@ class PortalCardBinding(Base):
     )
 
 
+# --- lost cards, staff, audit (migration 0008) -------------------------------------------------
+
+LOST_REPORT_STATES: Final = ("lost", "found", "replaced")
+STAFF_ROLES: Final = ("counter_clerk", "finance", "administrator")
+
+
+class PortalLostReport(Base):
+    """A lost-card report (挂失): at most one open (``lost``) per card (partial unique index).
+
+    ``found``: a clerk took the card off the denylist (the holder found it); ``replaced``: a
+    clerk issued its replacement (``clearing.models.CardReplacement`` holds the money).
+    """
+
+    __tablename__ = "portal_lost_reports"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    issuer_id: Mapped[str] = mapped_column(String(16))
+    card_asn: Mapped[str] = mapped_column(String(20))
+    citizen_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("portal_citizens.id"))
+    assurance: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(8), default="lost")
+    reported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    denylist_version: Mapped[int] = mapped_column(BigInteger)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(_in("state", LOST_REPORT_STATES), name="state_valid"),
+        CheckConstraint(_in("assurance", ASSURANCES), name="assurance_valid"),
+        CheckConstraint("(state = 'lost') = (closed_at IS NULL)", name="closed_iff_not_lost"),
+        Index("ix_portal_lost_reports_citizen_id", "citizen_id"),
+        Index(
+            "uq_portal_lost_reports_open_card",
+            "issuer_id",
+            "card_asn",
+            unique=True,
+            sqlite_where=text("state = 'lost'"),
+            postgresql_where=text("state = 'lost'"),
+        ),
+    )
+
+
+class PortalStaff(Base):
+    """A staff account of the console: a role, an argon2id password and a TOTP secret (encrypted).
+
+    ``totp_last_step`` is the 30 s time step of the last code accepted: a code is good only
+    for a later step, so a code seen over a shoulder cannot be used again in its window.
+    """
+
+    __tablename__ = "portal_staff"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(32), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    totp_secret_enc: Mapped[str] = mapped_column(String(255))
+    totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (CheckConstraint(_in("role", STAFF_ROLES), name="role_valid"),)
+
+
+class PortalStaffSession(Base):
+    """A staff login (cookie ``yk_staff``); ``id`` is SHA-256 (hex) of the cookie's token."""
+
+    __tablename__ = "portal_staff_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    staff_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("portal_staff.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_portal_staff_sessions_staff_id", "staff_id"),)
+
+
+class PortalAuditEntry(Base):
+    """One line of the append-only audit log: UPDATE and DELETE are refused by triggers (0008).
+
+    ``actor`` is a staff username (``staff:<name>``), ``citizen:<id>`` or ``cli``; ``target``
+    and ``detail`` hold masked forms only (a card as ``3104…1234``), never personal data in clear.
+    """
+
+    __tablename__ = "portal_audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(120), default="")
+    outcome: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_portal_audit_log_at", "at"),)
+
+
 __all__ = [
     "ASSURANCES",
     "BINDING_HOWS",
     "EFFECT_KINDS",
+    "LOST_REPORT_STATES",
+    "STAFF_ROLES",
+    "PortalAuditEntry",
     "PortalCardBinding",
     "PortalCitizen",
+    "PortalLostReport",
     "PortalOutbox",
     "PortalSession",
+    "PortalStaff",
+    "PortalStaffSession",
     "PortalTopup",
     "PortalWebhookEvent",
 ]

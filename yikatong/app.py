@@ -15,12 +15,17 @@ terminal contract's error body. What no API owns
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clearing import api as clearing_api
@@ -30,12 +35,20 @@ from clearing.keystore import kek_from_settings
 from portal import api as portal_api
 from portal.accounts import AccountLimits, AccountService
 from portal.api_card_login import mount_card_login
+from portal.api_loads import mount_online_load
 from portal.card_login import CardLoginService, MemoryNonceStore, NonceStore, RedisNonceStore, keystore_anchors
 from portal.limits import TopupLimits
+from portal.online_load import OnlineLoadService
 from portal.payments import PaymentsClient, PaymentsConfig
 from portal.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter, Rule
-from portal.topup_service import TopupService
+from portal.sweep import SweepConfig, Sweeper, sweep_forever
+from portal.topup_service import TopupRateLimits, TopupService
 from yikatong.settings import Settings
+
+if TYPE_CHECKING:
+    from portal.api_staff import StaffConsole
+    from portal.lost_cards import LostCardService
+    from portal.web import PageConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +73,32 @@ def assemble(
     accounts: AccountService | None = None,
     portal_dev: bool = False,
     card_login: CardLoginService | None = None,
+    online_load: OnlineLoadService | None = None,
+    reader_page: PageConfig | None = None,
+    pages: PageConfig | None = None,
+    sweeper: Sweeper | None = None,
+    sweep_interval_s: float = 60.0,
+    lost_cards: LostCardService | None = None,
+    staff_console: StaffConsole | None = None,
 ) -> FastAPI:
     """The application from ready-made parts (tests pass their own); no portal routes without a ``portal``.
 
     ``portal_enabled`` needs ``accounts``: the top-up routes are for logged-in citizens.
     ``portal_dev`` drops the cookie's Secure flag (plain http on a developer's machine).
-    ``card_login`` adds ``/api/card-login`` (with the portal's ``/api`` only).
+    ``card_login`` adds ``/api/card-login`` (with the portal's ``/api`` only); ``online_load`` adds
+    ``/api/loads`` and, given ``reader_page`` (the pages' config), the reader page ``GET /reader``.
+    ``pages`` (with ``portal_enabled``) adds the citizen pages under ``/``, ``/api/cards``, ``/static``
+    and the pages' security headers (``portal.pages.mount_pages``).
+    ``sweeper`` (with a ``portal``) runs the top-up sweep every ``sweep_interval_s`` while the app is up.
+    ``lost_cards`` (with ``portal_enabled``) adds ``/api/lost-cards``; ``staff_console`` adds ``/staff/api``;
+    with ``pages`` too, their pages (``/cards/…/lost``, ``/lost-cards``, ``/staff``).
     """
+    sweeping = portal is not None and sweeper is not None and sweep_interval_s > 0
     app = FastAPI(
         title="Yikatong",
         version="1",
         description="Xianyang city card system: terminal contract (spec/terminal-api.md) and online loads.",
+        lifespan=_sweep_lifespan(sweeper, sweep_interval_s) if sweeping and sweeper is not None else None,
     )
     _install_fallback_errors(app)
     clearing_api.mount(app, clearing)
@@ -78,12 +106,70 @@ def assemble(
         portal_api.mount(app, portal, topups_enabled=portal_enabled, accounts=accounts, secure_cookies=not portal_dev)
         if portal_enabled and card_login is not None:
             mount_card_login(app, card_login, secure_cookies=not portal_dev)
+        if portal_enabled and online_load is not None:
+            mount_online_load(
+                app, online_load, accounts=accounts, page_config=reader_page, card_login=card_login is not None
+            )
+        if portal_enabled and pages is not None and accounts is not None:
+            from portal.pages import mount_pages  # templates and catalogs load with the pages only
+
+            mount_pages(app, accounts=accounts, topups_service=portal, config=pages)
+            if lost_cards is not None:
+                from portal.pages_lost import mount_lost_pages
+
+                mount_lost_pages(app, lost_cards)
+            if staff_console is not None:
+                from portal.pages_staff import mount_staff_pages
+
+                mount_staff_pages(app, staff_console, pages)
+        if portal_enabled and lost_cards is not None:
+            from portal.api_lost import mount_lost_cards
+
+            mount_lost_cards(app, lost_cards)
+    if staff_console is not None:
+        from portal.api_staff import mount_staff
+
+        mount_staff(app, staff_console)
     clearing_api.install_openapi(app)
     return app
 
 
+def _sweep_lifespan(
+    sweeper: Sweeper, interval_s: float
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The server's background sweep (``portal.sweep``): started with the app, cancelled when it stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep_forever(sweeper, interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return lifespan
+
+
+def sweeper_of(settings: Settings, service: TopupService) -> Sweeper:
+    """The top-up sweep with the windows and bounds the settings name."""
+    config = SweepConfig(
+        payment_window_s=settings.portal_payment_window_s,
+        load_window_s=settings.portal_load_window_s,
+        stale_after_s=settings.portal_sweep_stale_after_s,
+        batch_max=settings.portal_sweep_batch_max,
+    )
+    return Sweeper(service, config)
+
+
 def portal_service(settings: Settings, clearing: clearing_api.ApiDeps) -> TopupService:
-    """The top-up service on clearing's database, with the payment API and limits the settings name."""
+    """The top-up service on clearing's database (``topup_service``)."""
+    return topup_service(settings, clearing.engine)
+
+
+def topup_service(settings: Settings, engine: Engine) -> TopupService:
+    """The top-up service on this database, with the payment API, limits and windows the settings name."""
     payments = PaymentsClient.connect(PaymentsConfig(settings.payments_url, settings.payments_key.get_secret_value()))
     limits = TopupLimits(
         registered_card_balance_fen_max=settings.registered_card_balance_fen_max,
@@ -92,12 +178,24 @@ def portal_service(settings: Settings, clearing: clearing_api.ApiDeps) -> TopupS
         topup_fen_max=settings.topup_fen_max,
     )
     return TopupService(
-        sessions=session_factory(clearing.engine),
+        sessions=session_factory(engine),
         payments=payments,
         webhook_secrets=[s.get_secret_value() for s in settings.payments_webhook_secrets],
         limits=limits,
         webhook_tolerance_s=settings.payments_webhook_tolerance_s,
+        load_window_s=settings.portal_load_window_s,
+        limiter=_limiter(settings),
+        rate_limits=TopupRateLimits(
+            per_citizen=Rule(settings.portal_topup_per_citizen_max, settings.portal_topup_window_s),
+            per_ip=Rule(settings.portal_topup_per_ip_max, settings.portal_topup_window_s),
+        ),
     )
+
+
+def _limiter(settings: Settings) -> RateLimiter:
+    if settings.redis_url:
+        return RedisLimiter.from_url(settings.redis_url, prefix=settings.redis_prefix)
+    return MemoryLimiter()
 
 
 def portal_lookup_key(settings: Settings) -> bytes:
@@ -152,17 +250,49 @@ def card_login_service(
     )
 
 
+def online_load_service(settings: Settings, clearing: clearing_api.ApiDeps) -> OnlineLoadService:
+    """The reader page's load host: clearing's loads as the portal's virtual load terminal."""
+    return OnlineLoadService(
+        sessions=session_factory(clearing.engine),
+        keystore=clearing.keystore,
+        terminal_id=settings.portal_load_terminal_id,
+        clock=clearing.clock,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The server's application for these settings (``yikatong serve``, ``yikatong demo --serve``)."""
     clearing = clearing_api.ApiDeps.from_settings(settings)
     accounts = account_service(settings, clearing) if settings.portal_enabled else None
+    from portal.web import PageConfig, form_key_of  # the pages' machinery (templates, catalogs) loads here
+
+    page_config = PageConfig(
+        form_key=form_key_of(portal_lookup_key(settings)),
+        secure_cookies=not settings.portal_dev,
+        reader_agent_url=settings.portal_reader_agent_url,
+        payments_test_mode=settings.portal_payments_test_mode,
+    )
+
+    topups = portal_service(settings, clearing)
+    lost_cards, console = None, None
+    if accounts is not None:
+        from yikatong.staff_setup import staff_console  # the lost-card service and the staff console
+
+        lost_cards, console = staff_console(settings, clearing, accounts, topups)
     return assemble(
         clearing,
-        portal_service(settings, clearing),
+        topups,
         portal_enabled=settings.portal_enabled,
         accounts=accounts,
         portal_dev=settings.portal_dev,
         card_login=card_login_service(settings, clearing, accounts) if accounts is not None else None,
+        online_load=online_load_service(settings, clearing),
+        reader_page=page_config,
+        pages=page_config,
+        sweeper=sweeper_of(settings, topups) if settings.portal_enabled else None,
+        sweep_interval_s=settings.portal_sweep_interval_s,
+        lost_cards=lost_cards,
+        staff_console=console,
     )
 
 
@@ -179,6 +309,9 @@ __all__ = [
     "assemble",
     "card_login_service",
     "create_app",
+    "online_load_service",
     "portal_lookup_key",
     "portal_service",
+    "sweeper_of",
+    "topup_service",
 ]

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import typer
 
-from yikatong.commands import card, clear, demo, denylist, exceptions, init, issuer, keys, serve, terminal
+from yikatong.commands import (
+    card,
+    clear,
+    demo,
+    denylist,
+    exceptions,
+    init,
+    issuer,
+    keys,
+    merchant,
+    portal,
+    reader_agent,
+    reconcile,
+    serve,
+    settle,
+    staff,
+    terminal,
+)
 
 app = typer.Typer(
     name="yikatong",
@@ -19,9 +36,17 @@ app.add_typer(card.app, name="card")
 app.add_typer(terminal.app, name="terminal")
 app.add_typer(exceptions.app, name="exceptions")
 app.add_typer(denylist.app, name="denylist")
+app.add_typer(portal.app, name="portal")
+app.add_typer(staff.app, name="staff")
 app.command("serve")(serve.serve)
 app.command("clear")(clear.clear)
 app.command("demo")(demo.demo)
+app.command("settle")(settle.settle)
+app.command("reconcile")(reconcile.reconcile)
+app.add_typer(merchant.merchant_app, name="merchant")
+app.add_typer(merchant.operator_app, name="operator")
+app.add_typer(merchant.fees_app, name="fees")
+app.command("reader-agent")(reader_agent.reader_agent)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,10 @@ class Code(StrEnum):
     E_BAD_REASON = "E_BAD_REASON"
     E_BAD_CARD_ID = "E_BAD_CARD_ID"
     E_NOT_LISTED = "E_NOT_LISTED"
+    # --- lost-card replacement (clearing.replacement) -----------------------------------------
+    E_CARD_NOT_LOST = "E_CARD_NOT_LOST"
+    E_REPLACEMENT_TOO_EARLY = "E_REPLACEMENT_TOO_EARLY"
+    E_REPLACEMENT_LOADS_OPEN = "E_REPLACEMENT_LOADS_OPEN"
     # --- registry and issuance ---------------------------------------------------------------
     E_BAD_TERMINAL_ID = "E_BAD_TERMINAL_ID"
     E_BAD_OPERATOR = "E_BAD_OPERATOR"
@@ -203,6 +207,9 @@ CODES: Final[dict[Code, CodeInfo]] = {
     C.E_BAD_REASON: _i(422, "a denylist reason outside the allowed length"),
     C.E_BAD_CARD_ID: _i(422, "an issuer id or ASN of the wrong form"),
     C.E_NOT_LISTED: _i(404, "the card is not on the denylist"),
+    C.E_CARD_NOT_LOST: _i(409, "only a card reported lost (on the denylist, not replaced) is replaced"),
+    C.E_REPLACEMENT_TOO_EARLY: _i(409, "the waiting period after the lost-card report is not over"),
+    C.E_REPLACEMENT_LOADS_OPEN: _i(409, "the lost card has loads pending or authorized: refund or resolve them first"),
     C.E_BAD_TERMINAL_ID: _i(422, "a terminal id that is not 12 hex digits"),
     C.E_BAD_OPERATOR: _i(422, "an operator id of the wrong form"),
     C.E_BAD_ROUTE: _i(422, "a route id of the wrong form, or one the tariff does not have"),
