@@ -84,7 +84,14 @@ def city(tmp_path_factory: pytest.TempPathFactory, localstripe_url: str) -> Iter
     port = free_port()
     agent_port = free_port()
     settings = live_demo.live_settings(base, port=port, payments_port=int(localstripe_url.rsplit(":", 1)[1]))
-    settings = settings.model_copy(update={"portal_reader_agent_url": f"http://127.0.0.1:{agent_port}"})
+    (workdir / "counter-cards").mkdir()
+    settings = settings.model_copy(
+        update={
+            "portal_reader_agent_url": f"http://127.0.0.1:{agent_port}",
+            "portal_replacement_wait_s": 0,  # the waiting period is a setting; these tests do not wait 7 days
+            "portal_card_images": workdir / "counter-cards",
+        }
+    )
     live, _riders = live_demo.prepare(settings, report)
     with clearing_server(settings, port) as url:
         live_demo.point_webhooks(localstripe_url, url, settings.payments_webhook_secrets[0].get_secret_value())
