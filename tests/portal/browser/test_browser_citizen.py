@@ -194,3 +194,31 @@ def test_forged_stale_and_replayed_webhooks_are_refused_and_move_nothing(page: A
     engine.dispose()
     assert after is not None and (after.state, after.paid_fen) == (state, paid)
     assert len(loads) == 1 and loads[0].amount_fen == 300
+
+
+def test_the_pages_fit_a_phone_screen(browser: Any, city: City) -> None:
+    """360 CSS px wide (a small Android phone): no page scrolls sideways, axe still passes."""
+    context = browser.new_context(locale="zh-CN", base_url=city.url, viewport={"width": 360, "height": 740})
+    try:
+        page = context.new_page()
+        login(page)
+        asn = city.live.card_asn
+        for path in (
+            "/",
+            "/cards",
+            f"/cards/01007120ffffffff/{asn}",
+            f"/cards/01007120ffffffff/{asn}/topup",
+            "/reader",
+        ):
+            page.goto(path)
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            wide = page.evaluate(
+                "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > "
+                "document.documentElement.clientWidth || e.scrollWidth > e.clientWidth + 1)"
+                ".map(e => e.tagName + '#' + e.id + '.' + e.className + ':' + e.scrollWidth + '/' + e.clientWidth)"
+                ".slice(0, 6)"
+            )
+            assert overflow <= 0, f"{path} is {overflow} px wider than the phone: {wide}"
+            axe_check(page)
+    finally:
+        context.close()
