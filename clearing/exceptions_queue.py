@@ -55,6 +55,7 @@ from clearing.contract.codes import Code
 from clearing.db import lock_for_update
 from clearing.errors import ClearingError
 from clearing.ingest import RESOLVER, TacKeys, keystore_dtk, tap_transfer_id
+from clearing.ingest_totals import REFUND, SALE, payee_of_tap, record_event
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import Card, ExceptionItem, ExceptionState, Tap, Terminal, Transfer, TransferCode
 from clearing.validation import before_the_load, parse_tap_time, verify_tacs
@@ -112,7 +113,7 @@ def _is_posted(tap: Tap) -> bool:
 
 
 def kind_of(item: ExceptionItem, tap: Tap | None) -> Kind:
-    if item.kind == "batch":
+    if item.kind in ("batch", "payout"):  # a payout item (settlement) moves nothing here either
         return Kind.BATCH
     if tap is None:
         return Kind.DUPLICATE if item.code in DUPLICATE_CODES else Kind.UNVERIFIED
@@ -436,15 +437,20 @@ def accept(
     transfer_id = None
     if record.amount_fen > 0:
         transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
+        # The tap's day's payee (dated assignments); the money joins the window of the decision's day.
+        payee = payee_of_tap(session, terminal.terminal_id, record.route_id, tap.business_day,
+                             terminal.payable_account_id)  # fmt: skip
         post_transfers(
             session,
             [
                 TransferSpec.single(
-                    transfer_id, card.account_id, terminal.payable_account_id, record.amount_fen,
+                    transfer_id, card.account_id, payee, record.amount_fen,
                     TransferCode.PURCHASE, source_ref=f"exception:{item.id}",
                 )
             ],
         )  # fmt: skip
+        record_event(session, payee_account_id=payee, kind=SALE, source_ref=transfer_id,
+                     amount_fen=record.amount_fen, at=now, days=days)  # fmt: skip
         tap.transfer_id = transfer_id
     _move_shadow(card, record)
     _decide(item, ExceptionState.ACCEPTED, note, decided_by, now, transfer_id=transfer_id, amount_fen=record.amount_fen)
@@ -512,6 +518,7 @@ def write_off(
     note: str,
     amount_fen: int | None = None,
     decided_by: str | None = None,
+    days: BusinessDayClock = DEFAULT_CLOCK,
 ) -> ExceptionItem:
     """Write a queued record off (in the caller's transaction): what that moves depends on its kind."""
     if not note.strip():
@@ -547,12 +554,18 @@ def write_off(
             _decide(item, ExceptionState.WRITTEN_OFF, note, decided_by, now)
             session.flush()
             return item
-        payable = _terminal(session, record).payable_account_id
+        # withheld from whoever the tap paid; the decision's day's window takes it as a refund
+        posted_to = session.get(Transfer, tap.transfer_id) if tap.transfer_id else None
+        payable = (
+            posted_to.credit_account_id if posted_to is not None else _terminal(session, record).payable_account_id
+        )
         post_transfers(
             session,
             [TransferSpec.single(transfer_id, payable, income, amount, TransferCode.WRITE_OFF,
                                  source_ref=f"exception:{item.id}")],
         )  # fmt: skip
+        record_event(session, payee_account_id=payable, kind=REFUND, source_ref=transfer_id, amount_fen=amount,
+                     at=now, days=days)  # fmt: skip
         _decide(item, ExceptionState.WRITTEN_OFF, note, decided_by, now, transfer_id=transfer_id, amount_fen=amount)
         session.flush()
         return item

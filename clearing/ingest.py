@@ -40,6 +40,7 @@ from clearing.contract import (
 )
 from clearing.contract.codes import Code
 from clearing.errors import ClearingError
+from clearing.ingest_totals import PayeeBook
 from clearing.models import TransferCode
 from clearing.validation import (
     CardKey,
@@ -225,10 +226,15 @@ class TacKeys:
 
 @dataclass(frozen=True, slots=True)
 class Parties:
-    """Ledger accounts and card states the batch touches (read under lock by the store)."""
+    """Ledger accounts and card states the batch touches (read under lock by the store).
+
+    ``operator_account_id`` is the terminal's registered operator; ``payees``, when given, says
+    who each tap pays by its route and business day (dated assignments, ``clearing.ingest_totals``).
+    """
 
     operator_account_id: int
     card_accounts: Mapping[CardKey, int]
+    payees: PayeeBook | None = None
 
 
 class TapRow(NamedTuple):
@@ -312,6 +318,8 @@ class WritePlan:
     # stored tap-offs whose refund is computed now that their entry arrived: (tap id, fen)
     tap_refunds: list[tuple[int, int]] = field(default_factory=list)
     resolutions: list[Resolution] = field(default_factory=list)  # tap-off items clearing closes itself
+    # settlement's running totals: (payee account, tap business day) -> (count, fen) posted
+    sales: dict[tuple[int, dt.date], tuple[int, int]] = field(default_factory=dict)
 
 
 RESOLVER: Final = "clearing"  # ``decided_by`` of the exception items clearing resolves itself
@@ -345,7 +353,9 @@ def make_plan(
     forwards: list[ForwardRow] = []
     transfers: list[TransferRow] = []
     debits: dict[int, int] = {}
-    credit_total = 0
+    credits: dict[int, int] = {}
+    sales: dict[tuple[int, dt.date], tuple[int, int]] = {}
+    payees = parties.payees
     source = f"batch:{terminal_id}:{batch.batch_seq}"
     verdicts: list[Verdict] = []
     operator_account_id = parties.operator_account_id
@@ -355,20 +365,23 @@ def make_plan(
         verdict, message, stored = outcome.verdict, outcome.message, outcome.claims_keys
         code = outcome.code.value
         transfer_id = None
+        if tx_at is None:
+            moment, utc_offset_min = received_at, 480
+        else:
+            moment, utc_offset_min = tx_at, _utc_offset_min(record.tx_time)
+        day = days.day_of(moment)
         if outcome.posts:
             amount = record.amount_fen
             if amount > 0:
                 transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
                 card_account = parties.card_accounts[(record.issuer_id, record.card_asn)]
-                transfers.append(TransferRow(transfer_id, card_account, operator_account_id, amount, source))
+                payee = operator_account_id if payees is None else payees.payee(record.route_id, day)
+                transfers.append(TransferRow(transfer_id, card_account, payee, amount, source))
                 debits[card_account] = debits.get(card_account, 0) + amount
-                credit_total += amount
-        if tx_at is None:
-            moment, utc_offset_min = received_at, 480
-        else:
-            moment, utc_offset_min = tx_at, _utc_offset_min(record.tx_time)
+                credits[payee] = credits.get(payee, 0) + amount
+                count, fen = sales.get((payee, day), (0, 0))
+                sales[(payee, day)] = (count + 1, fen + amount)
         verdicts.append(Verdict(record.terminal_seq, verdict, code, message))  # type: ignore[arg-type]
-        day = days.day_of(moment)
         if outcome.forwards:
             forwards.append(ForwardRow(record, record_digest(record), day, moment, encode(record).decode()))
             continue
@@ -408,9 +421,9 @@ def make_plan(
                 )
             )  # fmt: skip
     deltas: dict[int, tuple[int, int]] = {account: (fen, 0) for account, fen in debits.items()}
-    if credit_total:
-        assert parties.operator_account_id not in deltas, "an operator payable is never a card account"
-        deltas[parties.operator_account_id] = (0, credit_total)
+    for payee, fen in credits.items():
+        assert payee not in deltas, "an operator payable is never a card account"
+        deltas[payee] = (0, fen)
     assert (
         sum(d for d, _ in deltas.values()) == sum(c for _, c in deltas.values()) == sum(t.amount_fen for t in transfers)
     ), "ingest posts balanced transfers"
@@ -427,7 +440,7 @@ def make_plan(
     ]
     answer = encode(BatchAnswer(batch.batch_seq, iso(received_at), verdicts))
     return WritePlan(
-        taps, transfers, deltas, cards, answer, refunds, judgement, forwards, tap_refunds, judgement.resolutions
+        taps, transfers, deltas, cards, answer, refunds, judgement, forwards, tap_refunds, judgement.resolutions, sales
     )
 
 
@@ -448,6 +461,15 @@ class Prepared:
     digest: str
     times: list[TapTime | None]
     tacs: list[bool | None]
+
+
+def batch_days_and_routes(
+    prepared: Prepared, received_at: dt.datetime, days: BusinessDayClock = DEFAULT_CLOCK
+) -> tuple[set[dt.date], set[str]]:
+    """The business days and routes of a batch's records: what its payees are looked up for."""
+    found = {days.day_of(t.at if t is not None else received_at) for t in prepared.times}
+    routes = {r.route_id for r in prepared.batch.records if r.route_id is not None}
+    return found, routes
 
 
 def prepare(terminal_id: str, batch: Batch, keys: TacKeys) -> Prepared:
@@ -682,9 +704,16 @@ def make_ingestor(
     clock: Callable[[], dt.datetime] | None = None,
     refund_pricer: RefundPricer | None = None,
     days: BusinessDayClock = DEFAULT_CLOCK,
+    running_totals: bool = True,
 ) -> Ingestor:
-    """The ingest path for the engine's database: COPY and set-based SQL on PostgreSQL, Core on SQLite."""
-    kwargs: dict[str, object] = {"limits": limits, "refund_pricer": refund_pricer, "days": days}
+    """The ingest path for the engine's database: COPY and set-based SQL on PostgreSQL, Core on SQLite.
+
+    ``running_totals``: settlement's dated payees and running totals (``clearing.ingest_totals``);
+    only a measurement turns them off (``benchmarks/settlement.py``), settlement needs them.
+    """
+    kwargs: dict[str, object] = {
+        "limits": limits, "refund_pricer": refund_pricer, "days": days, "running_totals": running_totals,
+    }  # fmt: skip
     if clock is not None:
         kwargs["clock"] = clock
     if engine.dialect.name == "postgresql":
@@ -739,6 +768,7 @@ __all__ = [
     "WritePlan",
     "answer_bytes",
     "batch_conflict",
+    "batch_days_and_routes",
     "business_day",
     "clear_or_answer",
     "content_hash",

@@ -55,6 +55,7 @@ from clearing.ingest import (
     WritePlan,
     answer_bytes,
     batch_conflict,
+    batch_days_and_routes,
     decide,
     redecide,
     unknown_terminal,
@@ -69,6 +70,18 @@ from clearing.ingest_reads import (
     read_cards,
     read_context,
     with_fresh_cards,
+)
+from clearing.ingest_totals import (
+    LATEST_SEALED_SQL,
+    LOCK_SHARED_SQL,
+    POSTINGS_INSERT_PG,
+    TOTALS_UPSERT_PG,
+    PayeeBook,
+    Posting,
+    postings_pg_params,
+    read_assignments_pg,
+    sale_postings,
+    totals_pg_params,
 )
 from clearing.models import LEDGER_CNY, TransferCode, TransferState
 from clearing.validation import (
@@ -260,6 +273,7 @@ class PgIngestor:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         refund_pricer: RefundPricer | None = None,
         days: BusinessDayClock = DEFAULT_CLOCK,
+        running_totals: bool = True,
     ) -> None:
         assert engine.dialect.name == "postgresql", "PgIngestor needs a PostgreSQL engine"
         self.engine = engine
@@ -267,6 +281,8 @@ class PgIngestor:
         self.clock = clock
         self.refund_pricer = refund_pricer
         self.days = days
+        # Settlement's dated payees and running totals (clearing.ingest_totals); off only to measure them.
+        self.running_totals = running_totals
         # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
         self.before_commit: Callable[[Prepared], None] | None = None
         self._denylist_cache: tuple[int, dict[CardKey, list[DenyInterval]]] | None = None
@@ -325,21 +341,48 @@ class PgIngestor:
                     conn.rollback()
                     return IngestResult(answer_bytes(stored[3]), replayed=True)
                 batch_id = int(stored[0])
+            payees, sealed = self._windows(cur, prepared, operator_account_id, received_at)
             # Phase 1, no card locks: judge against a snapshot of the cards and write the rows.
-            ctx, parties, versions = self._load(cur, terminal_id, prepared, operator_account_id, received_at, batch_id)
+            ctx, parties, versions = self._load(
+                cur, terminal_id, prepared, operator_account_id, received_at, batch_id, payees
+            )
             plan = decide(prepared, ctx, parties, received_at, self.days)
             self._write_rows(cur, plan, batch_id, prepared.batch.batch_seq, received_at)
             if self.between_phases is not None:
                 self.between_phases(prepared)
             # Phase 2, short: lock the cards; if one changed since the snapshot, judge again.
             plan = self._settle(cur, prepared, ctx, parties, versions, plan, batch_id, received_at)
-            self._write_state(cur, plan, batch_id, received_at)
+            postings = (
+                sale_postings(f"batch:{terminal_id}:{batch.batch_seq}", plan.sales, sealed)
+                if self.running_totals
+                else []
+            )
+            self._write_state(cur, plan, batch_id, received_at, postings)
         if self.before_commit is not None:
             self.before_commit(prepared)
         conn.commit()
         return IngestResult(plan.answer, replayed=False)
 
     # --- read ---------------------------------------------------------------------------
+
+    def _windows(
+        self, cur: psycopg.Cursor[Any], prepared: Prepared, operator_account_id: int, now: dt.datetime
+    ) -> tuple[PayeeBook | None, dt.date | None]:
+        """The window lock (shared, to COMMIT), the latest sealed day and the batch's dated payees.
+
+        One round trip: the lock is granted before the next statement's snapshot is taken, so
+        a seal that committed while this batch waited for the lock is seen.
+        """
+        if not self.running_totals:
+            return None, None
+        batch_days, routes = batch_days_and_routes(prepared, now, self.days)
+        with cur.connection.pipeline():
+            cur.execute(LOCK_SHARED_SQL)
+            sealed_cur = cur.connection.execute(LATEST_SEALED_SQL)
+        row = sealed_cur.fetchone()
+        sealed = row[0] if row is not None else None
+        payees = read_assignments_pg(cur, prepared.terminal_id, routes, batch_days, operator_account_id)
+        return payees, sealed
 
     def _load(
         self,
@@ -349,6 +392,7 @@ class PgIngestor:
         operator_account_id: int,
         now: dt.datetime,
         batch_id: int,
+        payees: PayeeBook | None = None,
     ) -> tuple[Context, Parties, dict[CardKey, str]]:
         ctx, versions = read_context(
             PgReads(cur, batch_id, self._denylist),
@@ -358,7 +402,7 @@ class PgIngestor:
             limits=self.limits,
             refund_pricer=self.refund_pricer,
         )
-        return ctx, Parties(operator_account_id, {k: s.account_id for k, s in ctx.cards.items()}), versions
+        return ctx, Parties(operator_account_id, {k: s.account_id for k, s in ctx.cards.items()}, payees), versions
 
     def _denylist(self, cur: psycopg.Cursor[Any], version: int) -> Mapping[CardKey, list[DenyInterval]]:
         """The whole denylist (with removed entries, for "as of the tap time"), cached per version."""
@@ -478,13 +522,24 @@ class PgIngestor:
                          r.card_asn, r.offline_counter, r.amount_fen, tap.code, tap.message, "open", received_at)
                     )  # fmt: skip
 
-    def _write_state(self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, received_at: dt.datetime) -> None:
-        """Under the card locks: exception items of stored taps, account totals, cards, the answer.
+    def _write_state(
+        self,
+        cur: psycopg.Cursor[Any],
+        plan: WritePlan,
+        batch_id: int,
+        received_at: dt.datetime,
+        postings: Sequence[Posting] = (),
+    ) -> None:
+        """Under the card locks: exception items of stored taps, account totals, settlement's running
+        totals, cards, the answer.
 
         Pipelined: the statements are independent writes, sent in one round trip.
         """
         with cur.connection.pipeline():
             self._send_state(cur, plan, batch_id, received_at)
+            if postings:
+                cur.execute(POSTINGS_INSERT_PG, postings_pg_params(postings, received_at))
+                cur.execute(TOTALS_UPSERT_PG, totals_pg_params(postings))
 
     def _send_state(self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, received_at: dt.datetime) -> None:
         queued = [tap for tap in plan.taps if tap.exception and tap.stored]

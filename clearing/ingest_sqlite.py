@@ -31,11 +31,13 @@ from clearing.ingest import (
     WritePlan,
     answer_bytes,
     batch_conflict,
+    batch_days_and_routes,
     decide,
     unknown_terminal,
     with_retries,
 )
 from clearing.ingest_reads import ForwardKey, LateKey, LateReads, Snapshot, leg_from_row, read_context
+from clearing.ingest_totals import PayeeBook, read_assignments, sale_postings, sealed_through, write_postings
 from clearing.ledger import apply_account_deltas
 from clearing.models import (
     LEDGER_CNY,
@@ -98,6 +100,7 @@ class SqlIngestor:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         refund_pricer: RefundPricer | None = None,
         days: BusinessDayClock = DEFAULT_CLOCK,
+        running_totals: bool = True,
     ) -> None:
         assert engine.dialect.name == "sqlite", "SqlIngestor is the SQLite path; PostgreSQL uses PgIngestor"
         self.engine = engine
@@ -106,6 +109,8 @@ class SqlIngestor:
         self.clock = clock
         self.refund_pricer = refund_pricer
         self.days = days
+        # Settlement's dated payees and running totals (clearing.ingest_totals); off only to measure them.
+        self.running_totals = running_totals
         # Test hook: called inside the transaction just before COMMIT (fault tests kill or stall here).
         self.before_commit: Callable[[Prepared], None] | None = None
 
@@ -169,9 +174,18 @@ class SqlIngestor:
             limits=self.limits,
             refund_pricer=self.refund_pricer,
         )
-        parties = Parties(int(terminal[1]), {key: state.account_id for key, state in ctx.cards.items()})
+        payees: PayeeBook | None = None
+        sealed = None
+        if self.running_totals:
+            sealed = sealed_through(session)
+            batch_days, routes = batch_days_and_routes(prepared, received_at, self.days)
+            payees = read_assignments(session, terminal_id, routes, batch_days, int(terminal[1]))
+        parties = Parties(int(terminal[1]), {key: state.account_id for key, state in ctx.cards.items()}, payees)
         plan = decide(prepared, ctx, parties, received_at, self.days)
         self._write(session, plan, int(claimed), batch.batch_seq, received_at)
+        if self.running_totals:
+            source = f"batch:{terminal_id}:{batch.batch_seq}"
+            write_postings(session, sale_postings(source, plan.sales, sealed), received_at)
         if self.before_commit is not None:
             self.before_commit(prepared)
         session.commit()

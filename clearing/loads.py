@@ -58,6 +58,7 @@ from clearing.contract import (
 from clearing.contract.codes import Code
 from clearing.db import lock_for_update
 from clearing.errors import ClearingError
+from clearing.ingest_totals import REFUND, record_event
 from clearing.keystore import KeyStore
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import (
@@ -373,6 +374,9 @@ def _post(session: Session, load: PendingLoad, tac: str) -> None:
             source_ref=load.id,
         )  # fmt: skip
     post_transfers(session, [spec])
+    if load.kind == LoadKind.REFUND.value:  # a tap-off refund leaves the operator's window when it reaches the card
+        record_event(session, payee_account_id=_payer(session, load), kind=REFUND, source_ref=transfer_id,
+                     amount_fen=load.amount_fen, at=dt.datetime.now(dt.UTC))  # fmt: skip
     assert load.online_counter is not None
     balance_after = load.balance_before_fen + load.amount_fen
     # A tap made after this load and already cleared, or a later load already posted (this

@@ -58,6 +58,7 @@ class AccountCode(enum.IntEnum):
     OPERATOR_PAYABLE = 200  # owed to a bus operator or merchant (credit-normal)
     ISSUER_FLOAT = 300  # cash and bank money the issuer holds (debit-normal)
     GATEWAY_RECEIVABLE = 310  # owed to us by the payment gateway for portal top-ups (debit-normal)
+    BANK_SETTLEMENT = 320  # payouts instructed to the bank by settlement's closes (credit side of payouts)
     FEE_REVENUE = 400  # fees we earn (credit-normal)
     WRITE_OFF_INCOME = 410  # card value released by exception write-offs (credit-normal)
     DUE_FROM_XIAN = 500  # Xi'an owes us (debit-normal)
@@ -650,6 +651,40 @@ class ExceptionItem(Base):
     )
 
 
+class CardReplacement(Base):
+    """A lost card replaced (补卡): its balance moved to the new card once (``clearing.replacement``).
+
+    One row per old card (UNIQUE): a replayed replacement finds it and moves nothing. The
+    amounts are the move's reconciliation, to the fen: ``moved_fen`` = ``liability_fen`` (what
+    the old card's liability could still be debited) − ``held_fen`` (the old card's authentic
+    records not yet posted: spent before the denylist reached the validators); ``held_fen``
+    stays on the old card so those records still clear against it. ``transfer_id`` is the
+    ``BALANCE_MOVE`` transfer (NULL when nothing was left to move).
+    """
+
+    __tablename__ = "card_replacements"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    old_card_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("cards.id"), unique=True)
+    new_card_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("cards.id"), unique=True)
+    shadow_fen: Mapped[int] = mapped_column(BigInteger)
+    liability_fen: Mapped[int] = mapped_column(BigInteger)
+    held_fen: Mapped[int] = mapped_column(BigInteger)
+    moved_fen: Mapped[int] = mapped_column(BigInteger)
+    transfer_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("transfers.id"))
+    replaced_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    replaced_by: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        CheckConstraint(
+            "shadow_fen >= 0 AND liability_fen >= 0 AND held_fen >= 0 AND moved_fen >= 0", name="amounts_nonnegative"
+        ),
+        CheckConstraint("moved_fen <= liability_fen", name="moved_within_liability"),
+        CheckConstraint("(moved_fen = 0) = (transfer_id IS NULL)", name="transfer_iff_moved"),
+        CheckConstraint("old_card_id <> new_card_id", name="cards_differ"),
+    )
+
+
 class InteropForward(Base):
     """Another issuer's card tapped on our terminal, waiting for (or judged by) its issuer.
 
@@ -696,6 +731,7 @@ __all__ = [
     "Base",
     "BatchRow",
     "Card",
+    "CardReplacement",
     "CardStatus",
     "Counter",
     "DenylistEntryRow",

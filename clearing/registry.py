@@ -190,9 +190,13 @@ def register_terminal(
     """Register a terminal and return its bearer token ``<terminal_id>.<secret>``; only the secret's
     hash is stored, so the token cannot be shown again.
 
-    A terminal already registered is refused unless ``replace_token`` (then it gets a new
-    token, its old one stops working, and operator/route are updated). ``valid_routes``:
-    the tariff's routes; another route is refused with the list (``E_BAD_ROUTE``).
+    A terminal already registered is refused unless ``replace_token``: then it gets a new
+    token, its old one stops working, and its route is updated. A new token never moves the
+    terminal to another operator (it used to move its payable silently, mid-day included):
+    which operator a terminal pays is settlement's dated assignment (``yikatong operator
+    assign-terminal``, ``settlement_terminal_assignments``), so asking for another operator here
+    is refused with ``E_TERMINAL_EXISTS``. ``valid_routes``: the tariff's routes; another route
+    is refused with the list (``E_BAD_ROUTE``).
     """
     terminal_id = terminal_id.lower()
     if not _TERMINAL_ID_RE.match(terminal_id):
@@ -203,15 +207,20 @@ def register_terminal(
         raise ClearingError(
             Code.E_BAD_ROUTE, f"route {route!r} is not in the tariff; its routes are {', '.join(sorted(valid_routes))}"
         )
+    existing = session.get(Terminal, terminal_id)
+    if existing is not None and not replace_token:
+        raise ClearingError(Code.E_TERMINAL_EXISTS, f"terminal {terminal_id} is already registered")
+    if existing is not None and existing.operator_id != operator:
+        raise ClearingError(
+            Code.E_TERMINAL_EXISTS,
+            f"terminal {terminal_id} belongs to operator {existing.operator_id!r}; a new token does not move it "
+            f"to {operator!r}: assign it from a business day with `yikatong operator assign-terminal "
+            f"--terminal {terminal_id} --operator {operator} --from YYYY-MM-DD`",
+        )
     op = ensure_operator(session, operator)
     token, secret = new_token(terminal_id)
-    existing = session.get(Terminal, terminal_id)
     if existing is not None:
-        if not replace_token:
-            raise ClearingError(Code.E_TERMINAL_EXISTS, f"terminal {terminal_id} is already registered")
         existing.token_hash = hash_token(secret)
-        existing.operator_id = op.operator_id
-        existing.payable_account_id = op.payable_account_id
         existing.route = route
         existing.active = True
     else:

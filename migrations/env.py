@@ -11,6 +11,7 @@ from __future__ import annotations
 from alembic import context
 
 import portal.models  # noqa: F401 - the portal's tables are on the same metadata (migration 0006)
+import settlement.models  # noqa: F401 - settlement's tables too (migration 0009)
 from clearing.db import make_engine
 from clearing.models import Base
 

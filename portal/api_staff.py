@@ -35,6 +35,7 @@ STAFF_COOKIE_PATH: Final = "/staff"
 STATE_KEY: Final = "portal_staff_console"
 TEXT_CHARS_MAX: Final = 256
 NOTICES_MAX: Final = 200
+AUDIT_ID_MAX: Final = 2**63 - 1  # a BIGINT: a larger cursor is no row id (the database would refuse it)
 _ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut} for s in (401, 403, 404, 409, 422, 429, 503)}
 
 
@@ -385,7 +386,7 @@ def staff_router() -> APIRouter:
         current: CurrentStaff,
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before_id: Annotated[int | None, Query(ge=1)] = None,
+        before_id: Annotated[int | None, Query(ge=1, le=AUDIT_ID_MAX)] = None,
     ) -> AuditListOut:
         console = console_of(request)
         console.staff.require(current, "audit_view")

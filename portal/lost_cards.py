@@ -43,14 +43,15 @@ from clearing.db import lock_for_update
 from clearing.errors import ClearingError
 from clearing.keystore import KeyStore
 from clearing.ledger import account_balance
-from clearing.models import Card, CardStatus
-from portal import identity
+from clearing.models import Card, CardStatus, DenylistEntryRow
+from portal import identity, topups
 from portal.accounts import AccountService, CurrentSession
 from portal.audit import AuditLog, card_target, mask_asn
 from portal.errors import Code, PortalError
-from portal.models import PortalCardBinding, PortalCitizen, PortalLostReport
+from portal.models import PortalCardBinding, PortalCitizen, PortalLostReport, PortalTopup
 from portal.ratelimit import MemoryLimiter, RateLimiter, Rule
 from portal.staff import StaffSession
+from portal.topup_service import topup_of
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,8 @@ class LostCardService:
                     since = replacement.listed_since(session, issuer_id, card_asn)
                     if since is not None and since < report.reported_at:
                         wait_s += int((report.reported_at - since).total_seconds())
+                if done is None:
+                    _refuse_topups_in_flight(session, issuer_id, card_asn)
                 result = replacement.replace(
                     session, self.keystore, issuer_id=issuer_id, card_asn=card_asn, now=now, wait_s=wait_s,
                     replaced_by=staff.actor,
@@ -398,6 +401,14 @@ class LostCardService:
                     raise PortalError(Code.E_LOST_CARD_REPLACED, "the card was replaced: it stays on the denylist")
                 if decision is UnblockDecision.NOT_LISTED:
                     raise PortalError(Code.E_LOST_NOT_REPORTED, "the card is not on the denylist")
+                if _listed_reason(session, issuer_id, card_asn) != DENYLIST_REASON:
+                    # Listed by the operator for another reason (fraud, say): a lost-card report on top of
+                    # it left that entry live, and "found" must not lift it. Only its owner does.
+                    raise PortalError(
+                        Code.E_LOST_NOT_REPORTED,
+                        "the card is on the denylist for a reason other than a lost-card report: "
+                        "the counter does not lift it",
+                    )
                 try:
                     version = denylist.remove(session, issuer_id, card_asn, removed_at=now)
                 except ClearingError as exc:
@@ -518,6 +529,44 @@ class LostCardService:
             return int(
                 session.scalar(select(func.count(PortalLostReport.id)).where(PortalLostReport.state == "lost")) or 0
             )
+
+
+def _listed_reason(session: Session, issuer_id: str, card_asn: str) -> str | None:
+    """The reason of the card's live denylist entry (None: not listed)."""
+    return session.scalar(
+        select(DenylistEntryRow.reason).where(
+            DenylistEntryRow.issuer_id == issuer_id,
+            DenylistEntryRow.card_asn == card_asn,
+            DenylistEntryRow.removed_version.is_(None),
+        )
+    )
+
+
+def _refuse_topups_in_flight(session: Session, issuer_id: str, card_asn: str) -> None:
+    """``E_LOST_LOADS_OPEN`` while a portal top-up of the card may still land on it.
+
+    Clearing refuses a replacement with loads pending or authorized, but it sees only
+    ``pending_loads``: a top-up paid whose ``CreateLoad`` has not run yet (the outbox is behind,
+    the effect failing) or one still open for payment has no load row. Replaced anyway, its load
+    would be made on the replaced card, which never takes one: the citizen's money would wait for
+    the load window's refund. Finance refunds a paid one (``POST /staff/api/refunds``: the load is
+    voided, then the payment refunded); one still open for payment ends with its payment window.
+    No top-up can start meanwhile: the card is not active.
+    """
+    rows = session.scalars(
+        select(PortalTopup).where(
+            PortalTopup.issuer_id == issuer_id,
+            PortalTopup.card_asn == card_asn,
+            PortalTopup.state.not_in([s.value for s in topups.FINAL]),
+        )
+    )
+    waiting = [row.topup_id for row in rows if topups.may_still_land_fen(topup_of(row)) > 0]
+    if waiting:
+        raise PortalError(
+            Code.E_LOST_LOADS_OPEN,
+            f"{len(waiting)} top-up(s) of the card are paid or being paid and not loaded: refund them first "
+            "(finance), or wait for the payment window to end",
+        )
 
 
 _CLEARING_TO_PORTAL: Final = {

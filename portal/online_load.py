@@ -55,7 +55,7 @@ from clearing.contract import (
 )
 from clearing.errors import ClearingError
 from clearing.keystore import KeyStore
-from clearing.models import PendingLoad
+from clearing.models import LoadState, PendingLoad
 from portal.accounts import CurrentSession
 from portal.errors import Code, PortalError
 from portal.models import PortalCardBinding
@@ -187,9 +187,22 @@ class OnlineLoadService:
 
     def resolve(self, current: CurrentSession, load_id: str, req: LoadResolveRequest) -> LoadResolveResponse:
         self._own_terminal(req.terminal_id)
-        answer = self._in_transaction(
-            current, load_id, lambda s: loads.resolve(s, self.keystore, load_id, req, self.clock())
-        )
+
+        def work(session: Session) -> LoadResolveResponse:
+            if req.prove_tac is None and req.prove_mac2 is None and req.online_counter is not None:
+                load = session.get(PendingLoad, load_id)
+                assert load is not None
+                if load.state == LoadState.AUTHORIZED.value and req.online_counter == load.online_counter:
+                    # "The card's counter never moved" is the browser's word here, not a card's: the
+                    # page relays it and can forge it after withholding the TAC of a load the card
+                    # took. Clearing would make the load pending again and the next MAC2 would credit
+                    # the card twice. Answer "pending" and leave it authorized: the caller's next step
+                    # is ``authorize`` with a fresh INITIALIZE, whose MAC1 proves the counter (clearing
+                    # re-authorizes an authorized load at the same counter, refuses another).
+                    return LoadResolveResponse("pending")
+            return loads.resolve(session, self.keystore, load_id, req, self.clock())
+
+        answer = self._in_transaction(current, load_id, work)
         log.info("load %s resolved from the card: %s", load_id, answer.status)
         self._changed(load_id)
         return answer

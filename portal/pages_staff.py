@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portal.api_auth import client_ip
-from portal.api_staff import STAFF_COOKIE, STAFF_COOKIE_PATH, StaffConsole, mask_topup, staff_notices
+from portal.api_staff import AUDIT_ID_MAX, STAFF_COOKIE, STAFF_COOKIE_PATH, StaffConsole, mask_topup, staff_notices
 from portal.errors import Code, PortalError
 from portal.staff import StaffSession
 from portal.topups import RefundReason
@@ -280,7 +280,8 @@ def staff_pages_router() -> APIRouter:
     def audit(request: Request, before_id: int | None = None) -> HTMLResponse:
         p = _pages(request)
         current = p.require(request, "audit_view")
-        lines = p.console.audit.lines(limit=100, before_id=before_id if before_id and before_id > 0 else None)
+        cursor = before_id if before_id and 0 < before_id <= AUDIT_ID_MAX else None
+        lines = p.console.audit.lines(limit=100, before_id=cursor)
         p.console.audit.record_now(actor=current.actor, action="audit_view", detail=f"{len(lines)} lines")
         older = lines[-1].id if len(lines) == 100 else None
         return p.page(request, "staff/audit.html", {"lines": lines, "older": older}, current)

@@ -86,7 +86,8 @@ def may(role: str, action: str) -> bool:
 
 def parse_username(text: str) -> str:
     name = text.strip().lower()
-    if not _USERNAME.fullmatch(name) or re.search(r"[0-9]{11}", name):  # no mobile number as a name
+    # no mobile number as a name, nor 20 hex letters in a row (the audit log reads them as a card number)
+    if not _USERNAME.fullmatch(name) or re.search(r"[0-9]{11}", name) or re.search(r"[0-9a-f]{20}", name):
         raise PortalError(Code.E_STAFF_USERNAME, "3 to 32 characters: a-z first, then a-z, 0-9, '.', '_' or '-'")
     return name
 

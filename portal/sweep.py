@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -53,12 +54,14 @@ from sqlalchemy.orm import Session
 from clearing.errors import ClearingError
 from clearing.models import LoadState, PendingLoad
 from portal import topups
+from portal.audit import mask_asn
 from portal.errors import Code, PortalError
 from portal.models import PortalSession, PortalTopup
 from portal.topup_service import TopupService, event_of_load
 from portal.webhooks import METADATA_TOPUP_ID
 
 log = logging.getLogger(__name__)
+_CARD_NUMBER: Final = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{20}(?![0-9A-Fa-f])")
 
 PAYMENT_WINDOW_S_DEFAULT: Final = 60 * 60  # an hour to pay: Stripe's own intents live far longer
 LOAD_WINDOW_S_DEFAULT: Final = 30 * 24 * 60 * 60  # a month to meet a load-capable reader
@@ -108,6 +111,7 @@ class SweepReport:
 
     def error(self, topup_id: str, exc: Exception) -> None:
         what = f"{exc.code}: {exc.message}" if isinstance(exc, PortalError | ClearingError) else type(exc).__name__
+        what = _CARD_NUMBER.sub(lambda m: mask_asn(m.group()), what)  # clearing's sentences name the card
         log.warning("sweep: top-up %s: %s", topup_id, what)
         if len(self.errors) < ERRORS_KEPT_MAX:
             self.errors.append(f"{topup_id}: {what}")
@@ -222,8 +226,11 @@ class Sweeper:
             ) -> topups.Event | None:
                 if t.state not in topups.OPEN_FOR_PAYMENT or t.payment_intent_id != seen:
                     return None  # moved since, or a newer intent: the next run looks again
-                if isinstance(found, topups.PaymentSucceeded):
+                set_aside = {u.payment_intent_id for u in t.unmatched}
+                if isinstance(found, topups.PaymentSucceeded) and found.payment_intent_id not in set_aside:
                     return found
+                # (a success of an intent already set aside as unmatched is being refunded: not this
+                # top-up's payment, so the window ends it as if nothing was paid)
                 return topups.PaymentWindowExpired() if row.created_at <= cutoff else None
 
             event = self._apply(topup_id, decide, report)

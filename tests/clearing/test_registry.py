@@ -60,7 +60,9 @@ def test_terminal_token_is_shown_once_and_stored_hashed(db_session: Session, car
     assert check_terminal_token(db_session, TERMINAL, token + "x") == (TokenCheck.INVALID, None)
     with pytest.raises(ClearingError, match="E_TERMINAL_EXISTS"):
         register_terminal(db_session, "0000000000b2", "xy-bus-1")
-    new_token = register_terminal(db_session, "0000000000b2", "xy-bus-2", replace_token=True)
+    with pytest.raises(ClearingError, match=r"E_TERMINAL_EXISTS.*assign-terminal"):
+        register_terminal(db_session, "0000000000b2", "xy-bus-2", replace_token=True)  # never moves the payable
+    new_token = register_terminal(db_session, "0000000000b2", "xy-bus-1", replace_token=True)
     assert verify_terminal_token(db_session, "0000000000b2", token) is None
     assert verify_terminal_token(db_session, "0000000000b2", new_token) is terminal
     with pytest.raises(ClearingError, match="E_BAD_TERMINAL_ID"):

@@ -341,10 +341,12 @@ def write_off_command(
         assert isinstance(seen, ItemView)
         amount = "" if amount_fen is None else f" with --amount-fen {amount_fen}"
         _confirm(f"write off {item_id} ({seen.item.code}){amount}: {seen.write_off.sentence}", yes)
+        days = _days()
+        assert isinstance(days, BusinessDayClock)
         factory = open_database()
         with factory() as session, session.begin():
             item = write_off(
-                session, item_id, now=_now(), note=note, amount_fen=amount_fen, decided_by=_decider()
+                session, item_id, now=_now(), note=note, amount_fen=amount_fen, decided_by=_decider(), days=days
             )  # fmt: skip
             transfer, moved = item.decision_transfer_id, item.decision_amount_fen
     out.print(

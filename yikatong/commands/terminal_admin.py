@@ -29,7 +29,12 @@ def register(
         str | None, typer.Option("--route", help="Route the terminal serves (GTFS route id, one of the tariff's).")
     ] = None,
     replace_token: Annotated[
-        bool, typer.Option("--replace-token", help="Re-register an existing terminal with a new token.")
+        bool,
+        typer.Option(
+            "--replace-token",
+            help="Re-register an existing terminal with a new token (same operator; to move it to "
+            "another operator use `yikatong operator assign-terminal`).",
+        ),
     ] = False,
 ) -> None:
     """Register a terminal with its operator and print its token (shown once, stored only hashed)."""

@@ -1,0 +1,486 @@
+"""The close of a window (``yikatong settle --date D``): statements, ledger transfers, payout files.
+
+Three steps, each atomic, each safe to run again (``docs/settlement.md``, "Close"):
+
+1. **seal** (``settlement.windows.seal``): the atomic marker; from here no transfer joins the
+   window.
+2. **settle**, one transaction: read the window's running totals (never the taps), the
+   payees' terms and carries, compute each payee's statement (``statement_lines``, pure), post
+   the fees (payable → fee revenue) and payouts (payable → bank settlement) under ids derived
+   from day and payee, write the statements and carries, render the files from what was just
+   written and store their SHA-256 with the window, marked ``closed``. A second close of the
+   same day waits on the window row, finds it closed and changes nothing.
+3. **files** under ``<out>/<D>/``, rendered from the stored statements only, written
+   atomically (temporary file, fsync, rename, fsync of the directory) and only when missing or
+   different. A rerun writes nothing: the bytes are the same.
+
+A SIGKILL leaves the old state or the new one: before step 2 commits nothing moved (a sealed
+window is only a marker; the rerun settles it); after it, the rerun finds the window closed and
+(re)writes any file the kill left missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from clearing import accounts
+from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
+from clearing.ledger import TransferSpec, post_transfers
+from clearing.models import Account, AccountCode, AccountFlag, TransferCode, utcnow
+from settlement import transfer_ids
+from settlement.bank import BankAccount
+from settlement.errors import SettlementCode, SettlementError
+from settlement.fees import FeeAssessment, FeeBook, FeeSchedule, Rounding, assess
+from settlement.models import CarryRow, PostingRow, StatementRow, TotalRow, WindowRow
+from settlement.parties import PayeeTerms, fee_book, payee_terms
+from settlement.payouts import (
+    PayeeNet,
+    Payer,
+    end_to_end_id,
+    payout_batch,
+    payout_csv,
+    payout_pain001,
+    validate_pain001,
+)
+from settlement.windows import seal
+
+BANK_SETTLEMENT_REF: Final = "system:bank_settlement"
+# The fee is never taken beyond what the payable holds: the rest of it is forgone, and said so.
+FEE_LIMITED: Final = "fee limited to the payable's balance"
+TRANSFERS_PER_POST: Final = 50_000
+CLOSE_ATTEMPTS_MAX: Final = 4
+STATEMENT_COLUMNS: Final = (
+    "business_day", "payee_id", "payee_name", "count", "gross_fen", "refund_count", "refunds_fen", "late_count",
+    "late_fen", "fee_fen", "net_fen", "carry_in_fen", "payout_fen", "carry_out_fen", "fee_bps", "fee_min_fen",
+    "fee_cap_fen", "fee_rounding", "end_to_end_id", "held_reason",
+)  # fmt: skip
+LATE_COLUMNS: Final = ("business_day", "source_ref", "payee_id", "kind", "event_day", "count", "amount_fen")
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """A window's running totals for one payee (``settlement_totals``)."""
+
+    count: int = 0
+    gross_fen: int = 0
+    refund_count: int = 0
+    refunds_fen: int = 0
+    late_count: int = 0
+    late_fen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    """One payee's close: the figures, the schedule applied, the account paid (or why not)."""
+
+    payee_account_id: int
+    payee_id: str
+    payee_name: str
+    totals: Totals
+    schedule: FeeSchedule
+    fee_fen: int
+    net_fen: int
+    carry_in_fen: int
+    payout_fen: int
+    carry_out_fen: int
+    account: BankAccount | None
+    end_to_end_id: str | None
+    held_reason: str | None
+
+    def __post_init__(self) -> None:
+        t = self.totals
+        assert self.fee_fen + self.net_fen == t.gross_fen - t.refunds_fen, "fee + net == gross − refunds"
+        assert self.carry_out_fen == self.carry_in_fen + self.net_fen - self.payout_fen
+        assert self.payout_fen >= 0 and self.fee_fen >= 0
+        assert (self.payout_fen > 0) == (self.end_to_end_id is not None) and (self.payout_fen == 0 or self.account)
+
+
+def statement_lines(
+    day: dt.date,
+    totals: Mapping[int, Totals],
+    terms: Mapping[int, PayeeTerms],
+    carries: Mapping[int, int],
+    available: Mapping[int, int],
+    book: FeeBook,
+    sequence: int = 1,
+) -> list[StatementLine]:
+    """Each payee's statement, pure: fee on the window's net sales, then the payout.
+
+    ``due = carry_in + net``; it is paid when positive, the payee is active and has an account,
+    up to what its payable can still be debited after the fee (a refund of a later window
+    may already have drawn on it); whatever is not paid is carried into the next window.
+    """
+    lines: list[StatementLine] = []
+    for account_id in sorted(set(totals) | {a for a, fen in carries.items() if fen}):
+        term = terms.get(account_id)
+        if term is None:
+            raise SettlementError(
+                SettlementCode.E_UNKNOWN_PAYEE, f"payable account {account_id} has running totals but no payee"
+            )
+        t = totals.get(account_id, Totals())
+        schedule = book.schedule_for(term.category, term.override)
+        figures = assess(t.gross_fen, t.refunds_fen, schedule)
+        balance = available.get(account_id, 0)
+        held = None
+        if figures.fee_fen > balance:  # a later window's refunds drew the payable below the fee
+            figures = FeeAssessment(t.gross_fen, t.refunds_fen, max(0, balance),
+                                    t.gross_fen - t.refunds_fen - max(0, balance))  # fmt: skip
+            held = FEE_LIMITED
+        carry_in = carries.get(account_id, 0)
+        due = carry_in + figures.net_fen
+        payout = 0
+        if due > 0:
+            if term.status != "active":
+                held = f"payee {term.status}"
+            elif term.account is None:
+                held = "no payout account"
+            else:
+                payout = max(0, min(due, balance - figures.fee_fen))
+                if payout < due:
+                    held = held or "payable short (drawn by a later window)"
+        e2e = end_to_end_id(day, sequence, term.payee_id) if payout > 0 else None
+        lines.append(
+            StatementLine(
+                account_id, term.payee_id, term.name, t, schedule, figures.fee_fen, figures.net_fen, carry_in,
+                payout, due - payout, term.account, e2e, held,
+            )
+        )  # fmt: skip
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    business_day: dt.date
+    state: str  # "closed"
+    newly_closed: bool
+    payees: int
+    gross_fen: int
+    refunds_fen: int
+    fee_fen: int
+    payout_fen: int
+    carry_fen: int
+    files: dict[str, Path]
+    files_written: list[str]
+
+
+def close_window(
+    engine: Engine,
+    day: dt.date,
+    *,
+    now: dt.datetime,
+    payer: Payer,
+    out_dir: Path,
+    clock: BusinessDayClock = DEFAULT_CLOCK,
+    early: bool = False,
+    progress: Progress | None = None,
+    after_settle: Callable[[], None] | None = None,
+) -> CloseResult:
+    """Seal, settle and write the files of ``day``; idempotent (module docstring)."""
+    report = progress or (lambda step, done, total: None)
+    report("seal", 0, 3)
+    seal(engine, day, now=now, clock=clock, early=early)
+    report("settle", 1, 3)
+    newly = _with_retries(lambda: _settle(engine, day, payer, report))
+    if after_settle is not None:
+        after_settle()  # test hook: a kill here leaves a closed window without its files
+    report("files", 2, 3)
+    with Session(engine) as session:
+        files = render(session, day)
+        row = session.get(WindowRow, day)
+        assert row is not None and row.state == "closed"
+    stored = json.loads(row.files_sha256 or "{}")
+    for name, data in files.items():
+        assert hashlib.sha256(data).hexdigest() == stored.get(name), f"{name} differs from what the close stored"
+    written = write_files(out_dir / day.isoformat(), files)
+    report("done", 3, 3)
+    return CloseResult(
+        day, row.state, newly, row.payees or 0, row.gross_fen or 0, row.refunds_fen or 0, row.fee_fen or 0,
+        row.payout_fen or 0, row.carry_fen or 0, {n: out_dir / day.isoformat() / n for n in files}, written,
+    )  # fmt: skip
+
+
+def _with_retries(attempt: Callable[[], bool]) -> bool:
+    """A deadlock with an ingest batch (both touch payables) or a busy SQLite: run the settle again."""
+    for n in range(CLOSE_ATTEMPTS_MAX):
+        try:
+            return attempt()
+        except OperationalError:
+            if n == CLOSE_ATTEMPTS_MAX - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def bank_settlement_account(session: Session) -> int:
+    return accounts.get_or_create_account(
+        session, AccountCode.BANK_SETTLEMENT, BANK_SETTLEMENT_REF, flags=AccountFlag.NONE
+    )
+
+
+def _settle(engine: Engine, day: dt.date, payer: Payer, report: Progress) -> bool:
+    with Session(engine) as session, session.begin():
+        # the window row first: a second close of the day waits here, then finds it closed
+        session.execute(update(WindowRow).where(WindowRow.business_day == day).values(state=WindowRow.state))
+        row = session.get(WindowRow, day)
+        assert row is not None, "sealed before settling"
+        if row.state == "closed":
+            return False
+        totals = {
+            r.payee_account_id: Totals(r.count, r.gross_fen, r.refund_count, r.refunds_fen, r.late_count, r.late_fen)
+            for r in session.scalars(select(TotalRow).where(TotalRow.window_day == day))
+        }
+        carries = {
+            r.payee_account_id: r.carry_fen for r in session.scalars(select(CarryRow).where(CarryRow.carry_fen != 0))
+        }
+        ids = sorted(set(totals) | set(carries))
+        terms = payee_terms(session, ids)
+        available = _available(session, ids)
+        lines = statement_lines(day, totals, terms, carries, available, fee_book(session), row.payout_sequence)
+        report("settle", 1, 3)
+        fee_account = accounts.fee_revenue(session)
+        bank_account = bank_settlement_account(session)
+        specs: list[TransferSpec] = []
+        for line in lines:
+            if line.fee_fen:
+                specs.append(TransferSpec.single(transfer_ids.fee(day, line.payee_id), line.payee_account_id,
+                                                 fee_account, line.fee_fen, TransferCode.FEE,
+                                                 source_ref=f"close:{day}"))  # fmt: skip
+            if line.payout_fen:
+                specs.append(TransferSpec.single(transfer_ids.payout(day, line.payee_id), line.payee_account_id,
+                                                 bank_account, line.payout_fen, TransferCode.PAYOUT,
+                                                 source_ref=f"close:{day}"))  # fmt: skip
+        for start in range(0, len(specs), TRANSFERS_PER_POST):
+            post_transfers(session, specs[start : start + TRANSFERS_PER_POST])
+        _write_statements(session, day, lines)
+        _write_carries(session, day, lines)
+        row.payer_name, row.payer_account_name = payer.name, payer.account.name
+        row.payer_account_number, row.payer_cnaps_code = payer.account.number, payer.account.cnaps
+        row.payees = len(lines)
+        row.gross_fen = sum(line.totals.gross_fen for line in lines)
+        row.refunds_fen = sum(line.totals.refunds_fen for line in lines)
+        row.fee_fen = sum(line.fee_fen for line in lines)
+        row.payout_fen = sum(line.payout_fen for line in lines)
+        row.carry_fen = sum(line.carry_out_fen for line in lines)
+        session.flush()
+        files = render(session, day, lines=lines, window_row=row, validate=True)
+        row.files_sha256 = json.dumps({n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())})
+        row.state, row.closed_at = "closed", utcnow()
+        return True
+
+
+def _available(session: Session, ids: Sequence[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for start in range(0, len(ids), 1000):
+        chunk = list(ids[start : start + 1000])
+        for account_id, available in session.execute(
+            select(Account.id, Account.credits_posted - Account.debits_posted - Account.debits_pending).where(
+                Account.id.in_(chunk)
+            )
+        ):
+            out[int(account_id)] = int(available)
+    return out
+
+
+def _write_statements(session: Session, day: dt.date, lines: Sequence[StatementLine]) -> None:
+    rows = [
+        {
+            "window_day": day, "payee_account_id": line.payee_account_id, "payee_id": line.payee_id,
+            "payee_name": line.payee_name, "count": line.totals.count, "gross_fen": line.totals.gross_fen,
+            "refund_count": line.totals.refund_count, "refunds_fen": line.totals.refunds_fen,
+            "late_count": line.totals.late_count, "late_fen": line.totals.late_fen, "fee_fen": line.fee_fen,
+            "net_fen": line.net_fen, "carry_in_fen": line.carry_in_fen, "payout_fen": line.payout_fen,
+            "carry_out_fen": line.carry_out_fen, "fee_bps": line.schedule.bps, "fee_min_fen": line.schedule.min_fen,
+            "fee_cap_fen": line.schedule.cap_fen, "fee_rounding": line.schedule.rounding.value,
+            "account_name": line.account.name if line.account else None,
+            "account_number": line.account.number if line.account else None,
+            "cnaps_code": line.account.cnaps if line.account else None,
+            "end_to_end_id": line.end_to_end_id, "held_reason": line.held_reason,
+        }
+        for line in lines
+    ]  # fmt: skip
+    for start in range(0, len(rows), 5000):
+        session.execute(insert(StatementRow), rows[start : start + 5000])
+
+
+def _write_carries(session: Session, day: dt.date, lines: Sequence[StatementLine]) -> None:
+    rows = [{"payee_account_id": line.payee_account_id, "carry_fen": line.carry_out_fen, "through_day": day}
+            for line in lines]  # fmt: skip
+    if not rows:
+        return
+    upsert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    for start in range(0, len(rows), 5000):
+        stmt = upsert(CarryRow).values(rows[start : start + 5000])
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["payee_account_id"],
+                set_={"carry_fen": stmt.excluded.carry_fen, "through_day": stmt.excluded.through_day},
+            )
+        )
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _line_of(r: StatementRow) -> StatementLine:
+    account = (
+        BankAccount(r.account_name, r.account_number, r.cnaps_code)
+        if r.account_name is not None and r.account_number is not None and r.cnaps_code is not None
+        else None
+    )
+    return StatementLine(
+        r.payee_account_id, r.payee_id, r.payee_name,
+        Totals(r.count, r.gross_fen, r.refund_count, r.refunds_fen, r.late_count, r.late_fen),
+        FeeSchedule(r.fee_bps, r.fee_min_fen, r.fee_cap_fen, Rounding(r.fee_rounding)), r.fee_fen, r.net_fen,
+        r.carry_in_fen, r.payout_fen, r.carry_out_fen, account, r.end_to_end_id, r.held_reason,
+    )  # fmt: skip
+
+
+def stored_lines(session: Session, day: dt.date) -> list[StatementLine]:
+    rows = session.scalars(select(StatementRow).where(StatementRow.window_day == day))
+    return sorted((_line_of(r) for r in rows), key=lambda line: line.payee_account_id)
+
+
+def _safe_cell(value: object) -> str:
+    """A CSV cell a spreadsheet will not run as a formula (OWASP: prefix ``'``)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not text.lstrip("-").isdigit() else text
+
+
+def _csv(header: Iterable[str], rows: Iterable[Iterable[object]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_safe_cell(v) for v in row])
+    return out.getvalue().encode("utf-8")
+
+
+def file_names(day: dt.date) -> dict[str, str]:
+    d = day.isoformat()
+    return {"payouts": f"payouts-{d}.csv", "pain001": f"pain001-{d}.xml", "statement": f"statement-{d}.csv",
+            "late": f"late-{d}.csv"}  # fmt: skip
+
+
+def render(
+    session: Session,
+    day: dt.date,
+    *,
+    lines: Sequence[StatementLine] | None = None,
+    window_row: WindowRow | None = None,
+    validate: bool = False,
+) -> dict[str, bytes]:
+    """The close's files, from the stored statements and window (the same bytes on every run).
+
+    ``payouts`` (CSV) and ``pain001`` (only when something is paid; ``validate``: against the XSD,
+    which the close does once, before it commits — later renders are checked against the SHA-256
+    stored then, which is cheaper than xmlschema's ~1.5 ms per payout)
+    from ``settlement.payouts``; ``statement`` (every payee's figures) and ``late`` (the
+    window's late postings, by source) as CSV.
+    """
+    row = window_row or session.get(WindowRow, day)
+    assert row is not None and row.payer_name and row.payer_account_name
+    assert row.payer_account_number and row.payer_cnaps_code
+    lines = stored_lines(session, day) if lines is None else sorted(lines, key=lambda line: line.payee_account_id)
+    payer = Payer(row.payer_name, BankAccount(row.payer_account_name, row.payer_account_number, row.payer_cnaps_code))
+    by_id = sorted(lines, key=lambda line: line.payee_id)
+    paid = [PayeeNet(line.payee_id, line.payee_name, line.account, line.payout_fen)
+            for line in by_id if line.payout_fen > 0 and line.account is not None]  # fmt: skip
+    batch = payout_batch(
+        business_day=day, created_at=row.sealed_at, execution_date=day + dt.timedelta(days=1), payer=payer,
+        payees=paid, sequence=row.payout_sequence,
+    )  # fmt: skip
+    names = file_names(day)
+    files = {names["payouts"]: payout_csv(batch)}
+    if batch.lines:
+        document = payout_pain001(batch)
+        if validate:
+            validate_pain001(document)
+        files[names["pain001"]] = document
+    files[names["statement"]] = _csv(
+        STATEMENT_COLUMNS,
+        (
+            (day.isoformat(), line.payee_id, line.payee_name, line.totals.count, line.totals.gross_fen,
+             line.totals.refund_count, line.totals.refunds_fen, line.totals.late_count, line.totals.late_fen,
+             line.fee_fen, line.net_fen, line.carry_in_fen, line.payout_fen, line.carry_out_fen, line.schedule.bps,
+             line.schedule.min_fen, line.schedule.cap_fen, line.schedule.rounding.value, line.end_to_end_id,
+             line.held_reason)
+            for line in by_id
+        ),
+    )  # fmt: skip
+    payee_ids = {line.payee_account_id: line.payee_id for line in lines}
+    late = session.execute(
+        select(PostingRow.source_ref, PostingRow.payee_account_id, PostingRow.kind, PostingRow.event_day,
+               PostingRow.count, PostingRow.amount_fen)
+        .where(PostingRow.window_day == day, PostingRow.late.is_(True))
+    ).all()  # fmt: skip
+    files[names["late"]] = _csv(
+        LATE_COLUMNS,
+        sorted(
+            (day.isoformat(), ref, payee_ids.get(account, str(account)), kind, event_day.isoformat(), count, fen)
+            for ref, account, kind, event_day, count, fen in late
+        ),
+    )
+    return files
+
+
+def write_files(directory: Path, files: Mapping[str, bytes]) -> list[str]:
+    """Write each file atomically (temp, fsync, rename, fsync the directory) unless already identical."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    for name, data in sorted(files.items()):
+        path = directory / name
+        try:
+            if path.read_bytes() == data:
+                continue
+        except FileNotFoundError:
+            pass
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(name)
+    if written:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return written
+
+
+__all__ = [
+    "BANK_SETTLEMENT_REF",
+    "FEE_LIMITED",
+    "CloseResult",
+    "StatementLine",
+    "Totals",
+    "bank_settlement_account",
+    "close_window",
+    "file_names",
+    "render",
+    "statement_lines",
+    "stored_lines",
+    "write_files",
+]
