@@ -31,6 +31,7 @@ staff console, the reader page) build on these names and nothing else of each ot
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import io
@@ -148,7 +149,13 @@ def yuan(fen: int, locale: str = DEFAULT_LOCALE) -> str:
         raise TypeError(f"money is integer fen, got {type(fen).__name__}")
     sign = "-" if fen < 0 else ""
     whole, cents = divmod(abs(fen), 100)
-    return f"{sign}¥{format_decimal(whole, format='#,##0', locale=locale)}{get_decimal_symbol(locale)}{cents:02d}"
+    return f"{sign}¥{_grouped(whole, locale)}{get_decimal_symbol(locale)}{cents:02d}"
+
+
+@functools.lru_cache(maxsize=8192)
+def _grouped(whole: int, locale: str) -> str:
+    """Babel's grouping of whole yuan; cached, because a history page formats dozens of amounts."""
+    return str(format_decimal(whole, format="#,##0", locale=locale))
 
 
 def yuan_plain(fen: int) -> str:
@@ -210,6 +217,8 @@ def shanghai_date(moment: dt.datetime) -> dt.date:
 def _environment(locale: str) -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
+        # Templates ship with the code: no stat() of every template and macro file per render.
+        auto_reload=False,
         autoescape=True,
         undefined=StrictUndefined,
         extensions=["jinja2.ext.i18n"],
