@@ -326,3 +326,36 @@ def application_block(card: Transmit, psam: Transmit, public: bytes) -> int:
     header = bytes.fromhex("841E000004")
     mac = expect_ok(psam, bytes.fromhex("80FA0500 10") + challenge + bytes(4) + header + bytes.fromhex("800000"))
     return int.from_bytes(card(header + mac)[-2:], "big")
+
+
+@contextlib.contextmanager
+def reader_agent_process(origin: str, port: int, reader: str, start_s: float = 20.0) -> Iterator[str]:
+    """``yikatong reader-agent`` as a citizen starts it, for ``origin`` and ``reader``; its URL once it answers."""
+    import sys
+
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    args = ["reader-agent", "--origin", origin, "--port", str(port), "--reader", reader]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", "yikatong.cli", *args], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + start_s
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"the agent exited with {proc.returncode}: {log.read().decode(errors='replace')}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/status", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the agent did not answer on {url} within {start_s} s")
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)

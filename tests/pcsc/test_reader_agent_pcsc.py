@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +33,7 @@ from portal.card_login import CardLoginService, keystore_anchors
 from portal.online_load import OnlineLoadService
 from portal.payments import PaymentsClient, PaymentsConfig
 from portal.topup_service import TopupService
-from tests.pcsc_support import Insert, PcscEnv, wait_card_state
+from tests.pcsc_support import Insert, PcscEnv, reader_agent_process, wait_card_state
 from tests.portal.conftest import ALICE, LOCALSTRIPE_KEY, account_service
 from tests.portal.test_card_login import ORIGIN, PIN, register_and_login
 from tests.portal.test_online_load import TERMINAL, Browser
@@ -46,7 +41,6 @@ from tests.portal.test_reader_agent import AgentRig
 from yikatong.app import assemble
 
 pytestmark = pytest.mark.pcsc
-START_S = 20.0
 
 
 def free_port() -> int:
@@ -57,33 +51,8 @@ def free_port() -> int:
 @pytest.fixture
 def agent_url(pcscd: PcscEnv) -> Iterator[str]:
     """``yikatong reader-agent`` on a free port for ORIGIN and the vpcd card reader, until the test ends."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["reader-agent", "--origin", ORIGIN, "--port", str(port), "--reader", pcscd.card_reader]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, "-m", "yikatong.cli", *args], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_S
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(f"the agent exited with {proc.returncode}: {log.read().decode(errors='replace')}")
-                try:
-                    if httpx.get(f"{url}/status", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the agent did not answer on {url} within {START_S} s")
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+    with reader_agent_process(ORIGIN, free_port(), pcscd.card_reader) as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import Engine, select, text
@@ -84,42 +80,14 @@ def localstripe_url() -> Iterator[str]:
     require(
         importlib.util.find_spec("localstripe") is not None, "localstripe is not installed (pip install localstripe)"
     )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    # A file, not a pipe: its access log would fill a pipe and block the server.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    from yikatong.live_demo import localstripe  # the one way the project starts it (make run too)
+
+    with tempfile.TemporaryDirectory(prefix="yikatong-localstripe-") as tmp:
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(
-                        f"localstripe exited with {proc.returncode}: {log.read()[-2000:].decode(errors='replace')}"
-                    )
-                try:
-                    r = httpx.get(
-                        f"{url}/v1/balance", headers={"Authorization": f"Bearer {LOCALSTRIPE_KEY}"}, timeout=1
-                    )
-                    if r.status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"localstripe did not answer on {url} within {START_TIMEOUT_S} s")
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            with localstripe(_free_port(), Path(tmp) / "localstripe.log", LOCALSTRIPE_KEY) as url:
+                yield url
+        except RuntimeError as exc:  # it exited or did not answer: the log's path is in the message
+            pytest.fail(str(exc))
 
 
 # --- citizen accounts: a cheap argon2id and a fixed lookup key for tests -------------------

@@ -13,15 +13,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -32,41 +25,16 @@ from clearing.keystore import KeyStore
 from clearing.models import Card as CardRow
 from clearing.models import PendingLoad
 from portal.models import PortalCardBinding, PortalCitizen
-from tests.pcsc_support import Insert, PcscEnv
+from tests.pcsc_support import Insert, PcscEnv, reader_agent_process
 from tests.portal.browser.conftest import City, axe_check, login, pay_topup
 from yikatong import live_demo
 
 pytestmark = pytest.mark.pcsc
-START_S = 20.0
 WRONG_PIN = "000000"
 
 
-@contextlib.contextmanager
-def reader_agent(city: City, reader: str) -> Iterator[str]:
-    url = f"http://127.0.0.1:{city.agent_port}"
-    args = ["reader-agent", "--origin", city.url, "--port", str(city.agent_port), "--reader", reader]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, "-m", "yikatong.cli", *args], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_S
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(f"the agent exited with {proc.returncode}: {log.read().decode(errors='replace')}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/status", timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the agent did not answer on {url} within {START_S} s")
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+def reader_agent(city: City, reader: str) -> contextlib.AbstractContextManager[str]:
+    return reader_agent_process(city.url, city.agent_port, reader)
 
 
 def _pin_tab(page: Any) -> Any:
