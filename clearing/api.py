@@ -187,13 +187,16 @@ def contract_error(exc: Exception) -> Response:
     return error_response(500, Code.E_INTERNAL.value, f"unexpected {type(exc).__name__}; nothing was committed")
 
 
-class ContractRoute(APIRoute):
-    """Routes of this API answer every failure in the contract's error shape.
+class AnsweringRoute(APIRoute):
+    """A route that answers every failure of its handler with ``answer`` (never a 500).
 
-    The handlers are scoped to the route (FastAPI's custom ``APIRoute``), not installed on the
-    whole application, so the portal and interop APIs mounted beside this one keep their own
-    error shapes (``yikatong.app``).
+    The handling is scoped to the route (FastAPI's custom ``APIRoute``), not installed on the
+    whole application, so each API mounted beside another keeps its own error shape: the
+    contract's here, the portal's JSON, the portal's and the console's pages (``yikatong.app``).
     """
+
+    def answer(self, request: Request, exc: Exception) -> Response:
+        raise NotImplementedError
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -201,10 +204,17 @@ class ContractRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except Exception as exc:  # noqa: BLE001 - every failure gets the contract's shape
-                return contract_error(exc)
+            except Exception as exc:  # noqa: BLE001 - every failure gets the route's own shape
+                return self.answer(request, exc)
 
         return handle
+
+
+class ContractRoute(AnsweringRoute):
+    """Routes of this API answer every failure in the contract's error shape."""
+
+    def answer(self, request: Request, exc: Exception) -> Response:
+        return contract_error(exc)
 
 
 # --- authentication ---------------------------------------------------------------------------

@@ -18,17 +18,16 @@ always mounted: it is authenticated by the provider's signature.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, FastAPI, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clearing.api import AnsweringRoute
 from portal.accounts import AccountService, CurrentSession
 from portal.api_auth import CsrfCitizen, CurrentCitizen, accounts_of, client_ip
 from portal.errors import Code, PortalError
@@ -55,17 +54,9 @@ def portal_error(exc: Exception) -> JSONResponse:
     return JSONResponse({"code": code.value, "message": "the portal could not finish; retry"}, status_code=503)
 
 
-class PortalRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:  # noqa: BLE001 - every failure gets the portal's shape
-                return portal_error(exc)
-
-        return handle
+class PortalRoute(AnsweringRoute):
+    def answer(self, request: Request, exc: Exception) -> Response:
+        return portal_error(exc)
 
 
 class CardRef(BaseModel):

@@ -29,18 +29,17 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clearing.api import AnsweringRoute
 from portal import history, topups
 from portal.accounts import AccountService, CurrentSession
 from portal.api_auth import SESSION_COOKIE, client_ip
@@ -128,19 +127,11 @@ def _bounded(value: str | None) -> str:
     return (value or "")[:FIELD_CHARS_MAX]
 
 
-class PageRoute(APIRoute):
+class PageRoute(AnsweringRoute):
     """Every failure of a page is a page (never the JSON shape, never a 500)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:  # noqa: BLE001 - every failure gets a page
-                return error_page(request, exc)
-
-        return handle
+    def answer(self, request: Request, exc: Exception) -> Response:
+        return error_page(request, exc)
 
 
 def _pages_of(request: Request) -> Pages:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clearing.api import AnsweringRoute
 from portal.api_auth import client_ip
 from portal.api_staff import AUDIT_ID_MAX, STAFF_COOKIE, STAFF_COOKIE_PATH, StaffConsole, mask_topup, staff_notices
 from portal.errors import Code, PortalError
@@ -98,19 +97,11 @@ def staff_error_page(request: Request, exc: Exception) -> Response:
     return pages.page(request, "staff/error.html", {"text": text, "code": code}, pages.session_of(request), status)
 
 
-class StaffPageRoute(APIRoute):
+class StaffPageRoute(AnsweringRoute):
     """Every failure of a console page is a console page (never JSON, never a 500)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:  # noqa: BLE001 - every failure gets a page
-                return staff_error_page(request, exc)
-
-        return handle
+    def answer(self, request: Request, exc: Exception) -> Response:
+        return staff_error_page(request, exc)
 
 
 def _text(value: str | None) -> str:
