@@ -14,14 +14,15 @@ into the payee's next window, never a payment from the payee.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
+import decimal
 import functools
 import hashlib
 import importlib.util
 import io
 import re
-import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +42,7 @@ PAYEES_MAX: Final = 100_000  # one pain.001 per day; banks take batches well bel
 SEQUENCE_MAX: Final = 99
 CSV_COLUMNS: Final = (
     "business_day",
+    "check_pain001",
     "end_to_end_id",
     "payee_id",
     "payee_name",
@@ -211,24 +213,56 @@ def payout_csv(batch: PayoutBatch) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def _el(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-    element = ET.SubElement(parent, tag, attrs)
-    if text is not None:
-        element.text = text
-    return element
+def _escape(text: str) -> str:
+    """Character data as ElementTree escapes it (``&``, ``<``, ``>``), so the bytes stay ET's."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _account(parent: ET.Element, tag: str, account: BankAccount) -> None:
-    acct = _el(parent, tag)
-    _el(_el(_el(acct, "Id"), "Othr"), "Id", account.number)
-    _el(acct, "Ccy", CURRENCY)
-    _el(acct, "Nm", account.name)
+class _Writer:
+    """Indented XML as text, two spaces a level: the bytes ``ET.indent`` + ``ET.tostring`` give,
+    written without building a tree (a tenth of the time for a day of 10,000 payouts)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = ["<?xml version='1.0' encoding='UTF-8'?>\n"]
+        self.depth = 0
+
+    def open(self, tag: str, attrs: str = "") -> None:
+        self.parts.append(f"{'  ' * self.depth}<{tag}{attrs}>\n")
+        self.depth += 1
+
+    def close(self, tag: str) -> None:
+        self.depth -= 1
+        self.parts.append(f"{'  ' * self.depth}</{tag}>\n")
+
+    def leaf(self, path: str, text: str, attrs: str = "") -> None:
+        """``A/B/C`` with text in C: the chain of single children ElementTree would indent."""
+        tags = path.split("/")
+        for tag in tags[:-1]:
+            self.open(tag)
+        self.parts.append(f"{'  ' * self.depth}<{tags[-1]}{attrs}>{_escape(text)}</{tags[-1]}>\n")
+        for tag in reversed(tags[:-1]):
+            self.close(tag)
+
+    def account(self, tag: str, account: BankAccount) -> None:
+        self.open(tag)
+        self.leaf("Id/Othr/Id", account.number)
+        self.leaf("Ccy", CURRENCY)
+        self.leaf("Nm", account.name)
+        self.close(tag)
+
+    def agent(self, tag: str, account: BankAccount) -> None:
+        self.open(tag)
+        self.open("FinInstnId")
+        self.open("ClrSysMmbId")
+        self.leaf("ClrSysId/Cd", CLEARING_SYSTEM)
+        self.leaf("MmbId", account.cnaps)
+        self.close("ClrSysMmbId")
+        self.close("FinInstnId")
+        self.close(tag)
 
 
-def _agent(parent: ET.Element, tag: str, account: BankAccount) -> None:
-    member = _el(_el(_el(parent, tag), "FinInstnId"), "ClrSysMmbId")
-    _el(_el(member, "ClrSysId"), "Cd", CLEARING_SYSTEM)
-    _el(member, "MmbId", account.cnaps)
+def _remittance(batch: PayoutBatch, line: PayoutLine) -> str:
+    return f"Yikatong settlement {batch.business_day.isoformat()} {line.payee_id}"
 
 
 def payout_pain001(batch: PayoutBatch) -> bytes:
@@ -246,38 +280,41 @@ def payout_pain001(batch: PayoutBatch) -> bytes:
         )
     total = format_yuan(batch.total_fen)
     count = str(len(batch.lines))
-    # The namespace is written as a plain xmlns attribute: ElementTree's default_namespace
-    # refuses the unqualified Ccy attribute that the schema requires.
-    root = ET.Element("Document", {"xmlns": PAIN001_NS})
-    initiation = _el(root, "CstmrCdtTrfInitn")
-    header = _el(initiation, "GrpHdr")
-    _el(header, "MsgId", batch.message_id)
-    _el(header, "CreDtTm", batch.created_at.isoformat(timespec="seconds"))
-    _el(header, "NbOfTxs", count)
-    _el(header, "CtrlSum", total)
-    _el(_el(header, "InitgPty"), "Nm", batch.payer.name)
-    info = _el(initiation, "PmtInf")
-    _el(info, "PmtInfId", f"{batch.message_id}-1")
-    _el(info, "PmtMtd", "TRF")
-    _el(info, "BtchBookg", "false")
-    _el(info, "NbOfTxs", count)
-    _el(info, "CtrlSum", total)
-    _el(_el(info, "ReqdExctnDt"), "Dt", batch.execution_date.isoformat())
-    _el(_el(info, "Dbtr"), "Nm", batch.payer.name)
-    _account(info, "DbtrAcct", batch.payer.account)
-    _agent(info, "DbtrAgt", batch.payer.account)
-    _el(info, "ChrgBr", "DEBT")
+    ccy = f' Ccy="{CURRENCY}"'
+    xml = _Writer()
+    xml.open("Document", f' xmlns="{PAIN001_NS}"')
+    xml.open("CstmrCdtTrfInitn")
+    xml.open("GrpHdr")
+    xml.leaf("MsgId", batch.message_id)
+    xml.leaf("CreDtTm", batch.created_at.isoformat(timespec="seconds"))
+    xml.leaf("NbOfTxs", count)
+    xml.leaf("CtrlSum", total)
+    xml.leaf("InitgPty/Nm", batch.payer.name)
+    xml.close("GrpHdr")
+    xml.open("PmtInf")
+    xml.leaf("PmtInfId", f"{batch.message_id}-1")
+    xml.leaf("PmtMtd", "TRF")
+    xml.leaf("BtchBookg", "false")
+    xml.leaf("NbOfTxs", count)
+    xml.leaf("CtrlSum", total)
+    xml.leaf("ReqdExctnDt/Dt", batch.execution_date.isoformat())
+    xml.leaf("Dbtr/Nm", batch.payer.name)
+    xml.account("DbtrAcct", batch.payer.account)
+    xml.agent("DbtrAgt", batch.payer.account)
+    xml.leaf("ChrgBr", "DEBT")
     for line in batch.lines:
-        tx = _el(info, "CdtTrfTxInf")
-        _el(_el(tx, "PmtId"), "EndToEndId", line.end_to_end_id)
-        _el(_el(tx, "Amt"), "InstdAmt", format_yuan(line.amount_fen), Ccy=CURRENCY)
-        _agent(tx, "CdtrAgt", line.account)
-        _el(_el(tx, "Cdtr"), "Nm", line.account.name)
-        _account(tx, "CdtrAcct", line.account)
-        _el(_el(tx, "RmtInf"), "Ustrd", f"Yikatong settlement {batch.business_day.isoformat()} {line.payee_id}")
-    ET.indent(root, space="  ")
-    document: bytes = ET.tostring(root, encoding="UTF-8", xml_declaration=True)
-    return document + b"\n"
+        xml.open("CdtTrfTxInf")
+        xml.leaf("PmtId/EndToEndId", line.end_to_end_id)
+        xml.leaf("Amt/InstdAmt", format_yuan(line.amount_fen), ccy)
+        xml.agent("CdtrAgt", line.account)
+        xml.leaf("Cdtr/Nm", line.account.name)
+        xml.account("CdtrAcct", line.account)
+        xml.leaf("RmtInf/Ustrd", _remittance(batch, line))
+        xml.close("CdtTrfTxInf")
+    xml.close("PmtInf")
+    xml.close("CstmrCdtTrfInitn")
+    xml.parts.append("</Document>\n")
+    return "".join(xml.parts).encode("utf-8")
 
 
 def pain001_xsd_path() -> Path:
@@ -314,6 +351,128 @@ def validate_pain001(document: bytes) -> None:
         raise SettlementError(
             SettlementCode.E_PAYOUT_SCHEMA, f"pain.001 does not validate: {error.reason} at {error.path}"
         )
+
+
+_XS: Final = "{http://www.w3.org/2001/XMLSchema}"
+_TX: Final = "Document/CstmrCdtTrfInitn/PmtInf/CdtTrfTxInf/"
+_STRING_FACETS: Final = frozenset({"minLength", "maxLength", "pattern", "enumeration"})
+_DECIMAL_FACETS: Final = frozenset({"fractionDigits", "totalDigits", "minInclusive"})
+
+
+def _facet_check(xsd_type: Any) -> Callable[[str], bool]:
+    """A fast test of a value against the facets xmlschema read from the official XSD for this
+    simple type; a type with any other facet or base is checked by xmlschema itself (slower)."""
+    facets = {key.removeprefix(_XS): value for key, value in xsd_type.facets.items() if key}
+    primitive = xsd_type.primitive_type.name
+    if primitive == f"{_XS}string" and set(facets) <= _STRING_FACETS:
+        low = facets["minLength"].value if "minLength" in facets else 0
+        high = facets["maxLength"].value if "maxLength" in facets else None
+        patterns = [re.compile(regexp) for regexp in facets["pattern"].regexps] if "pattern" in facets else []
+        allowed = set(facets["enumeration"].enumeration) if "enumeration" in facets else None
+
+        def string_ok(value: str) -> bool:
+            return (
+                low <= len(value)
+                and (high is None or len(value) <= high)
+                and all(p.fullmatch(value) for p in patterns)
+                and (allowed is None or value in allowed)
+            )
+
+        return string_ok
+    if primitive == f"{_XS}decimal" and set(facets) <= _DECIMAL_FACETS:
+        fraction = facets["fractionDigits"].value if "fractionDigits" in facets else None
+        total = facets["totalDigits"].value if "totalDigits" in facets else None
+        minimum = facets["minInclusive"].value if "minInclusive" in facets else None
+        shape = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+        def decimal_ok(value: str) -> bool:
+            if not shape.fullmatch(value):
+                return xsd_type.is_valid(value)  # type: ignore[no-any-return]  # other lexical forms
+            whole, _, frac = value.partition(".")
+            digits = len(whole.lstrip("0")) + len(frac)
+            return (
+                (fraction is None or len(frac) <= fraction)
+                and (total is None or digits <= total)
+                and (minimum is None or decimal.Decimal(value) >= minimum)
+            )
+
+        return decimal_ok
+    return xsd_type.is_valid  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _value_checks() -> dict[str, Callable[[str], bool]]:
+    """Element path (and ``@attr``) -> the check of its XSD type, for every value a transaction
+    or the header carries that differs between documents."""
+    schema = _pain001_schema()
+    ns = {"p": PAIN001_NS}
+
+    def element(path: str) -> Any:
+        found = schema.find("/".join(f"p:{part}" for part in path.split("/")), namespaces=ns)
+        assert found is not None, f"{path} is not in pain.001.001.09"
+        return found
+
+    checks: dict[str, Callable[[str], bool]] = {}
+    for path in ("GrpHdr/NbOfTxs", "GrpHdr/CtrlSum", "PmtInf/NbOfTxs", "PmtInf/CtrlSum"):
+        full = "Document/CstmrCdtTrfInitn/" + path
+        checks[full] = _facet_check(element(full).type)
+    for path in (
+        "PmtId/EndToEndId",
+        "CdtrAgt/FinInstnId/ClrSysMmbId/MmbId",
+        "Cdtr/Nm",
+        "CdtrAcct/Id/Othr/Id",
+        "CdtrAcct/Nm",
+        "RmtInf/Ustrd",
+    ):
+        checks[_TX + path] = _facet_check(element(_TX + path).type)
+    amount = element(_TX + "Amt/InstdAmt").type
+    checks[_TX + "Amt/InstdAmt"] = _facet_check(amount.content)
+    checks[_TX + "Amt/InstdAmt@Ccy"] = _facet_check(amount.attributes["Ccy"].type)
+    return checks
+
+
+def check_pain001(batch: PayoutBatch) -> None:
+    """The close's check of ``payout_pain001(batch)`` against the official XSD, in two parts that
+    together cover what a full validation covers (``docs/settlement.md``, "The schema"):
+
+    1. **structure**: a document of the same builder with the batch's first and last payouts is
+       validated in full by xmlschema (every element, order, occurrence and value);
+    2. **values**: every value that differs between payouts (ids, amounts, names, accounts,
+       bank codes, remittance text) and the header's counts and sums are checked against the
+       facets of the XSD type that the official schema gives their element.
+
+    The builder writes every transaction with the same element sequence, so (1) covers the shape
+    of all of them; (2) covers their contents. ``validate_pain001`` is the full validation (a
+    day of 10,000 payouts takes it ~6 s; this takes ~0.1 s); the tests run both.
+    """
+    if not batch.lines:
+        raise SettlementError(SettlementCode.E_BAD_PAYOUT_BATCH, "no payouts: there is no pain.001 to check")
+    ends = batch.lines[:1] + batch.lines[-1:] if len(batch.lines) > 1 else batch.lines
+    validate_pain001(payout_pain001(dataclasses.replace(batch, lines=ends)))
+    checks = _value_checks()
+    header = "Document/CstmrCdtTrfInitn/"
+    values: list[tuple[str, str]] = []
+    for path in ("GrpHdr/NbOfTxs", "PmtInf/NbOfTxs"):
+        values.append((header + path, str(len(batch.lines))))
+    for path in ("GrpHdr/CtrlSum", "PmtInf/CtrlSum"):
+        values.append((header + path, format_yuan(batch.total_fen)))
+    for line in batch.lines:
+        account = line.account
+        values += [
+            (_TX + "PmtId/EndToEndId", line.end_to_end_id),
+            (_TX + "Amt/InstdAmt", format_yuan(line.amount_fen)),
+            (_TX + "Amt/InstdAmt@Ccy", CURRENCY),
+            (_TX + "CdtrAgt/FinInstnId/ClrSysMmbId/MmbId", account.cnaps),
+            (_TX + "Cdtr/Nm", account.name),
+            (_TX + "CdtrAcct/Id/Othr/Id", account.number),
+            (_TX + "CdtrAcct/Nm", account.name),
+            (_TX + "RmtInf/Ustrd", _remittance(batch, line)),
+        ]
+    for path, value in values:
+        if not checks[path](value):
+            raise SettlementError(
+                SettlementCode.E_PAYOUT_SCHEMA, f"pain.001 does not validate: {value!r} is not valid at /{path}"
+            )
 
 
 __all__ = [
