@@ -55,7 +55,17 @@ from clearing.contract.codes import Code
 from clearing.db import lock_for_update
 from clearing.errors import ClearingError
 from clearing.ingest import RESOLVER, TacKeys, keystore_dtk, tap_transfer_id
-from clearing.ingest_totals import REFUND, SALE, payee_of_tap, record_event
+from clearing.ingest_totals import (
+    REFUND,
+    SALE,
+    TransferLeg,
+    is_transfer_leg,
+    payee_of_tap,
+    record_event,
+    sealed_through,
+    window_of,
+    write_transfer_legs,
+)
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import Card, ExceptionItem, ExceptionState, Tap, Terminal, Transfer, TransferCode
 from clearing.validation import before_the_load, parse_tap_time, verify_tacs
@@ -435,11 +445,12 @@ def accept(
     if tap is None:
         tap = _store_tap(session, item, record, days.day_of(now), now)
     transfer_id = None
+    # The tap's day's payee (dated assignments); the money joins the window of the decision's day.
+    payee = payee_of_tap(session, terminal.terminal_id, record.route_id, tap.business_day,
+                         terminal.payable_account_id)  # fmt: skip
+    window = None
     if record.amount_fen > 0:
         transfer_id = tap_transfer_id(record.terminal_id, record.terminal_seq)
-        # The tap's day's payee (dated assignments); the money joins the window of the decision's day.
-        payee = payee_of_tap(session, terminal.terminal_id, record.route_id, tap.business_day,
-                             terminal.payable_account_id)  # fmt: skip
         post_transfers(
             session,
             [
@@ -449,9 +460,14 @@ def accept(
                 )
             ],
         )  # fmt: skip
-        record_event(session, payee_account_id=payee, kind=SALE, source_ref=transfer_id,
-                     amount_fen=record.amount_fen, at=now, days=days)  # fmt: skip
+        window = record_event(session, payee_account_id=payee, kind=SALE, source_ref=transfer_id,
+                              amount_fen=record.amount_fen, at=now, days=days).window_day  # fmt: skip
         tap.transfer_id = transfer_id
+    if is_transfer_leg(record.fare):  # a sale of a transfer leg: settlement shares its journey's discount
+        if window is None:
+            window = window_of(days.day_of(now), sealed_through(session))
+        session.flush()
+        write_transfer_legs(session, [TransferLeg(record.terminal_id, record.terminal_seq, window, payee)])
     _move_shadow(card, record)
     _decide(item, ExceptionState.ACCEPTED, note, decided_by, now, transfer_id=transfer_id, amount_fen=record.amount_fen)
     session.flush()

@@ -76,12 +76,16 @@ from clearing.ingest_totals import (
     LOCK_SHARED_SQL,
     POSTINGS_INSERT_PG,
     TOTALS_UPSERT_PG,
+    TRANSFER_LEGS_INSERT_PG,
     PayeeBook,
     Posting,
+    TransferLeg,
     postings_pg_params,
     read_assignments_pg,
     sale_postings,
     totals_pg_params,
+    transfer_legs,
+    transfer_legs_pg_params,
 )
 from clearing.models import LEDGER_CNY, TransferCode, TransferState
 from clearing.validation import (
@@ -357,7 +361,8 @@ class PgIngestor:
                 if self.running_totals
                 else []
             )
-            self._write_state(cur, plan, batch_id, received_at, postings)
+            legs = transfer_legs(plan.taps, payees, sealed) if payees is not None else []
+            self._write_state(cur, plan, batch_id, received_at, postings, legs)
         if self.before_commit is not None:
             self.before_commit(prepared)
         conn.commit()
@@ -529,9 +534,10 @@ class PgIngestor:
         batch_id: int,
         received_at: dt.datetime,
         postings: Sequence[Posting] = (),
+        legs: Sequence[TransferLeg] = (),
     ) -> None:
         """Under the card locks: exception items of stored taps, account totals, settlement's running
-        totals, cards, the answer.
+        totals and transfer legs, cards, the answer.
 
         Pipelined: the statements are independent writes, sent in one round trip.
         """
@@ -540,6 +546,8 @@ class PgIngestor:
             if postings:
                 cur.execute(POSTINGS_INSERT_PG, postings_pg_params(postings, received_at))
                 cur.execute(TOTALS_UPSERT_PG, totals_pg_params(postings))
+            if legs:
+                cur.execute(TRANSFER_LEGS_INSERT_PG, transfer_legs_pg_params(legs))
 
     def _send_state(self, cur: psycopg.Cursor[Any], plan: WritePlan, batch_id: int, received_at: dt.datetime) -> None:
         queued = [tap for tap in plan.taps if tap.exception and tap.stored]

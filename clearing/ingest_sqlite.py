@@ -37,7 +37,15 @@ from clearing.ingest import (
     with_retries,
 )
 from clearing.ingest_reads import ForwardKey, LateKey, LateReads, Snapshot, leg_from_row, read_context
-from clearing.ingest_totals import PayeeBook, read_assignments, sale_postings, sealed_through, write_postings
+from clearing.ingest_totals import (
+    PayeeBook,
+    read_assignments,
+    sale_postings,
+    sealed_through,
+    transfer_legs,
+    write_postings,
+    write_transfer_legs,
+)
 from clearing.ledger import apply_account_deltas
 from clearing.models import (
     LEDGER_CNY,
@@ -186,6 +194,8 @@ class SqlIngestor:
         if self.running_totals:
             source = f"batch:{terminal_id}:{batch.batch_seq}"
             write_postings(session, sale_postings(source, plan.sales, sealed), received_at)
+            assert payees is not None
+            write_transfer_legs(session, transfer_legs(plan.taps, payees, sealed))
         if self.before_commit is not None:
             self.before_commit(prepared)
         session.commit()

@@ -22,6 +22,10 @@ batch, in the batch's own transaction:
 3. **Running totals.** The batch's postings are aggregated per (payee, event day): one row of
    ``settlement_postings`` (the journal: source, payee, event day, window) and one upsert of
    ``settlement_totals`` per payee and window — never a row per tap.
+4. **Transfer legs.** Each posted tap that is a transfer (``fare.transfer_of`` set; not a
+   tap-off, which ends its tap-on's leg) gets one row of ``settlement_transfer_legs`` in the
+   window its sale joined, for the close's discount sharing: one multi-row insert per batch,
+   most columns copied from the tap row just written. Nothing for any other tap.
 
 Decisions and refunds made outside ingest (``exceptions_queue``, ``loads``) call ``record_event``:
 they fall in the window of the day the decision is made.
@@ -32,12 +36,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
+
+if TYPE_CHECKING:
+    from clearing.ingest import TapRow
 
 # The advisory lock every writer of running totals holds shared and the seal holds exclusively
 # (PostgreSQL); 'YKST' in ASCII, one key for every window (seals go in day order).
@@ -300,6 +307,80 @@ def totals_pg_params(postings: Sequence[Posting]) -> tuple[object, ...]:
     return tuple([row[i] for row in rows] for i in range(8))
 
 
+# --- transfer legs (settlement's discount sharing) --------------------------------------------
+
+# Everything but the window and the payee comes from the tap row itself, found on its unique
+# (terminal_id, terminal_seq) index: the row was written earlier in the same transaction.
+_LEG_COLUMNS: Final = (
+    "window_day, issuer_id, card_asn, terminal_id, terminal_seq, offline_counter, tx_time, transfer_of, "
+    "product_id, rider_category_id, tariff_version, charged_fen, full_fare_fen, payee_account_id, tap_id"
+)
+_LEG_FROM_TAP: Final = (
+    "t.issuer_id, t.card_asn, t.terminal_id, t.terminal_seq, t.offline_counter, t.tx_time, t.fare_transfer_of, "
+    "t.fare_product_id, t.fare_rider_category_id, t.fare_tariff_version, t.amount_fen, t.fare_full_fen"
+)
+TRANSFER_LEGS_INSERT_PG: Final = (
+    f"INSERT INTO settlement_transfer_legs ({_LEG_COLUMNS}) SELECT v.window_day, {_LEG_FROM_TAP}, v.payee, t.id "  # noqa: S608
+    "FROM unnest(%s::bigint[], %s::date[], %s::bigint[]) AS v(seq, window_day, payee) "
+    "JOIN taps t ON t.terminal_id = %s AND t.terminal_seq = v.seq "
+    "ON CONFLICT (terminal_id, terminal_seq) DO NOTHING"
+)
+_TRANSFER_LEG_INSERT: Final = (
+    f"INSERT INTO settlement_transfer_legs ({_LEG_COLUMNS}) SELECT :window_day, {_LEG_FROM_TAP}, :payee, t.id "  # noqa: S608
+    "FROM taps t WHERE t.terminal_id = :terminal_id AND t.terminal_seq = :seq "
+    "ON CONFLICT (terminal_id, terminal_seq) DO NOTHING"
+)
+
+
+class TransferLeg(NamedTuple):
+    """A posted transfer tap: its key, the window its sale joined and the payable it credited."""
+
+    terminal_id: str
+    terminal_seq: int
+    window_day: dt.date
+    payee_account_id: int
+
+
+def is_transfer_leg(fare: Any) -> bool:
+    """A tap that is a leg transferred from an earlier one (a tap-off only ends its tap-on's leg)."""
+    return fare is not None and fare.transfer_of is not None and fare.tap_kind != "tap_off"
+
+
+def transfer_legs(taps: Iterable[TapRow], payees: PayeeBook, sealed: dt.date | None) -> list[TransferLeg]:
+    """The batch's posted transfer taps, each with its window and payee (the sale's: ``make_plan``)."""
+    legs: list[TransferLeg] = []
+    for tap in taps:
+        r = tap.record
+        if not (tap.stored and is_transfer_leg(r.fare) and tap.verdict in ("accepted", "suspect")):
+            continue
+        if tap.transfer_id is None and r.amount_fen != 0:
+            continue  # stored, not posted (a debit the card's liability could not cover)
+        payee = payees.payee(r.route_id, tap.business_day)
+        legs.append(TransferLeg(r.terminal_id, r.terminal_seq, window_of(tap.business_day, sealed), payee))
+    return legs
+
+
+def transfer_legs_pg_params(legs: Sequence[TransferLeg]) -> tuple[object, ...]:
+    """Arguments of ``TRANSFER_LEGS_INSERT_PG`` (the uploader's taps only: one terminal)."""
+    assert len({leg.terminal_id for leg in legs}) == 1, "a batch stores only its uploader's taps"
+    return (
+        [leg.terminal_seq for leg in legs],
+        [leg.window_day for leg in legs],
+        [leg.payee_account_id for leg in legs],
+        legs[0].terminal_id,
+    )
+
+
+def write_transfer_legs(session: Session, legs: Sequence[TransferLeg]) -> None:
+    """The legs' rows through SQLAlchemy (SQLite ingest, and decisions on either database)."""
+    if legs:
+        session.execute(
+            text(_TRANSFER_LEG_INSERT),
+            [{"window_day": leg.window_day, "payee": leg.payee_account_id, "terminal_id": leg.terminal_id,
+              "seq": leg.terminal_seq} for leg in legs],
+        )  # fmt: skip
+
+
 def record_event(
     session: Session,
     *,
@@ -329,10 +410,13 @@ __all__ = [
     "REFUND",
     "SALE",
     "TOTALS_UPSERT_PG",
+    "TRANSFER_LEGS_INSERT_PG",
     "WINDOW_LOCK_KEY",
     "Assignment",
     "PayeeBook",
     "Posting",
+    "TransferLeg",
+    "is_transfer_leg",
     "payee_of_tap",
     "postings_pg_params",
     "read_assignments",
@@ -342,6 +426,9 @@ __all__ = [
     "sealed_through",
     "totals_pg_params",
     "totals_rows",
+    "transfer_legs",
+    "transfer_legs_pg_params",
     "window_of",
     "write_postings",
+    "write_transfer_legs",
 ]

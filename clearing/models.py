@@ -87,6 +87,7 @@ class TransferCode(enum.IntEnum):
     FEE = 8
     MEDICAL = 9
     PAYOUT = 10
+    SHARING = 11  # settlement: a journey's transfer discount shared, payable -> payable
 
 
 class TransferState(enum.StrEnum):

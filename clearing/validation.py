@@ -209,6 +209,10 @@ class Context:
     # per card with a tap-off to price: its posted legs of the days concerned, in counter order
     day_legs: Mapping[CardKey, Sequence[Leg]] = field(default_factory=dict)
     refund_pricer: RefundPricer | None = None
+    # Set (to the acquirer's city) when the records come from a foreign acquirer (interop): their
+    # terminals are the acquirer's, registered there and authenticated by its signed batch and by
+    # the TAC (which covers the terminal id), so step 1 is skipped (``clearing.foreign``).
+    acquirer: str | None = None
 
 
 class Outcome(NamedTuple):
@@ -469,7 +473,7 @@ def _judge_one(
 ) -> Outcome | None:
     """Steps 1–8 for one record: its outcome, or None when step 9 (per card) decides."""
     asn, counter = record.card_asn, record.offline_counter
-    if record.terminal_id != ctx.uploader or record.terminal_id not in ctx.known_terminals:
+    if (record.terminal_id != ctx.uploader or record.terminal_id not in ctx.known_terminals) and ctx.acquirer is None:
         why = "is not registered" if record.terminal_id not in ctx.known_terminals else "is not the uploading terminal"
         return _rejected(Code.E_UNKNOWN_TERMINAL, f"terminal {record.terminal_id} {why} ({ctx.uploader})")
     issuer = record.issuer_id

@@ -152,6 +152,14 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     ),
     "yikatong_card_types": _spec("card_type", "rider_category_id", required=("card_type", "rider_category_id")),
     "yikatong_settings": _spec("key", "value", required=("key", "value")),
+    # GTFS stops, for the staff console's stop map only (settlement.reports.load_stops); the fare
+    # engine does not read it. Every GTFS column is allowed so a feed's own file loads as it is.
+    "stops": _spec(
+        *("stop_id", "stop_code", "stop_name", "tts_stop_name", "stop_desc", "stop_lat", "stop_lon", "zone_id"),
+        *("stop_url", "location_type", "parent_station", "stop_timezone", "wheelchair_boarding", "level_id"),
+        "platform_code",
+        required=("stop_id",),
+    ),
 }
 _REQUIRED_TABLES: Final = frozenset({"fare_products", "fare_leg_rules", "yikatong_codes"})
 _EXTENSIONS: Final = (".csv", ".txt")  # GTFS names its CSV files .txt; both are accepted

@@ -52,6 +52,9 @@ class ItemVerdict:
     code: str
     amount_fen: int
     message: str = ""
+    # Accepted: the window (business day) the issuer booked it in (``interop_xian.netting``); the
+    # acquirer books its DUE_FROM in the same one. None for a rejection.
+    window_day: dt.date | None = None
 
 
 class IssuerJudge(Protocol):

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from alembic import context
 
+import interop_xian.models  # noqa: F401 - interop's tables (migration 0011)
 import portal.models  # noqa: F401 - the portal's tables are on the same metadata (migration 0006)
+import portal.modules.medical.models  # noqa: F401 - medical insurance's tables (migration 0015)
+import portal.modules.permits.models  # noqa: F401 - the permits' tables (migration 0013)
+import portal.modules.social_security.models  # noqa: F401 - social security's tables (migration 0012)
+import portal.modules.utility_bills.models  # noqa: F401 - utility bills' tables (migration 0014)
 import settlement.models  # noqa: F401 - settlement's tables too (migration 0009)
 from clearing.db import make_engine
 from clearing.models import Base

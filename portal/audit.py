@@ -52,6 +52,26 @@ ACTIONS: Final = frozenset(
         "notices_view",
         "audit_view",
         "lost_report",
+        "parties_view",  # portal.pages_parties: the payee pages' role checks, changes and statement downloads
+        "parties_edit",
+        "payee_add",
+        "payee_fee",
+        "payee_account",
+        "payee_status",
+        "assign_route",
+        "assign_terminal",
+        "statement_download",
+        "finance_view",  # portal.pages_finance: a day's figures, charts or stop map looked at
+        "medical_reversal",  # portal.modules.medical.visits: a settled visit reversed
+        "medical_claim_review",  # portal.modules.medical.claims: a claim checked, valuated, paid or rejected
+        "bills_file",  # portal.modules.utility_bills: a biller's daily file of payments downloaded
+        "permit_view",  # portal.modules.permits: a clerk opened an application or one of its documents
+        "permit_review",  # portal.modules.permits: a clerk's step on an application (or its refusal)
+        "ss_import",  # portal.modules.social_security: a contribution file imported (or refused)
+        "ss_entries_view",  # portal.modules.social_security: a clerk looked up a person's contributions
+        "ss_correction",  # portal.modules.social_security: a correction entry (never an edit)
+        "disputes_view",  # portal.pages_disputes: interop disputes looked at
+        "dispute_move",  # portal.pages_disputes: a dispute moved (or the move refused)
     }
 )
 _DIGITS_RUN: Final = re.compile(r"\d{11,}")

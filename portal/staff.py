@@ -73,9 +73,15 @@ ADMINISTRATOR: Final = "administrator"
 
 # What each role may do (the routes check it; ``may`` is the one question they ask).
 ROLE_ACTIONS: Final[dict[str, frozenset[str]]] = {
-    COUNTER_CLERK: frozenset({"card_search", "card_view", "replacement", "unblock"}),
-    FINANCE: frozenset({"refund", "notices_view"}),
-    ADMINISTRATOR: frozenset({"staff_add", "staff_list", "staff_reset_totp", "audit_view"}),
+    COUNTER_CLERK: frozenset(
+        {"card_search", "card_view", "replacement", "unblock", "permit_review", "ss_entries_view", "ss_correction"}
+    )
+    | {"medical_claim_review"},  # portal.modules.medical (issue 13)
+    FINANCE: frozenset({"refund", "notices_view", "finance_view", "parties_view", "parties_edit", "statement_download"})
+    | {"disputes_view", "dispute_move"}  # portal.pages_disputes (issue 12)
+    | {"medical_reversal"}  # portal.modules.medical (issue 13): a settled clinic visit reversed
+    | {"bills_file"},  # portal.modules.utility_bills (issue 13): a biller's daily file of payments
+    ADMINISTRATOR: frozenset({"staff_add", "staff_list", "staff_reset_totp", "audit_view", "parties_view"}),
 }
 assert set(ROLE_ACTIONS) == set(STAFF_ROLES)
 

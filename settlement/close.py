@@ -5,11 +5,13 @@ Three steps, each atomic, each safe to run again (``docs/settlement.md``, "Close
 1. **seal** (``settlement.windows.seal``): the atomic marker; from here no transfer joins the
    window.
 2. **settle**, one transaction: read the window's running totals (never the taps), the
-   payees' terms and carries, compute each payee's statement (``statement_lines``, pure), post
-   the fees (payable → fee revenue) and payouts (payable → bank settlement) under ids derived
-   from day and payee, write the statements and carries, render the files from what was just
-   written and store their SHA-256 with the window, marked ``closed``. A second close of the
-   same day waits on the window row, finds it closed and changes nothing.
+   payees' terms and carries, and the window's transfer-discount adjustments (its transfer legs'
+   journeys, ``settlement.journeys``); compute each payee's statement (``statement_lines``,
+   pure), post the fees (payable → fee revenue), the sharing (payable → payable) and the payouts
+   (payable → bank settlement) under ids derived from day and payee, write the statements and
+   carries, render the files from what was just written and store their SHA-256 with the
+   window, marked ``closed``. A second close of the same day waits on the window row, finds it
+   closed and changes nothing.
 3. **files** under ``<out>/<D>/``, rendered from the stored statements only, written
    atomically (temporary file, fsync, rename, fsync of the directory) and only when missing or
    different. A rerun writes nothing: the bytes are the same.
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -47,17 +49,19 @@ from settlement import transfer_ids
 from settlement.bank import BankAccount
 from settlement.errors import SettlementCode, SettlementError
 from settlement.fees import FeeAssessment, FeeBook, FeeSchedule, Rounding, assess
+from settlement.journeys import FareLookup, window_adjustments
 from settlement.models import CarryRow, PostingRow, StatementRow, TotalRow, WindowRow
 from settlement.parties import PayeeTerms, fee_book, payee_terms
 from settlement.payouts import (
     PayeeNet,
     Payer,
+    check_pain001,
     end_to_end_id,
     payout_batch,
     payout_csv,
     payout_pain001,
-    validate_pain001,
 )
+from settlement.sharing import pair_moves, sharing_moves
 from settlement.windows import seal
 
 BANK_SETTLEMENT_REF: Final = "system:bank_settlement"
@@ -67,8 +71,8 @@ TRANSFERS_PER_POST: Final = 50_000
 CLOSE_ATTEMPTS_MAX: Final = 4
 STATEMENT_COLUMNS: Final = (
     "business_day", "payee_id", "payee_name", "count", "gross_fen", "refund_count", "refunds_fen", "late_count",
-    "late_fen", "fee_fen", "net_fen", "carry_in_fen", "payout_fen", "carry_out_fen", "fee_bps", "fee_min_fen",
-    "fee_cap_fen", "fee_rounding", "end_to_end_id", "held_reason",
+    "late_fen", "sharing_fen", "fee_fen", "net_fen", "carry_in_fen", "payout_fen", "carry_out_fen", "fee_bps",
+    "fee_min_fen", "fee_cap_fen", "fee_rounding", "end_to_end_id", "held_reason", "sharing_owed_fen",
 )  # fmt: skip
 LATE_COLUMNS: Final = ("business_day", "source_ref", "payee_id", "kind", "event_day", "count", "amount_fen")
 Progress = Callable[[str, int, int], None]  # (step, done, total)
@@ -88,7 +92,12 @@ class Totals:
 
 @dataclass(frozen=True, slots=True)
 class StatementLine:
-    """One payee's close: the figures, the schedule applied, the account paid (or why not)."""
+    """One payee's close: the figures, the schedule applied, the account paid (or why not).
+
+    ``sharing_fen`` is what the close moved to (+) or from (−) the payable for transfer
+    discounts; ``sharing_owed_fen`` what of the payee's adjustments still waits for a payable
+    that could not give it yet (``sharing.sharing_moves``).
+    """
 
     payee_account_id: int
     payee_id: str
@@ -103,10 +112,14 @@ class StatementLine:
     account: BankAccount | None
     end_to_end_id: str | None
     held_reason: str | None
+    sharing_fen: int = 0
+    sharing_owed_fen: int = 0
 
     def __post_init__(self) -> None:
         t = self.totals
-        assert self.fee_fen + self.net_fen == t.gross_fen - t.refunds_fen, "fee + net == gross − refunds"
+        assert self.fee_fen + self.net_fen == t.gross_fen - t.refunds_fen + self.sharing_fen, (
+            "fee + net == gross − refunds + sharing"
+        )
         assert self.carry_out_fen == self.carry_in_fen + self.net_fen - self.payout_fen
         assert self.payout_fen >= 0 and self.fee_fen >= 0
         assert (self.payout_fen > 0) == (self.end_to_end_id is not None) and (self.payout_fen == 0 or self.account)
@@ -120,31 +133,52 @@ def statement_lines(
     available: Mapping[int, int],
     book: FeeBook,
     sequence: int = 1,
+    sharing: Mapping[int, int] | None = None,
+    owed: Mapping[int, int] | None = None,
 ) -> list[StatementLine]:
-    """Each payee's statement, pure: fee on the window's net sales, then the payout.
+    """Each payee's statement, pure: fee on the window's net sales, the sharing, then the payout.
 
+    The fee base stays ``gross − refunds``: a transfer discount is the city's, not a sale. The
+    window's transfer-discount adjustments (``sharing``, per payable, summing to 0) plus what
+    each payee was still ``owed`` are moved as far as the giving payables allow after their fee
+    (``sharing.sharing_moves``; the rest stays owed). ``net = gross − refunds + sharing − fee``;
     ``due = carry_in + net``; it is paid when positive, the payee is active and has an account,
-    up to what its payable can still be debited after the fee (a refund of a later window
-    may already have drawn on it); whatever is not paid is carried into the next window.
+    up to what its payable can still be debited after the fee and the sharing (a refund of a
+    later window may already have drawn on it); whatever is not paid is carried into the next
+    window.
     """
-    lines: list[StatementLine] = []
-    for account_id in sorted(set(totals) | {a for a, fen in carries.items() if fen}):
-        term = terms.get(account_id)
-        if term is None:
+    shares, before = sharing or {}, owed or {}
+    ids = sorted(set(totals) | {a for a, fen in carries.items() if fen} | {a for a, f in shares.items() if f}
+                 | {a for a, f in before.items() if f})  # fmt: skip
+    for account_id in ids:
+        if account_id not in terms:
             raise SettlementError(
                 SettlementCode.E_UNKNOWN_PAYEE, f"payable account {account_id} has running totals but no payee"
             )
-        t = totals.get(account_id, Totals())
-        schedule = book.schedule_for(term.category, term.override)
-        figures = assess(t.gross_fen, t.refunds_fen, schedule)
+    figures_of: dict[int, FeeAssessment] = {}
+    for account_id in ids:
+        term, t = terms[account_id], totals.get(account_id, Totals())
+        figures = assess(t.gross_fen, t.refunds_fen, book.schedule_for(term.category, term.override))
         balance = available.get(account_id, 0)
-        held = None
         if figures.fee_fen > balance:  # a later window's refunds drew the payable below the fee
             figures = FeeAssessment(t.gross_fen, t.refunds_fen, max(0, balance),
                                     t.gross_fen - t.refunds_fen - max(0, balance))  # fmt: skip
-            held = FEE_LIMITED
+        figures_of[account_id] = figures
+    payee_of = {account_id: terms[account_id].payee_id for account_id in ids}
+    moved, still_owed = sharing_moves(
+        {payee_of[a]: shares.get(a, 0) + before.get(a, 0) for a in ids},
+        {payee_of[a]: available.get(a, 0) - figures_of[a].fee_fen for a in ids},
+    )
+    lines: list[StatementLine] = []
+    for account_id in ids:
+        term, t, figures = terms[account_id], totals.get(account_id, Totals()), figures_of[account_id]
+        schedule = book.schedule_for(term.category, term.override)
+        balance = available.get(account_id, 0)
+        shared = moved.get(term.payee_id, 0)
+        held = FEE_LIMITED if figures.fee_fen < assess(t.gross_fen, t.refunds_fen, schedule).fee_fen else None
+        net = figures.net_fen + shared
         carry_in = carries.get(account_id, 0)
-        due = carry_in + figures.net_fen
+        due = carry_in + net
         payout = 0
         if due > 0:
             if term.status != "active":
@@ -152,17 +186,28 @@ def statement_lines(
             elif term.account is None:
                 held = "no payout account"
             else:
-                payout = max(0, min(due, balance - figures.fee_fen))
+                payout = max(0, min(due, balance - figures.fee_fen + shared))
                 if payout < due:
                     held = held or "payable short (drawn by a later window)"
         e2e = end_to_end_id(day, sequence, term.payee_id) if payout > 0 else None
         lines.append(
             StatementLine(
-                account_id, term.payee_id, term.name, t, schedule, figures.fee_fen, figures.net_fen, carry_in,
-                payout, due - payout, term.account, e2e, held,
+                account_id, term.payee_id, term.name, t, schedule, figures.fee_fen, net, carry_in,
+                payout, due - payout, term.account, e2e, held, shared, still_owed.get(term.payee_id, 0),
             )
         )  # fmt: skip
     return lines
+
+
+def sharing_transfers(day: dt.date, lines: Sequence[StatementLine]) -> list[TransferSpec]:
+    """The close's sharing as payable → payable transfers (``sharing.pair_moves``), ids from the pair."""
+    account_of = {line.payee_id: line.payee_account_id for line in lines}
+    pairs = pair_moves({line.payee_id: line.sharing_fen for line in lines if line.sharing_fen})
+    return [
+        TransferSpec.single(transfer_ids.sharing(day, giver, taker), account_of[giver], account_of[taker], fen,
+                            TransferCode.SHARING, source_ref=f"close:{day}")
+        for giver, taker, fen in pairs
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +236,18 @@ def close_window(
     early: bool = False,
     progress: Progress | None = None,
     after_settle: Callable[[], None] | None = None,
+    fares: FareLookup | None = None,
 ) -> CloseResult:
-    """Seal, settle and write the files of ``day``; idempotent (module docstring)."""
+    """Seal, settle and write the files of ``day``; idempotent (module docstring).
+
+    ``fares`` prices the transfer legs' standalone fares (``settlement.journeys``); without it
+    the close falls back to what the taps say.
+    """
     report = progress or (lambda step, done, total: None)
     report("seal", 0, 3)
     seal(engine, day, now=now, clock=clock, early=early)
     report("settle", 1, 3)
-    newly = _with_retries(lambda: _settle(engine, day, payer, report))
+    newly = _with_retries(lambda: _settle(engine, day, payer, report, fares))
     if after_settle is not None:
         after_settle()  # test hook: a kill here leaves a closed window without its files
     report("files", 2, 3)
@@ -233,7 +283,7 @@ def bank_settlement_account(session: Session) -> int:
     )
 
 
-def _settle(engine: Engine, day: dt.date, payer: Payer, report: Progress) -> bool:
+def _settle(engine: Engine, day: dt.date, payer: Payer, report: Progress, fares: FareLookup | None = None) -> bool:
     with Session(engine) as session, session.begin():
         # the window row first: a second close of the day waits here, then finds it closed
         session.execute(update(WindowRow).where(WindowRow.business_day == day).values(state=WindowRow.state))
@@ -245,13 +295,17 @@ def _settle(engine: Engine, day: dt.date, payer: Payer, report: Progress) -> boo
             r.payee_account_id: Totals(r.count, r.gross_fen, r.refund_count, r.refunds_fen, r.late_count, r.late_fen)
             for r in session.scalars(select(TotalRow).where(TotalRow.window_day == day))
         }
-        carries = {
-            r.payee_account_id: r.carry_fen for r in session.scalars(select(CarryRow).where(CarryRow.carry_fen != 0))
-        }
-        ids = sorted(set(totals) | set(carries))
+        carry_rows = list(
+            session.scalars(select(CarryRow).where(or_(CarryRow.carry_fen != 0, CarryRow.sharing_owed_fen != 0)))
+        )
+        carries = {r.payee_account_id: r.carry_fen for r in carry_rows if r.carry_fen}
+        owed = {r.payee_account_id: r.sharing_owed_fen for r in carry_rows if r.sharing_owed_fen}
+        sharing = window_adjustments(session, day, fares)
+        ids = sorted(set(totals) | set(carries) | set(owed) | set(sharing))
         terms = payee_terms(session, ids)
         available = _available(session, ids)
-        lines = statement_lines(day, totals, terms, carries, available, fee_book(session), row.payout_sequence)
+        lines = statement_lines(day, totals, terms, carries, available, fee_book(session), row.payout_sequence,
+                                sharing, owed)  # fmt: skip
         report("settle", 1, 3)
         fee_account = accounts.fee_revenue(session)
         bank_account = bank_settlement_account(session)
@@ -261,6 +315,8 @@ def _settle(engine: Engine, day: dt.date, payer: Payer, report: Progress) -> boo
                 specs.append(TransferSpec.single(transfer_ids.fee(day, line.payee_id), line.payee_account_id,
                                                  fee_account, line.fee_fen, TransferCode.FEE,
                                                  source_ref=f"close:{day}"))  # fmt: skip
+        specs.extend(sharing_transfers(day, lines))  # after the fees, before the payouts they may pay
+        for line in lines:
             if line.payout_fen:
                 specs.append(TransferSpec.single(transfer_ids.payout(day, line.payee_id), line.payee_account_id,
                                                  bank_account, line.payout_fen, TransferCode.PAYOUT,
@@ -311,6 +367,7 @@ def _write_statements(session: Session, day: dt.date, lines: Sequence[StatementL
             "account_number": line.account.number if line.account else None,
             "cnaps_code": line.account.cnaps if line.account else None,
             "end_to_end_id": line.end_to_end_id, "held_reason": line.held_reason,
+            "sharing_fen": line.sharing_fen, "sharing_owed_fen": line.sharing_owed_fen,
         }
         for line in lines
     ]  # fmt: skip
@@ -319,8 +376,8 @@ def _write_statements(session: Session, day: dt.date, lines: Sequence[StatementL
 
 
 def _write_carries(session: Session, day: dt.date, lines: Sequence[StatementLine]) -> None:
-    rows = [{"payee_account_id": line.payee_account_id, "carry_fen": line.carry_out_fen, "through_day": day}
-            for line in lines]  # fmt: skip
+    rows = [{"payee_account_id": line.payee_account_id, "carry_fen": line.carry_out_fen, "through_day": day,
+             "sharing_owed_fen": line.sharing_owed_fen} for line in lines]  # fmt: skip
     if not rows:
         return
     upsert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
@@ -329,7 +386,11 @@ def _write_carries(session: Session, day: dt.date, lines: Sequence[StatementLine
         session.execute(
             stmt.on_conflict_do_update(
                 index_elements=["payee_account_id"],
-                set_={"carry_fen": stmt.excluded.carry_fen, "through_day": stmt.excluded.through_day},
+                set_={
+                    "carry_fen": stmt.excluded.carry_fen,
+                    "through_day": stmt.excluded.through_day,
+                    "sharing_owed_fen": stmt.excluded.sharing_owed_fen,
+                },
             )
         )
 
@@ -337,7 +398,8 @@ def _write_carries(session: Session, day: dt.date, lines: Sequence[StatementLine
 # --- files ----------------------------------------------------------------------------------
 
 
-def _line_of(r: StatementRow) -> StatementLine:
+def line_of(r: StatementRow) -> StatementLine:
+    """A stored statement row as the close's ``StatementLine`` (sharing included)."""
     account = (
         BankAccount(r.account_name, r.account_number, r.cnaps_code)
         if r.account_name is not None and r.account_number is not None and r.cnaps_code is not None
@@ -347,13 +409,14 @@ def _line_of(r: StatementRow) -> StatementLine:
         r.payee_account_id, r.payee_id, r.payee_name,
         Totals(r.count, r.gross_fen, r.refund_count, r.refunds_fen, r.late_count, r.late_fen),
         FeeSchedule(r.fee_bps, r.fee_min_fen, r.fee_cap_fen, Rounding(r.fee_rounding)), r.fee_fen, r.net_fen,
-        r.carry_in_fen, r.payout_fen, r.carry_out_fen, account, r.end_to_end_id, r.held_reason,
+        r.carry_in_fen, r.payout_fen, r.carry_out_fen, account, r.end_to_end_id, r.held_reason, r.sharing_fen,
+        r.sharing_owed_fen,
     )  # fmt: skip
 
 
 def stored_lines(session: Session, day: dt.date) -> list[StatementLine]:
     rows = session.scalars(select(StatementRow).where(StatementRow.window_day == day))
-    return sorted((_line_of(r) for r in rows), key=lambda line: line.payee_account_id)
+    return sorted((line_of(r) for r in rows), key=lambda line: line.payee_account_id)
 
 
 def _safe_cell(value: object) -> str:
@@ -410,16 +473,16 @@ def render(
     if batch.lines:
         document = payout_pain001(batch)
         if validate:
-            validate_pain001(document)
+            check_pain001(batch)  # the whole XSD in two parts, fast (payouts.check_pain001)
         files[names["pain001"]] = document
     files[names["statement"]] = _csv(
         STATEMENT_COLUMNS,
         (
             (day.isoformat(), line.payee_id, line.payee_name, line.totals.count, line.totals.gross_fen,
              line.totals.refund_count, line.totals.refunds_fen, line.totals.late_count, line.totals.late_fen,
-             line.fee_fen, line.net_fen, line.carry_in_fen, line.payout_fen, line.carry_out_fen, line.schedule.bps,
-             line.schedule.min_fen, line.schedule.cap_fen, line.schedule.rounding.value, line.end_to_end_id,
-             line.held_reason)
+             line.sharing_fen, line.fee_fen, line.net_fen, line.carry_in_fen, line.payout_fen, line.carry_out_fen,
+             line.schedule.bps, line.schedule.min_fen, line.schedule.cap_fen, line.schedule.rounding.value,
+             line.end_to_end_id, line.held_reason, line.sharing_owed_fen)
             for line in by_id
         ),
     )  # fmt: skip
@@ -436,7 +499,43 @@ def render(
             for ref, account, kind, event_day, count, fen in late
         ),
     )
+    files.update(interop_files(session, day, row.sealed_at))  # the interop hook (below)
     return files
+
+
+# --- interop hook (issue 12): the net settlement instructions agreed with the peer city -----------
+# ``interop_xian.window_close`` makes an instruction final when both cities' digests match; each
+# appears once, in the files of the first close sealed after it became final (``interop-D.csv``),
+# read by table name: settlement may not import interop (ARCHITECTURE.md). Nothing when none.
+INTEROP_COLUMNS: Final = ("business_day", "peer_city", "window_day", "payer", "payee", "net_fen", "due_to_fen",
+                          "due_from_fen", "digest", "finalized_at")  # fmt: skip
+
+
+def interop_files(session: Session, day: dt.date, sealed_at: dt.datetime) -> dict[str, bytes]:
+    """``interop-D.csv``: the instructions finalized after the previous close's seal, up to this one's."""
+    from sqlalchemy import JSON, Date, String, column, table
+
+    from clearing.models import UTCDateTime
+
+    windows = table("interop_windows", column("peer_city", String), column("window_day", Date),
+                    column("state", String), column("due_to_fen"), column("due_from_fen"), column("our_digest", String),
+                    column("instruction", JSON), column("finalized_at", UTCDateTime()))  # fmt: skip
+    before = session.execute(
+        select(WindowRow.sealed_at).where(WindowRow.business_day < day).order_by(WindowRow.business_day.desc()).limit(1)
+    ).scalar_one_or_none()
+    rows = [
+        r for r in session.execute(select(windows).where(windows.c.state == "final")).all()
+        if r.finalized_at <= sealed_at and (before is None or r.finalized_at > before)
+    ]  # fmt: skip
+    if not rows:
+        return {}
+    lines = sorted(
+        (day.isoformat(), r.peer_city, r.window_day.isoformat(), r.instruction.get("payer") or "",
+         r.instruction.get("payee") or "", r.instruction.get("net_fen", 0), r.due_to_fen, r.due_from_fen,
+         r.our_digest, r.finalized_at.isoformat())
+        for r in rows
+    )  # fmt: skip
+    return {f"interop-{day.isoformat()}.csv": _csv(INTEROP_COLUMNS, lines)}
 
 
 def write_files(directory: Path, files: Mapping[str, bytes]) -> list[str]:
@@ -479,7 +578,9 @@ __all__ = [
     "bank_settlement_account",
     "close_window",
     "file_names",
+    "line_of",
     "render",
+    "sharing_transfers",
     "statement_lines",
     "stored_lines",
     "write_files",

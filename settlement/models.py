@@ -20,10 +20,14 @@ compares them too. ``docs/settlement.md`` ("Windows", "Close") explains each.
   payout held for want of an account).
 * ``settlement_payout_results`` — cleared and returned payouts imported from bank statements.
 * ``settlement_audit`` — every change to a party, append-only (triggers refuse UPDATE and DELETE).
+* ``settlement_transfer_legs`` — one row per posted tap that is a transfer (``fare.transfer_of``
+  set), written by ingest in the batch's transaction: what the close needs to share the
+  journey's discount (migration 0010, ``docs/settlement.md``, "Transfer discounts").
 
-Clearing's ingest writes ``settlement_postings`` and ``settlement_totals`` and reads the
-assignments and the window marker by table name (``clearing/ingest_totals.py``): clearing
-never imports settlement (ARCHITECTURE.md, "who may import whom").
+Clearing's ingest writes ``settlement_postings``, ``settlement_totals`` and
+``settlement_transfer_legs`` and reads the assignments and the window marker by table name
+(``clearing/ingest_totals.py``): clearing never imports settlement (ARCHITECTURE.md, "who may
+import whom").
 """
 
 from __future__ import annotations
@@ -251,10 +255,14 @@ class StatementRow(Base):
     cnaps_code: Mapped[str | None] = mapped_column(String(12))
     end_to_end_id: Mapped[str | None] = mapped_column(String(35), unique=True)
     held_reason: Mapped[str | None] = mapped_column(String(64))
+    # transfer-discount sharing (0010): what the close moved to (+) or from (−) the payable, and
+    # what of the payee's adjustments is still owed because a payable could not give it yet
+    sharing_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    sharing_owed_fen: Mapped[int] = mapped_column(BigInteger, default=0)
 
     __table_args__ = (
         CheckConstraint("fee_fen >= 0 AND payout_fen >= 0", name="nonnegative"),
-        CheckConstraint("net_fen + fee_fen = gross_fen - refunds_fen", name="fee_plus_net"),
+        CheckConstraint("net_fen + fee_fen = gross_fen - refunds_fen + sharing_fen", name="fee_plus_net"),
         CheckConstraint("carry_out_fen = carry_in_fen + net_fen - payout_fen", name="carry_balances"),
         CheckConstraint("(payout_fen > 0) = (end_to_end_id IS NOT NULL)", name="paid_iff_e2e"),
     )
@@ -268,6 +276,7 @@ class CarryRow(Base):
     payee_account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     carry_fen: Mapped[int] = mapped_column(BigInteger)
     through_day: Mapped[dt.date] = mapped_column(Date)
+    sharing_owed_fen: Mapped[int] = mapped_column(BigInteger, default=0)  # 0010: sharing not moved yet
 
 
 class PayoutResultRow(Base):
@@ -302,6 +311,40 @@ class SettlementAuditRow(Base):
     __table_args__ = (Index("ix_settlement_audit_target", "target"),)
 
 
+class TransferLegRow(Base):
+    """A posted tap that is a transfer: enough to walk its journey back and share its discount.
+
+    Written by clearing (``clearing/ingest_totals.py``) in the transaction that posts the tap,
+    in the window its sale joined (``window_of``); nothing is written for a tap that is not a
+    transfer. ``transfer_of`` is the earlier leg's terminal_seq (the wire's ``fare.transfer_of``).
+    """
+
+    __tablename__ = "settlement_transfer_legs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    window_day: Mapped[dt.date] = mapped_column(Date)
+    issuer_id: Mapped[str] = mapped_column(String(16))
+    card_asn: Mapped[str] = mapped_column(String(20))
+    terminal_id: Mapped[str] = mapped_column(String(12))
+    terminal_seq: Mapped[int] = mapped_column(BigInteger)
+    offline_counter: Mapped[int] = mapped_column(Integer)
+    tx_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    transfer_of: Mapped[int] = mapped_column(BigInteger)
+    product_id: Mapped[str] = mapped_column(String(64))
+    rider_category_id: Mapped[str | None] = mapped_column(String(64))
+    tariff_version: Mapped[str | None] = mapped_column(String(64))
+    charged_fen: Mapped[int] = mapped_column(BigInteger)
+    full_fare_fen: Mapped[int] = mapped_column(BigInteger)
+    payee_account_id: Mapped[int] = mapped_column(BigInteger)
+    tap_id: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("charged_fen >= 0 AND full_fare_fen >= 0", name="nonnegative"),
+        UniqueConstraint("terminal_id", "terminal_seq", name="uq_settlement_transfer_legs_tap"),
+        Index("ix_settlement_transfer_legs_window_day", "window_day"),
+    )
+
+
 __all__ = [
     "PAYEE_STATUSES",
     "ROUNDINGS",
@@ -315,5 +358,6 @@ __all__ = [
     "StatementRow",
     "TerminalAssignment",
     "TotalRow",
+    "TransferLegRow",
     "WindowRow",
 ]

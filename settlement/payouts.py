@@ -42,7 +42,6 @@ PAYEES_MAX: Final = 100_000  # one pain.001 per day; banks take batches well bel
 SEQUENCE_MAX: Final = 99
 CSV_COLUMNS: Final = (
     "business_day",
-    "check_pain001",
     "end_to_end_id",
     "payee_id",
     "payee_name",

@@ -5,8 +5,10 @@ What is compared, each against the others (``docs/settlement.md``, "Reconciliati
 * the **running totals** (``settlement_totals``) against their journal (``settlement_postings``);
 * the **statements** against the totals, and each statement's arithmetic (fee from the stored
   schedule, ``fee + net == gross − refunds``, carry in = the payee's previous carry out);
-* the **ledger**: each fee and payout transfer exists with the statement's amount, from the
-  payee's payable, and no other transfer claims the close; every payee payable holds exactly its
+* the **sharing** of transfer discounts: what the close moved sums to 0, and so does what stays
+  owed (so the window's adjustments, moved + owed − owed before, do too);
+* the **ledger**: each fee, sharing and payout transfer exists with the statement's amount, from
+  the payee's payable, and no other transfer claims the close; every payee payable holds exactly its
   carry plus the open windows' running totals (a transfer that moved a payable outside the
   running totals shows here);
 * the **window** row's sums against the statements;
@@ -35,14 +37,14 @@ from sqlalchemy.orm import Session
 from clearing.ingest_totals import sealed_through
 from clearing.models import Account, ExceptionItem, Operator, Transfer
 from settlement import transfer_ids
-from settlement.close import FEE_LIMITED, Totals, file_names, render, stored_lines
+from settlement.close import FEE_LIMITED, Totals, file_names, render, sharing_transfers, stored_lines
 from settlement.fees import assess
 from settlement.models import CarryRow, PayoutResultRow, PostingRow, StatementRow, TotalRow, WindowRow
 
 
 @dataclass(frozen=True, slots=True)
 class Difference:
-    what: str  # "totals", "statement", "ledger", "window", "file", "bank", "payable"
+    what: str  # "totals", "statement", "sharing", "ledger", "window", "file", "bank", "payable"
     subject: str  # the payee, file or transfer concerned
     expected: str
     found: str
@@ -95,7 +97,8 @@ def differences(session: Session, day: dt.date, out_dir: Path) -> list[Differenc
     for account in sorted(set(totals) - set(by_account)):
         add(Difference("statement", f"payable {account}", str(totals[account]), "no statement",
                        "a payee with running totals has no statement in the close"))  # fmt: skip
-    previous = _previous_carries(session, day)
+    previous, owed_before = _previous_carries(session, day)
+    found.extend(_sharing(day, lines, owed_before))
     for line in lines:
         who = line.payee_id
         if line.totals != totals.get(line.payee_account_id, Totals()):
@@ -128,7 +131,25 @@ def differences(session: Session, day: dt.date, out_dir: Path) -> list[Differenc
     return found
 
 
-def _previous_carries(session: Session, day: dt.date) -> dict[int, int]:
+def _sharing(day: dt.date, lines: Iterable[object], owed_before: dict[int, int]) -> list[Difference]:
+    """Sharing only moves money between payables: moved, owed and the adjustments each sum to 0."""
+    from settlement.close import StatementLine
+
+    moved = owed = adjusted = 0
+    for line in lines:
+        assert isinstance(line, StatementLine)
+        moved += line.sharing_fen
+        owed += line.sharing_owed_fen
+        adjusted += line.sharing_fen + line.sharing_owed_fen - owed_before.get(line.payee_account_id, 0)
+    if not moved == owed == adjusted == 0:
+        return [Difference("sharing", str(day), "moved 0, owed 0, adjustments 0",
+                           f"moved {moved}, owed {owed}, adjustments {adjusted}",
+                           "transfer-discount sharing does not sum to zero: it may only move money between payables "
+                           "(a statement edited, or a payee owed sharing missing from the close)")]  # fmt: skip
+    return []
+
+
+def _previous_carries(session: Session, day: dt.date) -> tuple[dict[int, int], dict[int, int]]:
     latest = (
         select(StatementRow.payee_account_id, func.max(StatementRow.window_day).label("d"))
         .where(StatementRow.window_day < day)
@@ -136,12 +157,12 @@ def _previous_carries(session: Session, day: dt.date) -> dict[int, int]:
         .subquery()
     )
     rows = session.execute(
-        select(StatementRow.payee_account_id, StatementRow.carry_out_fen).join(
+        select(StatementRow.payee_account_id, StatementRow.carry_out_fen, StatementRow.sharing_owed_fen).join(
             latest,
             (latest.c.payee_account_id == StatementRow.payee_account_id) & (latest.c.d == StatementRow.window_day),
         )
-    )
-    return {int(a): int(c) for a, c in rows}
+    ).all()
+    return {int(a): int(c) for a, c, _ in rows}, {int(a): int(o) for a, _, o in rows if o}
 
 
 def _ledger(session: Session, day: dt.date, lines: Iterable[object]) -> list[Difference]:
@@ -149,8 +170,11 @@ def _ledger(session: Session, day: dt.date, lines: Iterable[object]) -> list[Dif
 
     out: list[Difference] = []
     expected: dict[str, tuple[int, int]] = {}
-    for line in lines:
-        assert isinstance(line, StatementLine)
+    listed = [line for line in lines if isinstance(line, StatementLine)]
+    for spec in sharing_transfers(day, listed):
+        assert spec.debit_account_id is not None and spec.amount_fen is not None
+        expected[spec.id] = (spec.debit_account_id, spec.amount_fen)
+    for line in listed:
         if line.fee_fen:
             expected[transfer_ids.fee(day, line.payee_id)] = (line.payee_account_id, line.fee_fen)
         if line.payout_fen:

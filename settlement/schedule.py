@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from clearing.business_day import BusinessDayClock
 from settlement.close import CloseResult, close_window
+from settlement.journeys import FareLookup
 from settlement.models import TotalRow, WindowRow
 from settlement.payouts import Payer
 
@@ -57,6 +58,7 @@ class ScheduledClose:
     out_dir: Path
     clock: BusinessDayClock
     grace: dt.timedelta = dt.timedelta(seconds=GRACE_S_DEFAULT)
+    fares: FareLookup | None = None  # standalone fares for transfer-discount sharing (settlement.journeys)
 
     def candidates(self) -> tuple[list[dt.date], list[dt.date]]:
         with Session(self.engine) as session:
@@ -79,8 +81,9 @@ class ScheduledClose:
             now=moment, clock=self.clock, grace=self.grace, unfinished=unfinished, open_with_totals=open_days
         ):
             result = close_window(
-                self.engine, day, now=moment, payer=self.payer, out_dir=self.out_dir, clock=self.clock
-            )
+                self.engine, day, now=moment, payer=self.payer, out_dir=self.out_dir, clock=self.clock,
+                fares=self.fares,
+            )  # fmt: skip
             verb = "closed" if result.newly_closed else "already closed"
             log.info("scheduled close of %s: %s, %d payee(s)", day, verb, result.payees)
             results.append(result)

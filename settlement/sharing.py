@@ -18,7 +18,7 @@ already credited, and the adjustments of a journey sum to 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -92,4 +92,96 @@ def settle_journey(legs: Sequence[JourneyLeg]) -> tuple[LegSettlement, ...]:
     return result
 
 
-__all__ = ["LEGS_MAX", "JourneyLeg", "LegSettlement", "settle_journey", "share_discount"]
+def journey_adjustments(legs: Sequence[JourneyLeg]) -> tuple[int, ...]:
+    """Each leg's adjustment (``settle_journey``), or all 0 when the legs have no discount to share.
+
+    A journey whose legs charged more than their standalone fares (a tap-on charged the most the
+    leg could cost, refunded later at the exit), or that breaks the rule's limits, moves nothing:
+    sharing never takes from a journey what its legs did not give.
+    """
+    try:
+        return tuple(leg.adjustment_fen for leg in settle_journey(legs))
+    except SettlementError:
+        return tuple(0 for _ in legs)
+
+
+def added_leg_adjustments(legs: Sequence[JourneyLeg]) -> tuple[int, ...]:
+    """What the journey's last leg brings: ``adjustments(1..k) − adjustments(1..k−1)``, per leg.
+
+    Settled leg by leg, in the windows the legs fall in, a journey telescopes to exactly its
+    full-journey adjustments; a single leg brings nothing. The result sums to 0.
+    """
+    if len(legs) < 2:
+        return tuple(0 for _ in legs)
+    after = journey_adjustments(legs)
+    before = (*journey_adjustments(legs[:-1]), 0)
+    result = tuple(a - b for a, b in zip(after, before, strict=True))
+    assert sum(result) == 0
+    return result
+
+
+def sharing_moves(wanted: Mapping[str, int], room: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """What a close moves for each payee, and what stays owed: ``moved + owed == wanted``.
+
+    ``wanted`` (summing to 0) is each payee's adjustments plus what it was owed before; ``room``
+    is what its payable can still give after the fee. A payee giving (−) gives at most its room
+    — a payable never goes below zero — and the payees receiving (+) are paid from what was
+    given, in payee-id order, until it runs out; the rest is owed into the next close. Both
+    ``moved`` and ``owed`` sum to 0.
+    """
+    assert sum(wanted.values()) == 0, "sharing only moves money between payables"
+    moved: dict[str, int] = {}
+    given = 0
+    for payee in sorted(wanted):
+        if wanted[payee] < 0:
+            moved[payee] = -min(-wanted[payee], max(0, room.get(payee, 0)))
+            given -= moved[payee]
+    for payee in sorted(wanted):
+        if wanted[payee] > 0:
+            moved[payee] = min(wanted[payee], given)
+            given -= moved[payee]
+    assert given == 0, "what the receivers want is what the givers owe, and never less than what they gave"
+    owed = {payee: fen - moved.get(payee, 0) for payee, fen in wanted.items()}
+    return {p: f for p, f in moved.items() if f}, {p: f for p, f in owed.items() if f}
+
+
+def pair_moves(moved: Mapping[str, int]) -> tuple[tuple[str, str, int], ...]:
+    """``moved`` (summing to 0) as payable → payable transfers ``(from, to, fen)``.
+
+    The givers and the receivers, each in payee-id order, are paired greedily: each transfer
+    exhausts one side, so there are fewer transfers than payees, and the same moves always give
+    the same transfers (their ids are derived from the pair).
+    """
+    assert sum(moved.values()) == 0
+    givers = [(p, -f) for p, f in sorted(moved.items()) if f < 0]
+    takers = [(p, f) for p, f in sorted(moved.items()) if f > 0]
+    out: list[tuple[str, str, int]] = []
+    g = t = 0
+    give_left = givers[0][1] if givers else 0
+    take_left = takers[0][1] if takers else 0
+    while g < len(givers) and t < len(takers):
+        fen = min(give_left, take_left)
+        out.append((givers[g][0], takers[t][0], fen))
+        give_left -= fen
+        take_left -= fen
+        if give_left == 0:
+            g += 1
+            give_left = givers[g][1] if g < len(givers) else 0
+        if take_left == 0:
+            t += 1
+            take_left = takers[t][1] if t < len(takers) else 0
+    assert g == len(givers) and t == len(takers)
+    return tuple(out)
+
+
+__all__ = [
+    "LEGS_MAX",
+    "JourneyLeg",
+    "LegSettlement",
+    "added_leg_adjustments",
+    "journey_adjustments",
+    "pair_moves",
+    "settle_journey",
+    "share_discount",
+    "sharing_moves",
+]

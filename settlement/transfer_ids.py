@@ -8,6 +8,7 @@ close: a rerun after a crash finds the same ids and the ledger answers ``exists`
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 from clearing.transfer_ids import TRANSFER_ID_LEN_MAX
 
@@ -26,4 +27,16 @@ def payout(business_day: dt.date, payee_id: str) -> str:
     return transfer_id
 
 
-__all__ = ["fee", "payout"]
+def sharing(business_day: dt.date, from_payee_id: str, to_payee_id: str) -> str:
+    """A window's transfer-discount sharing from one payee to another: payable → payable.
+
+    Two payee ids do not fit in 80 characters, so the pair is named by the first 32 hex digits of
+    SHA-256 over both ids (a close pairs each two payees at most once: ``sharing.pair_moves``).
+    """
+    pair = hashlib.sha256(f"{from_payee_id}\n{to_payee_id}".encode()).hexdigest()[:32]
+    transfer_id = f"sshr:{business_day:%Y%m%d}:{pair}"
+    assert len(transfer_id) <= TRANSFER_ID_LEN_MAX
+    return transfer_id
+
+
+__all__ = ["fee", "payout", "sharing"]

@@ -19,6 +19,7 @@ def settings(tmp_path: Path) -> Settings:
         keystore=tmp_path / "keystore.json",
         kek=SecretStr("11" * 32),
         redis_url=None,
+        settlement_dir=tmp_path / "var" / "settlement",
     )
 
 
@@ -26,11 +27,14 @@ def test_demo_city_clears_every_tap_and_balances(settings: Settings, tmp_path: P
     report = run_demo(settings, seed=7, workdir=tmp_path / "demo", use_pcsc=False)
     outcomes = [line.result.outcome for line in report.taps]
     assert Outcome.RECOVERED in outcomes and Outcome.ALREADY_PAID in outcomes and Outcome.BLOCKED in outcomes
-    assert report.verdicts.get("forwarded") == 1  # the Xi'an card
+    assert report.verdicts.get("forwarded") == 2  # the Xi'an card, yesterday and today
     assert report.verdicts.get("rejected", 0) == 0 and report.verdicts.get("suspect", 0) == 0
     assert report.trial_balance_ok
     own = [(purse, shadow) for _label, _asn, purse, shadow in report.balances if shadow is not None]
     assert len(own) == 5 and all(purse == shadow for purse, shadow in own)
+    # yesterday's morning has ended: the demo closed it, and its payout is in the files
+    assert [c.newly_closed for c in report.closes] == [True] and report.closes[0].payout_fen > 0
+    assert all(path.is_file() for path in report.closes[0].files.values())
 
 
 def test_demo_runs_again_in_the_same_place(settings: Settings, tmp_path: Path) -> None:

@@ -15,12 +15,10 @@ terminal contract's error body. What no API owns
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
@@ -41,8 +39,9 @@ from portal.limits import TopupLimits
 from portal.online_load import OnlineLoadService
 from portal.payments import PaymentsClient, PaymentsConfig
 from portal.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter, Rule
-from portal.sweep import SweepConfig, Sweeper, sweep_forever
+from portal.sweep import SweepConfig, Sweeper
 from portal.topup_service import TopupRateLimits, TopupService
+from yikatong.jobs import Job, jobs_lifespan
 from yikatong.settings import Settings
 
 if TYPE_CHECKING:
@@ -80,6 +79,7 @@ def assemble(
     sweep_interval_s: float = 60.0,
     lost_cards: LostCardService | None = None,
     staff_console: StaffConsole | None = None,
+    jobs: Sequence[Job] = (),
 ) -> FastAPI:
     """The application from ready-made parts (tests pass their own); no portal routes without a ``portal``.
 
@@ -92,16 +92,23 @@ def assemble(
     ``sweeper`` (with a ``portal``) runs the top-up sweep every ``sweep_interval_s`` while the app is up.
     ``lost_cards`` (with ``portal_enabled``) adds ``/api/lost-cards``; ``staff_console`` adds ``/staff/api``;
     with ``pages`` too, their pages (``/cards/…/lost``, ``/lost-cards``, ``/staff``).
+    ``jobs`` run in the background while the app is up (``yikatong.jobs``), with the sweep.
     """
-    sweeping = portal is not None and sweeper is not None and sweep_interval_s > 0
+    background = list(jobs)
+    if portal is not None and sweeper is not None and sweep_interval_s > 0:
+        background.append(Job("top-up sweep", sweep_interval_s, _sweep_run(sweeper)))
     app = FastAPI(
         title="Yikatong",
         version="1",
         description="Xianyang city card system: terminal contract (spec/terminal-api.md) and online loads.",
-        lifespan=_sweep_lifespan(sweeper, sweep_interval_s) if sweeping and sweeper is not None else None,
+        lifespan=jobs_lifespan(background) if background else None,
     )
     _install_fallback_errors(app)
     clearing_api.mount(app, clearing)
+    from portal.modules import medical  # issue 13: 新农合 clinic terminals (/medical/v1/clinics)
+
+    medical_visits = medical.clinic_service(clearing.engine, clearing.keystore)
+    medical.mount_clinic_api(app, medical_visits)
     if portal is not None:
         portal_api.mount(app, portal, topups_enabled=portal_enabled, accounts=accounts, secure_cookies=not portal_dev)
         if portal_enabled and card_login is not None:
@@ -111,9 +118,18 @@ def assemble(
                 app, online_load, accounts=accounts, page_config=reader_page, card_login=card_login is not None
             )
         if portal_enabled and pages is not None and accounts is not None:
+            from portal.modules import permits
             from portal.pages import mount_pages  # templates and catalogs load with the pages only
 
             mount_pages(app, accounts=accounts, topups_service=portal, config=pages)
+            permits.mount(app, clearing.engine, staff_console)  # issue 13: 政务服务
+            from portal.modules.social_security.pages import mount_social_security  # issue 13: 社会保障
+
+            mount_social_security(app, accounts, pages, staff=staff_console)
+            medical.mount_medical(app, accounts, visits=medical_visits, staff=staff_console)  # issue 13: 新农合
+            from portal.modules import utility_bills  # issue 13: 公用事业缴费
+
+            utility_bills.mount(app, clearing, portal, pages, staff_console)
             if lost_cards is not None:
                 from portal.pages_lost import mount_lost_pages
 
@@ -122,6 +138,15 @@ def assemble(
                 from portal.pages_staff import mount_staff_pages
 
                 mount_staff_pages(app, staff_console, pages)
+                from portal.pages_parties import mount_party_pages  # finance: merchants, operators, statements
+
+                mount_party_pages(app, days=clearing.days, clock=clearing.clock)
+                from portal.pages_finance import mount_finance_pages  # finance: the day's figures and charts
+
+                mount_finance_pages(app, session_factory(clearing.engine), clearing.days)
+                from portal.pages_disputes import mount_dispute_pages  # finance: interop disputes (issue 12)
+
+                mount_dispute_pages(app, days=clearing.days, clock=clearing.clock)
         if portal_enabled and lost_cards is not None:
             from portal.api_lost import mount_lost_cards
 
@@ -134,22 +159,15 @@ def assemble(
     return app
 
 
-def _sweep_lifespan(
-    sweeper: Sweeper, interval_s: float
-) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """The server's background sweep (``portal.sweep``): started with the app, cancelled when it stops."""
+def _sweep_run(sweeper: Sweeper) -> Callable[[], None]:
+    """The top-up sweep as a background job: its per-top-up errors are logged, not raised."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(sweep_forever(sweeper, interval_s))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def run() -> None:
+        report = sweeper.run()
+        if report.errors:
+            log.warning("sweep: %d top-up(s) could not be swept this run", len(report.errors))
 
-    return lifespan
+    return run
 
 
 def sweeper_of(settings: Settings, service: TopupService) -> Sweeper:
@@ -279,7 +297,12 @@ def create_app(settings: Settings) -> FastAPI:
         from yikatong.staff_setup import staff_console  # the lost-card service and the staff console
 
         lost_cards, console = staff_console(settings, clearing, accounts, topups)
-    return assemble(
+    from interop_xian import api as interop_api
+    from interop_xian.exchange import node_from_settings
+
+    interop = node_from_settings(settings, clearing.engine, clearing.keystore, days=clearing.days)
+    every = interop.schedule_interval_s  # None: no peer URL, or no schedule
+    app = assemble(
         clearing,
         topups,
         portal_enabled=settings.portal_enabled,
@@ -293,7 +316,36 @@ def create_app(settings: Settings) -> FastAPI:
         sweep_interval_s=settings.portal_sweep_interval_s,
         lost_cards=lost_cards,
         staff_console=console,
+        jobs=[
+            *background_jobs(settings, clearing),
+            *([Job("interop exchange", every, interop.run_scheduled)] if every else []),
+        ],
     )
+    interop_api.mount(app, interop)  # /interop/v1: the peer's batches
+    return app
+
+
+def background_jobs(settings: Settings, clearing: clearing_api.ApiDeps) -> list[Job]:
+    """The server's schedules from the settings: the nightly close (``settlement.schedule``)."""
+    jobs: list[Job] = []
+    if settings.settlement_close_interval_s > 0:
+        import datetime as dt
+
+        from settlement.schedule import ScheduledClose
+        from yikatong.commands.settle import payer_of
+        from yikatong.fare_lookup import fare_lookup_of
+
+        closes = ScheduledClose(
+            engine=clearing.engine,
+            payer=payer_of(settings),
+            out_dir=settings.settlement_dir,
+            clock=clearing.days,
+            grace=dt.timedelta(seconds=settings.settlement_close_grace_s),
+            fares=fare_lookup_of(settings),
+        )
+        # the first look one interval after start: a server started to inspect a day is not closing it
+        jobs.append(Job("nightly close", settings.settlement_close_interval_s, closes.run, wait_first=True))
+    return jobs
 
 
 def app_from_environment() -> FastAPI:
@@ -307,6 +359,7 @@ __all__ = [
     "account_service",
     "app_from_environment",
     "assemble",
+    "background_jobs",
     "card_login_service",
     "create_app",
     "online_load_service",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from yikatong.commands import (
+    bills,
     card,
     clear,
     demo,
     denylist,
     exceptions,
     init,
+    interop,
     issuer,
     keys,
     merchant,
@@ -19,6 +21,7 @@ from yikatong.commands import (
     reconcile,
     serve,
     settle,
+    social_security,
     staff,
     terminal,
 )
@@ -38,6 +41,9 @@ app.add_typer(exceptions.app, name="exceptions")
 app.add_typer(denylist.app, name="denylist")
 app.add_typer(portal.app, name="portal")
 app.add_typer(staff.app, name="staff")
+app.add_typer(interop.app, name="interop")
+app.add_typer(social_security.app, name="social-security")
+app.add_typer(bills.app, name="bills")
 app.command("serve")(serve.serve)
 app.command("clear")(clear.clear)
 app.command("demo")(demo.demo)

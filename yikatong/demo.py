@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cardos.card import Card
@@ -34,6 +35,7 @@ from cardos.profile import CITY_CODES, ISSUER_XIAN, ISSUER_XIANYANG, CardType
 from cardos.psam import Psam, psam_image_for_terminal
 from cardos.records import SHANGHAI_TZ, ManagementInfo, PublicInfo
 from clearing import denylist as clearing_denylist
+from clearing.business_day import clock_from_settings
 from clearing.db import ensure_migrated, session_factory, transaction
 from clearing.errors import ClearingError
 from clearing.issuance import issue_card
@@ -42,6 +44,9 @@ from clearing.ledger import trial_balance
 from clearing.models import Card as CardRow
 from clearing.registry import ensure_issuers, ensure_operator, register_terminal
 from fares import Tariff, load_example_tariff
+from settlement.bank import BankAccount
+from settlement.close import CloseResult
+from settlement.parties import list_payees, set_account
 from terminals.config import TerminalConfig, UploadConfig
 from terminals.denylist import Denylist
 from terminals.journal import Journal
@@ -52,6 +57,8 @@ from terminals.validator import TariffFare, Terminal
 from yikatong.settings import Settings
 
 OPERATOR = "xianyang-bus"
+# the demo operator's payout account (example digits; the CNAPS code has a bank's shape only)
+DEMO_OPERATOR_ACCOUNT = BankAccount("Xianyang Public Transport Co", "6222020000000000101", "102791000021")
 PCSC_CARD_READER = "Virtual PCD 00 00"
 PCSC_PSAM_READER = "Virtual PCD 00 01"
 
@@ -101,6 +108,7 @@ class DemoReport:
     clearing_url: str = ""
     workdir: Path = Path()
     database_url: str = ""
+    closes: list[CloseResult] = field(default_factory=list)  # the ended days the demo closed
 
 
 # --- setting up the city -----------------------------------------------------------------
@@ -199,6 +207,8 @@ def make_bus(
     with transaction(factory) as session:
         ensure_operator(session, OPERATOR, name="Xianyang Public Transport Co. (demo)")
         token = register_terminal(session, terminal_number, OPERATOR, route_id, replace_token=True)
+        if not any(p.payee_id == OPERATOR and p.account is not None for p in list_payees(session)):
+            set_account(session, OPERATOR, DEMO_OPERATOR_ACCOUNT, actor="demo")
     psam_path = workdir / f"psam-{terminal_number}.json"
     if not psam_path.exists():
         image = psam_image_for_terminal(
@@ -407,7 +417,7 @@ def run_demo(settings: Settings, *, seed: int, workdir: Path, use_pcsc: bool | N
     with transaction(factory) as session:
         ensure_issuers(session, own_city=settings.city)
     tariff = load_example_tariff()
-    cards = issue_demo_cards(factory, keystore, workdir / "cards", start - dt.timedelta(days=1))
+    cards = issue_demo_cards(factory, keystore, workdir / "cards", start - dt.timedelta(days=2))
     pcsc = pcsc_available() if use_pcsc is None else use_pcsc
     urban = ["u_railway_station", "u_bus_station", "u_city_hall", "u_university", "u_hospital"]
     buses = {
@@ -416,25 +426,16 @@ def run_demo(settings: Settings, *, seed: int, workdir: Path, use_pcsc: bool | N
     }
     report = DemoReport(workdir=workdir, database_url=settings.database_url)
     try:
-        report.taps = ride(buses, cards, tariff, rng, start)
         port = free_port()
         with clearing_server(settings, port) as url:
             report.clearing_url = url
-            for bus in buses.values():
-                uploader = Uploader(bus.terminal.journal, UploadConfig(url, bus.token), denylist=bus.terminal.denylist)
-                try:
-                    if bus.name == "bus 6":
-                        lost = next(
-                            c for c in cards if c.card_type is CardType.ORDINARY and c.issuer_id == ISSUER_XIANYANG
-                        )
-                        report.taps.append(
-                            report_lost_and_tap(factory, bus, uploader, lost, now - dt.timedelta(minutes=1))
-                        )
-                    answer = uploader.upload_pending()
-                    for verdict, count in answer.verdicts.items():
-                        report.verdicts[verdict] = report.verdicts.get(verdict, 0) + count
-                finally:
-                    uploader.close()
+            # yesterday's morning too, uploaded at the depot overnight, so the city has a day that has
+            # ended: the close settles it below
+            for morning, today in ((start - dt.timedelta(days=1), False), (start, True)):
+                report.taps += ride(buses, cards, tariff, rng, morning)
+                for bus in buses.values():
+                    _upload(bus, url, report, lost_card=_lost_card(cards) if today and bus.name == "bus 6" else None,
+                            factory=factory, now=now)  # fmt: skip
     finally:
         for bus in buses.values():
             if bus.insert is not None:
@@ -451,4 +452,43 @@ def run_demo(settings: Settings, *, seed: int, workdir: Path, use_pcsc: bool | N
             report.trial_balance_ok = True
         except ClearingError:
             report.trial_balance_ok = False
+    report.closes = close_ended_days(settings, engine, now)
     return report
+
+
+def _lost_card(cards: list[DemoCard]) -> DemoCard:
+    return next(c for c in cards if c.card_type is CardType.ORDINARY and c.issuer_id == ISSUER_XIANYANG)
+
+
+def _upload(
+    bus: Bus,
+    url: str,
+    report: DemoReport,
+    *,
+    lost_card: DemoCard | None,
+    factory: sessionmaker[Session],
+    now: dt.datetime,
+) -> None:
+    """Upload a bus's journal; with ``lost_card``, that card is reported lost and tapped first."""
+    uploader = Uploader(bus.terminal.journal, UploadConfig(url, bus.token), denylist=bus.terminal.denylist)
+    try:
+        if lost_card is not None:
+            report.taps.append(report_lost_and_tap(factory, bus, uploader, lost_card, now - dt.timedelta(minutes=1)))
+        answer = uploader.upload_pending()
+        for verdict, count in answer.verdicts.items():
+            report.verdicts[verdict] = report.verdicts.get(verdict, 0) + count
+    finally:
+        uploader.close()
+
+
+def close_ended_days(settings: Settings, engine: Engine, now: dt.datetime) -> list[CloseResult]:
+    """The nightly close as ``serve`` runs it, without the grace: every ended day, in order."""
+    from settlement.schedule import ScheduledClose
+    from yikatong.commands.settle import payer_of
+    from yikatong.fare_lookup import fare_lookup_of
+
+    closes = ScheduledClose(
+        engine=engine, payer=payer_of(settings), out_dir=settings.settlement_dir,
+        clock=clock_from_settings(settings), grace=dt.timedelta(0), fares=fare_lookup_of(settings),
+    )  # fmt: skip
+    return closes.run(now)

@@ -147,14 +147,16 @@ def localstripe(port: int, log_path: Path, key: str) -> Iterator[str]:
 
 def point_webhooks(payments_url: str, portal_url: str, secret: str) -> None:
     """Tell localstripe to deliver its signed events to the portal (its ``/_config/webhooks`` API)."""
-    form = {"url": f"{portal_url}/webhooks/payments", "secret": secret}
-    form.update({f"events[{i}]": event for i, event in enumerate(WEBHOOK_EVENTS)})
-    httpx.post(
-        f"{payments_url}/_config/webhooks/yikatong_portal",
-        content=urllib.parse.urlencode(form),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        timeout=5,
-    ).raise_for_status()
+    # the top-ups' endpoint, and the utility bills' (portal.modules.utility_bills.online, issue 13)
+    for name, path in (("yikatong_portal", "/webhooks/payments"), ("yikatong_bills", "/webhooks/utility-bills")):
+        form = {"url": f"{portal_url}{path}", "secret": secret}
+        form.update({f"events[{i}]": event for i, event in enumerate(WEBHOOK_EVENTS)})
+        httpx.post(
+            f"{payments_url}/_config/webhooks/{name}",
+            content=urllib.parse.urlencode(form),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            timeout=5,
+        ).raise_for_status()
 
 
 def demo_citizen(accounts: AccountService, factory: sessionmaker[Session], issuer_id: str, card_asn: str) -> None:
@@ -241,6 +243,19 @@ def prepare(settings: Settings, report: DemoReport) -> tuple[LiveCity, list[Path
     cards_dir = report.workdir / "cards"
     asn = next(asn for label, asn, _purse, _shadow in report.balances if label == SOCIAL_CARD_LABEL)
     demo_citizen(accounts, factory, ISSUER_XIANYANG.hex(), asn)
+    from portal.modules.permits.demo import seed_demo_permits  # issue 13: the citizen's permit applications
+
+    seed_demo_permits(factory, DEMO_MOBILE)
+    from portal.modules.social_security.demo import seed_demo_citizen  # issue 13: the citizen's contributions
+
+    seed_demo_citizen(factory, accounts.lookup_key, DEMO_ID_NUMBER_17 + check_char(DEMO_ID_NUMBER_17))
+    from portal.modules.medical.demo import seed_demo_medical  # issue 13: 新农合 enrolment and a claim
+
+    seed_demo_medical(factory, ISSUER_XIANYANG.hex(), asn, DEMO_MOBILE)
+    from portal.modules.utility_bills.demo import seed_demo_bills  # issue 13: 3 billers, the citizen's bills
+
+    with transaction(factory) as session:
+        seed_demo_bills(session, holder_name=DEMO_NAME, today=dt.datetime.now(SHANGHAI_TZ).date())
     riders = [
         cards_dir / f"{asn}.json"
         for label, asn, _purse, shadow in report.balances

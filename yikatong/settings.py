@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     settlement_payer_account_name: str = "Xianyang Yikatong Settlement"
     settlement_payer_account_number: str = "6222020000000000001"
     settlement_payer_cnaps: str = "102791000013"
+    # The nightly close inside ``serve`` (settlement/schedule.py): how often it looks for ended
+    # days (0: never; close by hand with ``yikatong settle``), and how long after a day's end it
+    # waits for the last uploads before closing it.
+    settlement_close_interval_s: int = 300
+    settlement_close_grace_s: int = 1800
     peer_url: str | None = None
     peer_public_key: str | None = None
 

@@ -29,9 +29,11 @@ Every error is ``{"code", "message", "message_zh"}`` with the code's status; non
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
@@ -46,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portal.card_login import check_origin
 from portal.reader_agent import pin_page
+from portal.reader_agent.apdu_relay import RelayJob
 from portal.reader_agent.card_ops import ExpectedCard, ReaderLock, ReaderSource, run_loads, sign_challenge
 from portal.reader_agent.errors import AgentError, Code
 from portal.reader_agent.jobs import (
@@ -199,6 +202,15 @@ class AnswerIn(_Strict):
     body: dict[str, Any] | None = Field(None, description="the portal's JSON answer")
 
 
+class ApduIn(_Strict):
+    apdu: str = Field(min_length=10, max_length=522, pattern=r"^([0-9a-fA-F]{2})+$", description="a purse command, hex")
+
+
+class ApduOut(BaseModel):
+    data: str = Field(description="the card's answer without the status word, hex")
+    sw: int
+
+
 class StatusOut(BaseModel):
     agent: str
     version: str
@@ -294,6 +306,22 @@ class Agent:
         with self.registry.changed:
             job.report = report
         self.registry.finish(job, State.DONE)
+
+    # the purse relay (utility bills): the portal runs the purchase, the card's commands pass here
+    def start_relay(self) -> RelayJob:
+        """Hold the reader with the card powered; one relay at a time (a new one ends the old)."""
+        for old in self.registry.open_of(RelayJob):
+            self.registry.finish(old, State.CANCELLED, AgentError(Code.E_AGENT_CANCELLED))
+        job = RelayJob(new_id(), self.registry.clock(), State.WORKING)
+        stack = contextlib.ExitStack()
+        try:
+            job.channel = stack.enter_context(self.reader.session())
+        except BaseException:
+            stack.close()
+            raise
+        job.stack, job.last_s = stack, time.monotonic()
+        self.registry.add(job)
+        return job
 
     def answer(self, job: LoadJob, body: AnswerIn) -> None:
         with self.registry.changed:
@@ -509,6 +537,30 @@ def create_app(config: AgentConfig, source: ReaderSource, *, registry: Registry 
     def load_cancel(request_id: str) -> Response:
         job = agent.registry.get(request_id, LoadJob)
         agent.registry.finish(job, State.CANCELLED, AgentError(Code.E_AGENT_CANCELLED))
+        return Response(status_code=204)
+
+    # --- the purse relay ---
+
+    @app.post("/apdu", status_code=201, response_model=Created, responses=_ERRORS)
+    def relay_open() -> Created:
+        return Created(request_id=agent.start_relay().id)
+
+    @app.post("/apdu/{request_id}/transmit", response_model=ApduOut, responses=_ERRORS)
+    def relay_transmit(request_id: str, body: ApduIn) -> ApduOut:
+        job = agent.registry.get(request_id, RelayJob)
+        try:
+            reply = job.transmit(bytes.fromhex(body.apdu))
+        except AgentError as exc:
+            if not exc.retry and exc.code is not Code.E_AGENT_APDU_REFUSED:
+                agent.registry.finish(job, State.FAILED, exc)
+            raise
+        return ApduOut(data=reply.data.hex(), sw=reply.sw)
+
+    @app.delete("/apdu/{request_id}", status_code=204, responses=_ERRORS)
+    def relay_close(request_id: str) -> Response:
+        job = agent.registry.get(request_id, RelayJob)
+        agent.registry.finish(job, State.DONE)
+        agent.registry.drop(job.id)
         return Response(status_code=204)
 
     return app

@@ -50,6 +50,8 @@ class Code(StrEnum):
     # --- the portal's side of a load, relayed by the browser ------------------------------------
     E_AGENT_PORTAL_REFUSED = "E_AGENT_PORTAL_REFUSED"
     E_AGENT_PORTAL_ANSWER = "E_AGENT_PORTAL_ANSWER"
+    # --- the purse relay (utility bills: the portal is the terminal) ---------------------------
+    E_AGENT_APDU_REFUSED = "E_AGENT_APDU_REFUSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,11 @@ CODES: Final[dict[Code, Info]] = {
     ),
     Code.E_AGENT_PORTAL_REFUSED: _i(409, "门户网站拒绝了这一步。", "The portal refused this step."),
     Code.E_AGENT_PORTAL_ANSWER: _i(502, "门户网站的回答无法读取。", "The portal's answer could not be read."),
+    Code.E_AGENT_APDU_REFUSED: _i(
+        403,
+        "读卡助手只转发钱包支付的指令，这条指令被拒绝。",
+        "The reader agent relays purse payment commands only; this command was refused.",
+    ),
 }
 
 

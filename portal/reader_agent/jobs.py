@@ -170,6 +170,9 @@ class Registry:
         request.error = error
         if isinstance(request, LoadJob):
             request.call = None
+        release = getattr(request, "release", None)  # a purse relay gives its reader back (apdu_relay)
+        if callable(release):
+            release()
         request.version += 1
         self.changed.notify_all()
 

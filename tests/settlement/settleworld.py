@@ -6,12 +6,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from tapfactory import OWN_ISSUER, T0, Card, Terminal, dtk_lookup, register_world
 
 from cardos.records import SHANGHAI_TZ
 from clearing import registry
+from clearing.contract import FareInfo, TapRecord
 from clearing.ingest import TacKeys, make_ingestor, prepare
 from clearing.models import Account, Operator, Transfer, TransferCode
 from clearing.validation import Limits
@@ -43,6 +45,36 @@ class World:
         term = self.terminals[name]
         for i, amount in enumerate(amounts):
             term.tap(self.cards[(term.seq + i) % len(self.cards)], amount, when + dt.timedelta(minutes=i))
+        return self.send(name, received=received)
+
+    def ride(
+        self,
+        name: str,
+        card: int,
+        when: dt.datetime,
+        charged_fen: int,
+        *,
+        standalone_fen: int,
+        product: str = "p1",
+        transfer_of: int | None = None,
+        category: str = "adult",
+        version: str | None = None,
+    ) -> TapRecord:
+        """A bus leg on terminal ``name`` by card ``card``, queued: its fare says what a transfer needs.
+
+        The fare is outside the TAC, so it is set on the signed record (``tapfactory``).
+        """
+        term = self.terminals[name]
+        record = term.tap(self.cards[card], charged_fen, when)
+        fare = FareInfo(product, category, None, standalone_fen, max(0, standalone_fen - charged_fen), transfer_of,
+                        tap_kind="single", tariff_version=version)  # fmt: skip
+        replaced: TapRecord = msgspec.structs.replace(record, fare=fare)
+        term.pending[-1] = replaced
+        return replaced
+
+    def send(self, name: str, *, received: dt.datetime | None = None) -> bytes:
+        """The taps queued on terminal ``name`` as one batch, ingested."""
+        term = self.terminals[name]
         batch = term.batch()
         ingestor = make_ingestor(
             self.engine, clock=lambda: received or self.now, limits=Limits(amount_fen_max=self.amount_fen_max)

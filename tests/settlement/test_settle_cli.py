@@ -86,7 +86,8 @@ def test_the_demo_city_settles_and_reconciles(tmp_path: Path, monkeypatch: pytes
     from yikatong.demo import run_demo
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'demo.db'}", keystore=tmp_path / "keystore.json",
-                        kek=SecretStr("11" * 32), redis_url=None)  # fmt: skip
+                        kek=SecretStr("11" * 32), redis_url=None,
+                        settlement_dir=tmp_path / "var" / "settlement")  # fmt: skip
     run_demo(settings, seed=7, workdir=tmp_path / "demo", use_pcsc=False)
     url, out = settings.database_url, tmp_path / "var" / "settlement"
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
@@ -96,3 +97,17 @@ def test_the_demo_city_settles_and_reconciles(tmp_path: Path, monkeypatch: pytes
     checked = _run(monkeypatch, url, out, "reconcile", "--date", today)
     assert checked.exit_code == 0, checked.output
     db.make_engine(url).dispose()
+
+
+def test_a_merchant_in_a_category_without_a_fee_schedule_is_refused(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, out = str(sqlite_engine.url), tmp_path / "out"
+    refused = _run(monkeypatch, url, out, "merchant", "add", "--id", "shop-9", "--name", "Tea", "--category", "nosuch")
+    assert refused.exit_code == 1 and "E_UNKNOWN_FEE_CATEGORY" in refused.output
+    assert "shop-9" not in _run(monkeypatch, url, out, "merchant", "list").stdout
+    assert _run(monkeypatch, url, out, "fees", "set", "--category", "nosuch", "--bps", "30").exit_code == 0
+    added = _run(monkeypatch, url, out, "merchant", "add", "--id", "shop-9", "--name", "Tea", "--category", "nosuch")
+    assert added.exit_code == 0, added.output
+    moved = _run(monkeypatch, url, out, "merchant", "set-fee", "--id", "shop-9", "--category", "other")
+    assert moved.exit_code == 1 and "E_UNKNOWN_FEE_CATEGORY" in moved.output

@@ -1,8 +1,11 @@
-"""Hypothesis over random streams of taps, late records, refunds, decisions, reassignments and closes.
+"""Hypothesis over random streams of taps, transfer journeys, late records, refunds, decisions,
+reassignments and closes.
 
 After any stream, with every window closed: payouts + fees + carried == accepted purchases − refunds,
 exactly; every purchase transfer lies in exactly one window (its batch, payee and day map to one
-posting); every close reconciles; a rerun of a close changes nothing (docs/settlement.md).
+posting), and so does every transfer leg; transfer-discount sharing sums to zero in every window and
+never overdraws a payable; every close reconciles; a rerun of a close changes nothing
+(docs/settlement.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime as dt
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +26,7 @@ from clearing import db
 from clearing.exceptions_queue import write_off
 from clearing.ledger import trial_balance
 from clearing.models import Base, ExceptionItem, Tap, Transfer, TransferCode
-from settlement.models import CarryRow, PostingRow, TotalRow, WindowRow
+from settlement.models import CarryRow, PostingRow, StatementRow, TotalRow, TransferLegRow, WindowRow
 from settlement.parties import assign_route
 from settlement.reconcile import differences
 
@@ -33,7 +37,20 @@ op_close = st.tuples(st.just("close"))
 op_rerun = st.tuples(st.just("rerun"))
 op_refund = st.tuples(st.just("refund"), st.integers(1, 500))
 op_assign = st.tuples(st.just("assign"), st.sampled_from(["bus-a", "bus-b", "shop-1"]))
-streams = st.lists(st.one_of(op_taps, op_taps, op_close, op_rerun, op_refund, op_assign), min_size=1, max_size=14)
+# A bus leg by one of three riders: charged, what it costs alone above that, whether it is a transfer
+# from the rider's previous leg (then on that leg's day or later: journeys cross windows), and its day.
+op_leg = st.tuples(st.just("leg"), st.sampled_from(["a1", "b1"]), st.integers(0, 2), st.integers(0, 300),
+                   st.integers(0, 200), st.booleans(), st.integers(0, DAYS - 1))  # fmt: skip
+# A whole journey of 2–4 legs by one rider, each leg on the day of the one before or a later one
+# (so in a later window: the closes at the end seal the days in order).
+leg_st = st.tuples(st.sampled_from(["a1", "b1"]), st.integers(0, 300), st.integers(0, 200), st.integers(0, 1))
+op_journey = st.tuples(st.just("journey"), st.integers(0, 2), st.integers(0, DAYS - 1),
+                       st.lists(leg_st, min_size=2, max_size=4))  # fmt: skip
+streams = st.lists(
+    st.one_of(op_taps, op_taps, op_leg, op_journey, op_journey, op_close, op_rerun, op_refund, op_assign),
+    min_size=1,
+    max_size=14,
+)
 
 
 def _next_open(world: World) -> dt.date:
@@ -44,8 +61,30 @@ def _next_open(world: World) -> dt.date:
 
 def _run(world: World, stream: list[tuple[object, ...]], tmp: Path) -> None:
     refunds = 0
-    for op in stream:
-        if op[0] == "taps":
+    last_leg: dict[int, tuple[int, int]] = {}  # rider -> (terminal_seq, day offset) of its latest leg
+    for n, op in enumerate(stream):
+        args: Any = op[1:]
+        if op[0] == "leg":
+            name, rider, charged, extra, transfer, offset = args
+            previous = last_leg.get(rider) if transfer else None
+            day = max(offset, previous[1]) if previous else offset
+            when = day_at(DAY0 + dt.timedelta(days=day), 6) + dt.timedelta(minutes=n)
+            record = world.ride(name, rider, when, charged, standalone_fen=charged + extra,
+                                transfer_of=previous[0] if previous else None)  # fmt: skip
+            world.send(name)
+            last_leg[rider] = (record.terminal_seq, day)
+        elif op[0] == "journey":
+            rider, day, legs = args
+            previous_seq = None
+            for i, (name, charged, extra, later) in enumerate(legs):
+                day = min(DAYS - 1, day + later)
+                when = day_at(DAY0 + dt.timedelta(days=day), 7) + dt.timedelta(minutes=n * 5 + i)
+                record = world.ride(name, rider, when, charged, standalone_fen=charged + extra,
+                                    transfer_of=previous_seq)  # fmt: skip
+                world.send(name)
+                previous_seq = record.terminal_seq
+            last_leg[rider] = (record.terminal_seq, day)
+        elif op[0] == "taps":
             _, name, offset, amounts = op
             world.ingest(str(name), day_at(DAY0 + dt.timedelta(days=int(offset)), 8), list(amounts))  # type: ignore[arg-type]
         elif op[0] == "close":
@@ -121,6 +160,19 @@ def _check(world: World) -> None:
         ):
             postings[(source, payee, day)] += amount
         assert transfers == postings
+        # every transfer leg in one window; sharing only moves money between payables, never overdrawing one
+        legs = s.scalars(select(TransferLegRow)).all()
+        assert len({(r.terminal_id, r.terminal_seq) for r in legs}) == len(legs)
+        for day in s.scalars(select(WindowRow.business_day).where(WindowRow.state == "closed")):
+            lines = s.scalars(select(StatementRow).where(StatementRow.window_day == day)).all()
+            assert sum(r.sharing_fen for r in lines) == 0 and sum(r.sharing_owed_fen for r in lines) == 0
+        sharing = s.scalar(
+            select(func.coalesce(func.sum(Transfer.amount_fen), 0)).where(Transfer.code == int(TransferCode.SHARING))
+        )
+        moved = s.scalar(
+            select(func.coalesce(func.sum(StatementRow.sharing_fen), 0)).where(StatementRow.sharing_fen > 0)
+        )
+        assert sharing == moved, "the ledger's sharing transfers are what the statements moved"
         for day in s.scalars(select(WindowRow.business_day).where(WindowRow.state == "closed")):
             assert differences(s, day, world.out_dir) == [], day
 

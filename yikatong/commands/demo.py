@@ -49,6 +49,13 @@ def render(report: DemoReport, console: Console) -> None:
         balances.add_row(label, asn, _yuan(purse), _yuan(shadow), same)
     console.print(balances)
     console.print(f"ledger trial balance: {'debits == credits' if report.trial_balance_ok else 'UNBALANCED'}")
+    for close in report.closes:
+        console.print(
+            f"settlement: window {close.business_day} closed, {close.payees} payee(s), paid {_yuan(close.payout_fen)},"
+            f" fees {_yuan(close.fee_fen)}, carried {_yuan(close.carry_fen)}"
+        )
+        for path in sorted(close.files.values()):
+            console.print(f"  {path}")
 
 
 def demo(

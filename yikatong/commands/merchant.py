@@ -104,10 +104,22 @@ def fees_list() -> None:
 # --- merchants ----------------------------------------------------------------------------------
 
 
+def _known_category(session: object, category: str) -> None:
+    """A category without a fee schedule would stop every close (E_UNKNOWN_FEE_CATEGORY): refuse it now."""
+    from sqlalchemy.orm import Session
+
+    from settlement.parties import fee_book
+
+    assert isinstance(session, Session)
+    if category not in fee_book(session).categories:
+        fail(f"E_UNKNOWN_FEE_CATEGORY: category {category!r} has no fee schedule; set one with `yikatong fees set`")
+
+
 def _add(payee_id: str, name: str, kind: str, category: str, actor: str | None) -> None:
     from settlement.parties import add_payee
 
     with settlement_errors(), open_database()() as session, session.begin():
+        _known_category(session, category)
         add_payee(session, payee_id, name=name, kind=kind, category=category, actor=_actor(actor))
     out.print(f"{kind.replace('_', ' ')} {payee_id!r} registered ({category})")
 
@@ -164,6 +176,7 @@ def merchant_set_fee(
         fail("E_BAD_FEE_SCHEDULE: give --bps (with --min-fen/--cap-fen/--rounding), --clear, or --category")
     with settlement_errors(), open_database()() as session, session.begin():
         if category is not None:
+            _known_category(session, category)
             set_category(session, merchant_id, category, actor=_actor(actor))
         if clear:
             set_fee_override(session, merchant_id, None, actor=_actor(actor))

@@ -6,11 +6,15 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from yikatong.commands.init import cli_errors, fail, out
+
+if TYPE_CHECKING:
+    from settlement.payouts import Payer
+    from yikatong.settings import Settings
 
 
 @contextmanager
@@ -32,16 +36,22 @@ def parse_day(text: str) -> dt.date:
         fail(f"E_BAD_DATE: {text!r} is not a date (YYYY-MM-DD)")
 
 
-def payer_from_settings() -> object:
+def payer_of(settings: Settings) -> Payer:
+    """The account every payout is paid from (``YIKATONG_SETTLEMENT_PAYER_*``)."""
     from settlement.bank import BankAccount
     from settlement.payouts import Payer
-    from yikatong.settings import get_settings
 
-    s = get_settings()
+    s = settings
     return Payer(
         s.settlement_payer_name,
         BankAccount(s.settlement_payer_account_name, s.settlement_payer_account_number, s.settlement_payer_cnaps),
     )
+
+
+def payer_from_settings() -> Payer:
+    from yikatong.settings import get_settings
+
+    return payer_of(get_settings())
 
 
 def _yuan(fen: int) -> str:
@@ -70,15 +80,14 @@ def settle(
     from clearing.business_day import clock_from_settings
     from clearing.db import open_migrated
     from settlement.close import close_window
-    from settlement.payouts import Payer
+    from yikatong.fare_lookup import fare_lookup_of
     from yikatong.settings import get_settings
 
     day = parse_day(date)
     settings = get_settings()
     with settlement_errors():
         engine = open_migrated(settings.database_url)
-        payer = payer_from_settings()
-        assert isinstance(payer, Payer)
+        payer = payer_of(settings)
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), transient=True) as bar:
                 task = bar.add_task(f"closing {day}", total=3)
@@ -89,7 +98,7 @@ def settle(
                 result = close_window(
                     engine, day, now=dt.datetime.now(dt.UTC), payer=payer,
                     out_dir=out_dir or settings.settlement_dir, clock=clock_from_settings(settings),
-                    early=before_cutoff, progress=report,
+                    early=before_cutoff, progress=report, fares=fare_lookup_of(settings),
                 )  # fmt: skip
         finally:
             engine.dispose()

@@ -154,8 +154,29 @@ def run(
     final_upload_s: Annotated[
         float, typer.Option("--final-upload-s", help="On stopping, try a last upload for at most this many seconds.")
     ] = FINAL_UPLOAD_S_DEFAULT,
+    clinic: Annotated[
+        bool, typer.Option("--clinic", help="Clinic: settle medical visits by card (PIN, fund share, purse share).")
+    ] = False,
+    clinic_name: Annotated[str, typer.Option("--clinic-name", help="Clinic: the name on receipts.")] = "clinic",
+    visit_kind: Annotated[str, typer.Option("--visit-kind", help="Clinic: outpatient or inpatient.")] = "outpatient",
+    bill_fen: Annotated[
+        int | None, typer.Option("--bill-fen", help="Clinic: bill this total (fen) at every visit, no prompt.")
+    ] = None,
+    covered_fen: Annotated[
+        int | None, typer.Option("--covered-fen", help="Clinic: with --bill-fen, the part in the catalogue (fen).")
+    ] = None,
 ) -> None:
-    """Run a validator (or a POS with --pos) on PC/SC readers, showing each tap and upload."""
+    """Run a validator (or a POS with --pos, a clinic with --clinic) on PC/SC readers, showing each tap and upload."""
+    if clinic:  # its own flow: terminals.clinic, yikatong/commands/terminal_clinic.py
+        from yikatong.commands.terminal_clinic import run_clinic
+
+        run_clinic(
+            card_reader=card_reader, sam_reader=sam_reader, journal_path=_journal_path(journal),
+            default_journal=journal is None, clearing_url=clearing_url, token=token, clinic_name=clinic_name,
+            visit_kind=visit_kind, bill_fen=bill_fen, covered_fen=covered_fen, visits_max=taps_max,
+            final_upload_s=final_upload_s,
+        )  # fmt: skip
+        return
     from cardos.psam import Psam, PsamImageError
     from fares import TariffError, load_example_tariff, load_tariff
     from terminals.config import TerminalConfig, UploadConfig

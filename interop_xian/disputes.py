@@ -1,0 +1,371 @@
+"""Disputes between the two cities about one record (issue 12, "Disputes"): a state machine with deadlines.
+
+A record the issuer rejected (or one a side contests later) opens a dispute on each side, each
+keeping its own row with its own ``role`` (``issuer``: the record is of our card; ``acquirer``:
+it was tapped on our terminal). Who moves it:
+
+| from | to | by | deadline of the new state |
+| --- | --- | --- | --- |
+| (none) | opened | acquirer (a rejected item), or either side | issuer answers in 5 working days |
+| opened | evidence_requested | issuer | acquirer gives evidence in 10 |
+| opened, evidence_given | accepted | issuer | — (final) |
+| opened, evidence_given | rejected | issuer | acquirer writes off in 10 |
+| evidence_requested | evidence_given | acquirer | issuer decides in 5 |
+| evidence_given | evidence_requested | issuer (once more) | acquirer gives evidence in 10 |
+| evidence_requested, rejected | written_off | acquirer | — (final) |
+
+**Deadlines** are working days (China's official calendar, ``clearing.working_days``, injected
+as ``add_working_days`` so the rules are pure and testable), counted from the business day of
+the transition. Past a deadline, only the move against the side that let it pass remains
+(``expiry_move``): the issuer who did not answer (opened, evidence given) has **accepted**; the
+acquirer who gave no evidence, or did not write off a rejection, has **written off**.
+``sweep`` applies them; any other move after the deadline is ``E_DISPUTE_DEADLINE``.
+
+**Money.** Outcomes post new transfers in the *open* window (the business day of the decision;
+never a final one, ``netting.window_for``) and nothing is edited: an **accepted** dispute on the
+issuer's side posts the card's liability → DUE_TO the peer (``idsp:<peer>:issuer:<item>``) and
+books it ``due_to``; on the acquirer's side DUE_FROM the peer → the terminal's operator payable
+(``idsp:<peer>:acquirer:<item>``), books it ``due_from`` and adds the sale to settlement's running
+totals of that day. **Rejected** and **written off** move nothing: a rejected record was never
+posted on either side, so the acquirer's loss is the fare its operator was never paid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from clearing import accounts
+from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
+from clearing.ingest_totals import SALE, payee_of_tap, record_event
+from clearing.ledger import TransferSpec, post_transfers
+from clearing.models import InteropForward, Terminal, TransferCode
+from interop_xian import netting
+from interop_xian.errors import InteropCode, InteropError
+from interop_xian.issuer import judged, peer_issuer_id
+from interop_xian.models import Dispute, DisputeEvent, OutboxItem
+
+AddWorkingDays = Callable[[dt.date, int], dt.date]
+NOTE_LEN_MAX: Final = 500
+EVIDENCE_LEN_MAX: Final = 4000
+
+
+class State(enum.StrEnum):
+    OPENED = "opened"
+    EVIDENCE_REQUESTED = "evidence_requested"
+    EVIDENCE_GIVEN = "evidence_given"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    WRITTEN_OFF = "written_off"
+
+
+class Side(enum.StrEnum):
+    ISSUER = "issuer"
+    ACQUIRER = "acquirer"
+
+
+FINAL: Final = frozenset({State.ACCEPTED, State.WRITTEN_OFF})
+# (from, to) -> the side that may make the move
+MOVES: Final[dict[tuple[State, State], Side]] = {
+    (State.OPENED, State.EVIDENCE_REQUESTED): Side.ISSUER,
+    (State.OPENED, State.ACCEPTED): Side.ISSUER,
+    (State.OPENED, State.REJECTED): Side.ISSUER,
+    (State.EVIDENCE_REQUESTED, State.EVIDENCE_GIVEN): Side.ACQUIRER,
+    (State.EVIDENCE_REQUESTED, State.WRITTEN_OFF): Side.ACQUIRER,
+    (State.EVIDENCE_GIVEN, State.ACCEPTED): Side.ISSUER,
+    (State.EVIDENCE_GIVEN, State.REJECTED): Side.ISSUER,
+    (State.EVIDENCE_GIVEN, State.EVIDENCE_REQUESTED): Side.ISSUER,
+    (State.REJECTED, State.WRITTEN_OFF): Side.ACQUIRER,
+}
+# working days the side that must act has in each state (None: nothing is awaited)
+DEADLINE_WORKING_DAYS: Final[dict[State, int | None]] = {
+    State.OPENED: 5,
+    State.EVIDENCE_REQUESTED: 10,
+    State.EVIDENCE_GIVEN: 5,
+    State.REJECTED: 10,
+    State.ACCEPTED: None,
+    State.WRITTEN_OFF: None,
+}
+# past its deadline a state ends against the side that let it pass
+EXPIRY: Final[dict[State, State]] = {
+    State.OPENED: State.ACCEPTED,
+    State.EVIDENCE_GIVEN: State.ACCEPTED,
+    State.EVIDENCE_REQUESTED: State.WRITTEN_OFF,
+    State.REJECTED: State.WRITTEN_OFF,
+}
+
+
+def _default_working_days(start: dt.date, n: int) -> dt.date:
+    from clearing.working_days import add_working_days
+
+    return add_working_days(start, n)
+
+
+# --- the pure rules --------------------------------------------------------------------------
+
+
+def deadline_of(state: State, today: dt.date, add_working_days: AddWorkingDays) -> dt.date | None:
+    """The last day to act in ``state``, entered on ``today`` (None when nothing is awaited)."""
+    days = DEADLINE_WORKING_DAYS[state]
+    return None if days is None else add_working_days(today, days)
+
+
+def expiry_move(state: State) -> State | None:
+    """The state a dispute ends in when its deadline passes (None: it has no deadline)."""
+    return EXPIRY.get(state)
+
+
+def check_move(state: State, to: State, by: Side, *, today: dt.date, deadline: dt.date | None) -> None:
+    """Refuse a move the table does not allow, by the wrong side, or too late (raises ``InteropError``)."""
+    side = MOVES.get((state, to))
+    if side is None:
+        raise InteropError(InteropCode.E_DISPUTE_TRANSITION, f"a dispute cannot move from {state} to {to}")
+    if side is not by:
+        raise InteropError(
+            InteropCode.E_DISPUTE_TRANSITION, f"from {state} to {to} is the {side}'s move, not the {by}'s"
+        )
+    late = deadline is not None and today > deadline
+    if late and expiry_move(state) is not to:
+        raise InteropError(
+            InteropCode.E_DISPUTE_DEADLINE,
+            f"the deadline of {state} was {deadline}: only {expiry_move(state)} remains",
+        )
+
+
+# --- the tables ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    dispute_id: int
+    from_state: State | None
+    to_state: State
+    deadline: dt.date | None
+    transfer_id: str | None
+
+
+def _checked_text(value: str | None, limit: int, what: str) -> str:
+    text = (value or "").strip()
+    if len(text) > limit or any(ord(c) < 32 and c not in "\n\t" for c in text):
+        raise InteropError(InteropCode.E_BAD_DISPUTE, f"the {what} is 0..{limit} characters of text")
+    return text
+
+
+def open_dispute(
+    session: Session,
+    *,
+    peer_city: str,
+    role: Side,
+    item_id: str,
+    amount_fen: int,
+    reason_code: str,
+    actor: str,
+    now: dt.datetime,
+    note: str = "",
+    days: BusinessDayClock = DEFAULT_CLOCK,
+    add_working_days: AddWorkingDays = _default_working_days,
+) -> Moved:
+    """Open a dispute for one record (idempotent for a dispute that is still open: ``E_DISPUTE_EXISTS`` once final)."""
+    if amount_fen < 0 or not 0 < len(item_id) <= 96 or not 0 < len(reason_code) <= 40:
+        raise InteropError(InteropCode.E_BAD_DISPUTE, "a dispute needs an item id, a reason code and an amount ≥ 0")
+    note = _checked_text(note, NOTE_LEN_MAX, "note")
+    found = session.execute(
+        select(Dispute).where(Dispute.peer_city == peer_city, Dispute.role == role.value, Dispute.item_id == item_id)
+    ).scalar_one_or_none()
+    if found is not None:
+        if State(found.state) in FINAL:
+            raise InteropError(InteropCode.E_DISPUTE_EXISTS, f"dispute {found.id} of item {item_id} is {found.state}")
+        return Moved(found.id, None, State(found.state), found.deadline, None)
+    today = days.day_of(now)
+    deadline = deadline_of(State.OPENED, today, add_working_days)
+    dispute = Dispute(
+        peer_city=peer_city, role=role.value, item_id=item_id, amount_fen=amount_fen, reason_code=reason_code,
+        state=State.OPENED.value, deadline=deadline, opened_at=now, updated_at=now,
+    )  # fmt: skip
+    session.add(dispute)
+    session.flush()
+    session.add(DisputeEvent(dispute_id=dispute.id, from_state=None, to_state=State.OPENED.value, actor=actor,
+                             note=note, at=now))  # fmt: skip
+    return Moved(dispute.id, None, State.OPENED, deadline, None)
+
+
+def get(session: Session, dispute_id: int) -> Dispute:
+    dispute = session.get(Dispute, dispute_id)
+    if dispute is None:
+        raise InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"dispute {dispute_id} does not exist")
+    return dispute
+
+
+def move(
+    session: Session,
+    dispute_id: int,
+    to: State,
+    *,
+    by: Side,
+    actor: str,
+    now: dt.datetime,
+    note: str = "",
+    evidence: str | None = None,
+    days: BusinessDayClock = DEFAULT_CLOCK,
+    add_working_days: AddWorkingDays = _default_working_days,
+) -> Moved:
+    """Move a dispute (``check_move``), record the event, post an accepted outcome on our side."""
+    note = _checked_text(note, NOTE_LEN_MAX, "note")
+    evidence_text = _checked_text(evidence, EVIDENCE_LEN_MAX, "evidence") if evidence is not None else None
+    dispute = session.execute(select(Dispute).where(Dispute.id == dispute_id).with_for_update()).scalar_one_or_none()
+    if dispute is None:
+        raise InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"dispute {dispute_id} does not exist")
+    state = State(dispute.state)
+    today = days.day_of(now)
+    check_move(state, to, by, today=today, deadline=dispute.deadline)
+    if to is State.EVIDENCE_GIVEN and not evidence_text:
+        raise InteropError(InteropCode.E_BAD_DISPUTE, "giving evidence needs the evidence (a reference or text)")
+    transfer_id = _post_outcome(session, dispute, now, days) if to is State.ACCEPTED else None
+    deadline = deadline_of(to, today, add_working_days)
+    dispute.state, dispute.deadline, dispute.updated_at = to.value, deadline, now
+    if transfer_id is not None:
+        dispute.outcome_transfer_id = transfer_id
+    if evidence_text:
+        dispute.evidence = evidence_text
+    session.add(DisputeEvent(dispute_id=dispute.id, from_state=state.value, to_state=to.value, actor=actor,
+                             note=note, at=now))  # fmt: skip
+    session.flush()
+    return Moved(dispute.id, state, to, deadline, transfer_id)
+
+
+def sweep(
+    session: Session,
+    *,
+    now: dt.datetime,
+    days: BusinessDayClock = DEFAULT_CLOCK,
+    add_working_days: AddWorkingDays = _default_working_days,
+) -> list[Moved]:
+    """End every dispute whose deadline has passed, against the side that let it pass (``expiry_move``)."""
+    today = days.day_of(now)
+    due = session.execute(
+        select(Dispute.id, Dispute.state, Dispute.role)
+        .where(Dispute.deadline < today, Dispute.state.in_([s.value for s in EXPIRY]))
+        .order_by(Dispute.id)
+    ).all()
+    moved = []
+    for dispute_id, state, _role in due:
+        to = EXPIRY[State(state)]
+        by = MOVES[(State(state), to)]  # the move is the late side's own, made for it
+        moved.append(move(session, dispute_id, to, by=by, actor="deadline", now=now,
+                          note="the deadline passed", days=days, add_working_days=add_working_days))  # fmt: skip
+    return moved
+
+
+def _post_outcome(session: Session, dispute: Dispute, now: dt.datetime, days: BusinessDayClock) -> str | None:
+    """An accepted dispute's money on our side, in the open window (module docstring)."""
+    if dispute.amount_fen == 0:
+        return None
+    peer = dispute.peer_city
+    # the peer's lock before any account: the judge takes it before the cards and DUE_TO (no deadlock)
+    netting.lock_peer(session, peer)
+    issuer = peer_issuer_id(session, peer)
+    window = netting.window_for(days.day_of(now), netting.latest_final(session, peer))
+    transfer_id = netting.dispute_transfer_id(peer, dispute.role, dispute.item_id)
+    code = int(TransferCode.INTEROP)
+    source = f"dispute:{dispute.id}"
+    if dispute.role == Side.ISSUER.value:
+        item = judged(session, peer, dispute.item_id)
+        if item is None:
+            raise InteropError(InteropCode.E_BAD_DISPUTE, f"item {dispute.item_id} was never judged here")
+        card = accounts.card_liability(session, item.issuer_id, item.card_asn)
+        post_transfers(session, [TransferSpec.single(transfer_id, card, accounts.due_to_peer(session, issuer),
+                                                     dispute.amount_fen, code, source_ref=source)])  # fmt: skip
+        direction = netting.DUE_TO
+    else:
+        payee = _acquirer_payee(session, dispute.item_id)
+        post_transfers(session, [TransferSpec.single(transfer_id, accounts.due_from_peer(session, issuer), payee,
+                                                     dispute.amount_fen, code, source_ref=source)])  # fmt: skip
+        record_event(session, payee_account_id=payee, kind=SALE, source_ref=transfer_id, amount_fen=dispute.amount_fen,
+                     at=now, days=days)  # fmt: skip
+        direction = netting.DUE_FROM
+    booked = netting.book(session, peer_city=peer, direction=direction, item_id=dispute.item_id,
+                          amount_fen=dispute.amount_fen, window_day=window, transfer_id=transfer_id, source="dispute",
+                          now=now)  # fmt: skip
+    if booked is None:
+        raise InteropError(InteropCode.E_DISPUTE_TRANSITION, f"item {dispute.item_id} is already in the position")
+    return transfer_id
+
+
+def _acquirer_payee(session: Session, item_id: str) -> int:
+    """Who the tap pays, as the acquirer pays an accepted item (``clearing.ingest_totals.payee_of_tap``).
+
+    From the forwarded record when the outbox has it (route and business day), else from the
+    terminal the item id names (its registered operator).
+    """
+    found = session.execute(
+        select(InteropForward)
+        .join(OutboxItem, OutboxItem.forward_id == InteropForward.id)
+        .where(OutboxItem.item_id == item_id)
+    ).scalar_one_or_none()
+    parts = item_id.split(":")
+    terminal_id = found.terminal_id if found is not None else (parts[1] if len(parts) == 4 else "")
+    payable = session.execute(
+        select(Terminal.payable_account_id).where(Terminal.terminal_id == terminal_id)
+    ).scalar_one_or_none()
+    if payable is None:
+        raise InteropError(InteropCode.E_BAD_DISPUTE, f"item {item_id} names no terminal of ours")
+    if found is None:
+        return int(payable)
+    route = found.record.get("route_id") if isinstance(found.record, dict) else None
+    return payee_of_tap(session, terminal_id, route if isinstance(route, str) else None, found.business_day,
+                        int(payable))  # fmt: skip
+
+
+def open_for_rejected_item(session: Session, item: OutboxItem, now: dt.datetime) -> None:
+    """The acquirer's hook (``interop_xian.acquirer.default_rejection_hook``): a rejected item opens a dispute.
+
+    In the transaction that marks the item rejected; the deadline uses China's working days.
+    """
+    open_dispute(
+        session, peer_city=item.peer_city, role=Side.ACQUIRER, item_id=item.item_id, amount_fen=item.amount_fen,
+        reason_code=(item.code or "E_REJECTED")[:40], actor="interop", now=now,
+        note="".join(c if c.isprintable() else " " for c in (item.message or ""))[:NOTE_LEN_MAX],
+    )  # fmt: skip
+
+
+def events(session: Session, dispute_id: int) -> list[DisputeEvent]:
+    return list(
+        session.execute(
+            select(DisputeEvent).where(DisputeEvent.dispute_id == dispute_id).order_by(DisputeEvent.id)
+        ).scalars()
+    )
+
+
+def listing(session: Session, *, state: str | None = None, limit: int = 200) -> list[Dispute]:
+    stmt = select(Dispute).order_by(Dispute.deadline.is_(None), Dispute.deadline, Dispute.id).limit(limit)
+    if state is not None:
+        stmt = stmt.where(Dispute.state == state)
+    return list(session.execute(stmt).scalars())
+
+
+__all__ = [
+    "DEADLINE_WORKING_DAYS",
+    "EXPIRY",
+    "FINAL",
+    "MOVES",
+    "AddWorkingDays",
+    "Moved",
+    "Side",
+    "State",
+    "check_move",
+    "deadline_of",
+    "events",
+    "expiry_move",
+    "get",
+    "listing",
+    "move",
+    "open_dispute",
+    "open_for_rejected_item",
+    "sweep",
+]
