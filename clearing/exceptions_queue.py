@@ -442,11 +442,15 @@ def accept(
     _require_verified(item, record, keystore)
     card = _card(session, record)
     terminal = _terminal(session, record)
+    ridden = tap.business_day if tap is not None else None
     if tap is None:
         tap = _store_tap(session, item, record, days.day_of(now), now)
+        when = parse_tap_time(record.tx_time)
+        assert when is not None, "a verified TAC implies a readable time"
+        ridden = days.day_of(when.at)  # the tap row takes the decision's day; the ride's is its time's
     transfer_id = None
-    # The tap's day's payee (dated assignments); the money joins the window of the decision's day.
-    payee = payee_of_tap(session, terminal.terminal_id, record.route_id, tap.business_day,
+    # The ride's day's payee (dated assignments); the money joins the window of the decision's day.
+    payee = payee_of_tap(session, terminal.terminal_id, record.route_id, ridden or tap.business_day,
                          terminal.payable_account_id)  # fmt: skip
     window = None
     if record.amount_fen > 0:

@@ -31,20 +31,23 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from clearing.contract import TapRecord
 from clearing.ingest import TacKeys
-from clearing.ingest_reads import read_cards
+from clearing.ingest_pg import _PLANNER, PgReads
+from clearing.ingest_reads import BatchReads, read_cards
 from clearing.ingest_sqlite import SqlReads
 from clearing.models import Card, CardStatus
 from clearing.validation import (
     CardCounterKey,
     CardKey,
     Context,
+    DenyInterval,
     Judgement,
     Limits,
     TapTime,
@@ -54,7 +57,11 @@ from clearing.validation import (
     verify_tacs,
 )
 
-_LOCK_CHUNK = 400
+_LOCK_CARDS_PG = """
+SELECT c.id FROM cards c
+WHERE (c.issuer_id, c.card_asn) IN (SELECT * FROM unnest(CAST(:i AS text[]), CAST(:a AS text[])))
+ORDER BY c.id FOR UPDATE OF c
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +95,10 @@ def lock_cards(session: Session, keys: Iterable[CardKey]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     wanted = sorted(set(keys))
-    ids: list[int] = []
-    for start in range(0, len(wanted), _LOCK_CHUNK):
-        chunk = wanted[start : start + _LOCK_CHUNK]
-        ids.extend(session.execute(select(Card.id).where(tuple_(Card.issuer_id, Card.card_asn).in_(chunk))).scalars())
-    for start in range(0, len(ids), _LOCK_CHUNK):
-        chunk_ids = sorted(ids)[start : start + _LOCK_CHUNK]
-        session.execute(select(Card.id).where(Card.id.in_(chunk_ids)).order_by(Card.id).with_for_update()).all()
+    # one statement of two arrays (the chunked IN lists cost a parse and a plan per chunk); locked in id order
+    session.execute(
+        text(_LOCK_CARDS_PG), {"i": [issuer for issuer, _ in wanted], "a": [asn for _, asn in wanted]}
+    ).all()
 
 
 def foreign_context(
@@ -113,9 +117,20 @@ def foreign_context(
     acquirer; ``seen_card_counters``: card keys claimed by foreign records (of any acquirer),
     added to those of ``taps``.
     """
-    reads = SqlReads(session)
-    snap = reads.snapshot(records)
-    per_card = read_cards(reads, records, snap.cards, snap.own_issuers)
+    reads: BatchReads
+    if session.get_bind().dialect.name == "postgresql":
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        cur = driver.cursor()
+        cur.execute(_PLANNER)  # as ingest plans them: index nested loops over the staged keys (no statistics)
+        reads = _pg_reads(cur)
+        snap = reads.snapshot(records)
+        per_card = read_cards(reads, records, snap.cards, snap.own_issuers)
+        cur.execute(_PLANNER_DEFAULT)
+    else:
+        reads = SqlReads(session)
+        snap = reads.snapshot(records)
+        per_card = read_cards(reads, records, snap.cards, snap.own_issuers)
     counters = set(snap.seen_card_counters)
     counters.update(seen_card_counters)
     return Context(
@@ -135,6 +150,29 @@ def foreign_context(
         refund_pricer=None,
         acquirer=acquirer,
     )
+
+
+# The issuer's transaction runs the rest (ledger, bookings) with the server's default plans.
+_PLANNER_DEFAULT = "SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on"
+_DENYLIST_OF_KEYS = """
+SELECT d.issuer_id, d.card_asn, d.effective_at, d.removed_at FROM denylist_entries d
+WHERE (d.issuer_id, d.card_asn) IN (SELECT DISTINCT issuer_id, card_asn FROM ingest_keys)
+"""
+
+
+def _pg_reads(cur: Any) -> PgReads:
+    """PostgreSQL: clearing's own set-based reads (``ingest_pg.PgReads``: the records' keys COPY'd
+    into a temporary table, the reads pipelined in one round trip) on the session's connection,
+    in its transaction. The chunked ``IN`` lists of ``SqlReads`` cost a parse and a plan of
+    thousands of parameters per chunk. No batch of ``taps`` is this one's (batch id 0)."""
+
+    def denylist(cur: Any, version: int) -> dict[CardKey, list[DenyInterval]]:
+        entries: dict[CardKey, list[DenyInterval]] = {}
+        for issuer_id, asn, effective_at, removed_at in cur.execute(_DENYLIST_OF_KEYS):
+            entries.setdefault((issuer_id, asn), []).append(DenyInterval(effective_at, removed_at))
+        return entries
+
+    return PgReads(cur, 0, denylist)
 
 
 def judge_foreign(verified: Verified, ctx: Context) -> Judgement:

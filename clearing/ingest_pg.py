@@ -163,7 +163,9 @@ UNION ALL
 SELECT s.idx, 2 FROM ingest_keys s
 WHERE EXISTS (SELECT 1 FROM taps k WHERE k.issuer_id = s.issuer_id AND k.card_asn = s.card_asn
               AND k.offline_counter = s.offline_counter AND k.tx_type = s.tx_type)
-"""
+   OR EXISTS (SELECT 1 FROM interop_issuer_items i WHERE i.claims_keys AND i.issuer_id = s.issuer_id
+              AND i.card_asn = s.card_asn AND i.offline_counter = s.offline_counter AND i.tx_type = s.tx_type)
+"""  # a card key a peer city's acquirer already claimed for our card (interop_xian, by name) is taken too
 _DENYLIST: Final = "SELECT issuer_id, card_asn, effective_at, removed_at FROM denylist_entries"
 # A tap as a leg for the refund rule (``validation.Leg``), with the payable its fare went to.
 _LEG: Final = """t.offline_counter, t.terminal_id, t.terminal_seq, t.route_id, t.vehicle_id, t.stop_id, t.tx_time,

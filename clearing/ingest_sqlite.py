@@ -14,7 +14,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
-from sqlalchemy import Engine, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    Integer,
+    SmallInteger,
+    String,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    table,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -80,6 +94,22 @@ from clearing.validation import (
     Resolution,
 )
 
+# interop_xian's issuer items, read by name (clearing never imports interop): a peer city's claim
+# on one of our cards' keys (migration 0011)
+_PEER_CLAIMS: Final = table(
+    "interop_issuer_items",
+    column("issuer_id", String),
+    column("card_asn", String),
+    column("offline_counter", Integer),
+    column("tx_type", SmallInteger),
+    column("claims_keys", Boolean),
+)
+_PEER_CLAIM_COLUMNS: Final = (
+    _PEER_CLAIMS.c.issuer_id,
+    _PEER_CLAIMS.c.card_asn,
+    _PEER_CLAIMS.c.offline_counter,
+    _PEER_CLAIMS.c.tx_type,
+)
 CHUNK: Final = 400  # row values per IN (...): far below SQLite's bound-variable limit
 T = TypeVar("T")
 
@@ -389,6 +419,15 @@ class SqlReads:
             columns = (Tap.issuer_id, Tap.card_asn, Tap.offline_counter, Tap.tx_type)
             seen_counter.update(
                 (i, a, c, t) for i, a, c, t in session.execute(select(*columns).where(tuple_(*columns).in_(ctr_chunk)))
+            )
+            # a card key a peer city's acquirer already claimed for our card (interop_xian's table, by name)
+            seen_counter.update(
+                (i, a, c, t)
+                for i, a, c, t in session.execute(
+                    select(*_PEER_CLAIM_COLUMNS)
+                    .select_from(_PEER_CLAIMS)
+                    .where(_PEER_CLAIMS.c.claims_keys, tuple_(*_PEER_CLAIM_COLUMNS).in_(ctr_chunk))
+                )
             )
         denylist: dict[CardKey, list[DenyInterval]] = {}
         for card_chunk in _chunks(card_keys):

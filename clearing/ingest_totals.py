@@ -56,6 +56,7 @@ REFUND: Final = "refund"
 LATEST_SEALED_SQL: Final = "SELECT max(business_day) FROM settlement_windows"
 LOCK_SHARED_SQL: Final = f"SELECT pg_advisory_xact_lock_shared({WINDOW_LOCK_KEY})"
 LOCK_EXCLUSIVE_SQL: Final = f"SELECT pg_advisory_xact_lock({WINDOW_LOCK_KEY})"
+SQLITE_WRITE_LOCK_SQL: Final = "UPDATE settlement_windows SET state = state WHERE business_day IS NULL"
 
 _ASSIGNMENT_COLUMNS: Final = "a.valid_from, a.valid_to, o.payable_account_id"
 _ROUTE_ASSIGNMENTS_PG: Final = f"""
@@ -251,9 +252,17 @@ def payee_of_tap(
 
 
 def sealed_through(session: Session) -> dt.date | None:
-    """The latest sealed business day, after taking the window lock shared (PostgreSQL)."""
+    """The latest sealed business day, after taking the window lock shared (PostgreSQL) or SQLite's write lock.
+
+    SQLite: a read before the transaction's first write runs on its own (pysqlite begins at the
+    first write), so a seal could commit between this read and the caller's writes, which would
+    then join the window just sealed (a decision's transfer leg, an interop sale); a write that
+    changes nothing takes the one write lock first, as the seal does (``windows.take_write_lock``).
+    """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(LOCK_SHARED_SQL))
+    else:
+        session.execute(text(SQLITE_WRITE_LOCK_SQL))
     value = session.execute(text(LATEST_SEALED_SQL)).scalar_one_or_none()
     return None if value is None else as_date(value)
 

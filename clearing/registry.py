@@ -163,7 +163,7 @@ def ensure_operator(
     session: Session, operator_id: str, *, name: str | None = None, kind: str = "bus_operator"
 ) -> Operator:
     """The operator (created with its payable account if new)."""
-    if not _OPERATOR_ID_RE.match(operator_id):
+    if not _OPERATOR_ID_RE.fullmatch(operator_id):
         raise ClearingError(Code.E_BAD_OPERATOR, "operator must be 1-64 letters, digits, space, '.', '_' or '-'")
     operator = session.get(Operator, operator_id)
     if operator is None:

@@ -1,1 +1,6 @@
-"""Bilateral clearing with Xi'an: signed batch exchange, netting, disputes (not built yet)."""
+"""Bilateral clearing with Xi'an (issue 12, ``docs/interop.md``).
+
+The acquirer side and the signed channel (``outbox``, ``batch``, ``keys``, ``sender``, ``api``,
+``inbox``, ``acquirer``, ``exchange``), and the issuer side (``issuer``, ``netting``,
+``window_close``, ``disputes``, ``reports``); their contract is ``items``.
+"""

@@ -9,7 +9,7 @@ under the item's row lock, moving it to its final state exactly once:
   pay, ``clearing.ingest_totals.payee_of_tap``), transfer id ``interop:acq:<terminal>:<seq>:<digest16>``,
   code INTEROP; the item joins the bilateral position (``netting.book``, DUE_FROM, in the window
   the issuer's verdict names, else the tap's business day); and the sale joins settlement's
-  running totals in the open window of the day the verdict is applied (``record_event``), so
+  running totals in the open window of the day the verdict is applied (as ``record_event``), so
   our operator is paid in our own window;
 * **accepted for another amount** than the record's: nothing is posted; the item is marked
   rejected with ``E_INTEROP_AMOUNT_MISMATCH`` and handed to disputes (the issuer has posted
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,7 +40,7 @@ from clearing import accounts
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract.codes import Code
 from clearing.db import lock_for_update
-from clearing.ingest_totals import SALE, payee_of_tap, record_event
+from clearing.ingest_totals import SALE, Posting, payee_of_tap, sealed_through, window_of, write_postings
 from clearing.ledger import TransferSpec, post_transfers
 from clearing.models import ForwardState, InteropForward, Terminal, TransferCode
 from interop_xian import netting
@@ -101,12 +101,8 @@ def apply_verdicts(
                 .limit(APPLY_CHUNK)
                 .with_for_update()
             ).all()  # fmt: skip
-            for item in items:
-                if _apply_one(session, item, now=now, days=days, on_rejected=on_rejected):
-                    accepted += 1
-                    accepted_fen += item.amount_fen
-                else:
-                    rejected += 1
+            a, r, fen = _apply_chunk(session, items, now=now, days=days, on_rejected=on_rejected)
+            accepted, rejected, accepted_fen = accepted + a, rejected + r, accepted_fen + fen
         if len(items) < APPLY_CHUNK:
             return Applied(accepted, rejected, accepted_fen)
 
@@ -127,52 +123,104 @@ def requeue_unjudged(
     return int(moved or 0)
 
 
-def _apply_one(
-    session: Session, item: OutboxItem, *, now: dt.datetime, days: BusinessDayClock, on_rejected: RejectionHook | None
-) -> bool:
-    forward = session.get(InteropForward, item.forward_id)
-    assert forward is not None, "an outbox item's forwarded record cannot be deleted"
-    assert item.code is not None and item.verdict_amount_fen is not None, "acknowledged items carry their verdict"
-    if item.code == "OK" and item.verdict_amount_fen != item.amount_fen:
-        item.message = (
-            f"the issuer accepted {item.verdict_amount_fen} fen for a record of {item.amount_fen} fen"
-            + (f" ({item.message})" if item.message else "")
-        )[:2000]
-        item.code = InteropCode.E_INTEROP_AMOUNT_MISMATCH.value
-    if item.code != "OK":
-        item.state = "rejected"
+def _apply_chunk(
+    session: Session, items: Sequence[OutboxItem], *, now: dt.datetime, days: BusinessDayClock,
+    on_rejected: RejectionHook | None,
+) -> tuple[int, int, int]:  # fmt: skip
+    """One chunk of acknowledged items (one peer): (accepted, rejected, accepted fen).
+
+    Set-based where money moves: one ``post_transfers`` call, one booking statement and one
+    running-totals posting per payee for the whole chunk (``source_ref`` names the chunk by its
+    first outbox id, so it is unique and never reused: each item is applied once).
+    """
+    if not items:
+        return 0, 0, 0
+    peer_city = items[0].peer_city
+    forwards = {
+        f.id: f
+        for f in session.scalars(select(InteropForward).where(InteropForward.id.in_([i.forward_id for i in items])))
+    }
+    terminals = {
+        t.terminal_id: t
+        for t in session.scalars(
+            select(Terminal).where(Terminal.terminal_id.in_({f.terminal_id for f in forwards.values()}))
+        )
+    }
+    due_from: dict[str, int] = {}
+    payees: dict[tuple[str, str | None, dt.date], int] = {}
+    specs: list[TransferSpec] = []
+    paid: list[tuple[OutboxItem, InteropForward, int, str]] = []
+    accepted = rejected = accepted_fen = 0
+    for item in items:
+        forward = forwards.get(item.forward_id)
+        assert forward is not None, "an outbox item's forwarded record cannot be deleted"
+        assert item.code is not None and item.verdict_amount_fen is not None, "acknowledged items carry their verdict"
+        assert item.peer_city == peer_city
+        if item.code == "OK" and item.verdict_amount_fen != item.amount_fen:
+            item.message = (
+                f"the issuer accepted {item.verdict_amount_fen} fen for a record of {item.amount_fen} fen"
+                + (f" ({item.message})" if item.message else "")
+            )[:2000]
+            item.code = InteropCode.E_INTEROP_AMOUNT_MISMATCH.value
+        if item.code != "OK":
+            item.state = "rejected"
+            item.updated_at = now
+            forward.state = ForwardState.REJECTED.value
+            forward.issuer_code = item.code[:32]
+            session.flush()
+            if on_rejected is not None:
+                on_rejected(session, item, now)
+            rejected += 1
+            continue
+        if item.amount_fen > 0:
+            terminal = terminals.get(forward.terminal_id)
+            assert terminal is not None, "a forwarded record came from a registered terminal"
+            route = forward.record.get("route_id") if isinstance(forward.record, dict) else None
+            key = (terminal.terminal_id, route if isinstance(route, str) else None, forward.business_day)
+            if key not in payees:
+                payees[key] = payee_of_tap(session, key[0], key[1], key[2], terminal.payable_account_id)
+            if item.peer_issuer_id not in due_from:
+                due_from[item.peer_issuer_id] = accounts.due_from_peer(session, item.peer_issuer_id)
+            transfer_id = acquirer_transfer_id(forward.terminal_id, forward.terminal_seq, forward.record_digest)
+            debit, code = due_from[item.peer_issuer_id], int(TransferCode.INTEROP)
+            specs.append(TransferSpec.single(transfer_id, debit, payees[key], item.amount_fen, code,
+                                             source_ref=f"interop:{item.item_id}"))  # fmt: skip
+            paid.append((item, forward, payees[key], transfer_id))
+            item.transfer_id = transfer_id
+        item.state = "accepted"
         item.updated_at = now
-        forward.state = ForwardState.REJECTED.value
-        forward.issuer_code = item.code[:32]
-        session.flush()
-        if on_rejected is not None:
-            on_rejected(session, item, now)
-        return False
-    if item.amount_fen > 0:
-        terminal = session.get(Terminal, forward.terminal_id)
-        assert terminal is not None, "a forwarded record came from a registered terminal"
-        route = forward.record.get("route_id") if isinstance(forward.record, dict) else None
-        payee = payee_of_tap(session, terminal.terminal_id, route if isinstance(route, str) else None,
-                             forward.business_day, terminal.payable_account_id)  # fmt: skip
-        transfer_id = acquirer_transfer_id(forward.terminal_id, forward.terminal_seq, forward.record_digest)
-        results = post_transfers(
+        forward.state = ForwardState.ACCEPTED.value
+        forward.issuer_code = "OK"
+        accepted += 1
+        accepted_fen += item.amount_fen
+    if not paid:
+        return accepted, rejected, accepted_fen
+    created = {r.id for r in post_transfers(session, specs) if r.status == "created"}
+    # The bilateral position: DUE_FROM in the issuer's window (the tap day's when it named none).
+    netting.lock_peer(session, peer_city)
+    final = netting.latest_final(session, peer_city)
+    netting.book_many(
+        session, peer_city=peer_city, direction=netting.DUE_FROM, now=now,
+        rows=[(item.item_id, item.amount_fen, netting.window_for(item.window_day or forward.business_day, final),
+               transfer_id) for item, forward, _, transfer_id in paid],
+    )  # fmt: skip
+    # Our operator's sales, in the open window of the day the verdicts are applied.
+    sales: dict[int, list[int]] = {}
+    for item, _, payee, transfer_id in paid:
+        if transfer_id in created:
+            count_fen = sales.setdefault(payee, [0, 0])
+            count_fen[0] += 1
+            count_fen[1] += item.amount_fen
+    if sales:
+        event_day = days.day_of(now)
+        window = window_of(event_day, sealed_through(session))
+        source_ref = f"interop:acq:{peer_city}:{min(item.id for item, _, _, _ in paid)}"
+        write_postings(
             session,
-            [TransferSpec.single(transfer_id, accounts.due_from_peer(session, item.peer_issuer_id), payee,
-                                 item.amount_fen, int(TransferCode.INTEROP), source_ref=f"interop:{item.item_id}")],
-        )  # fmt: skip
-        if results[0].status == "created":
-            record_event(session, payee_account_id=payee, kind=SALE, source_ref=transfer_id,
-                         amount_fen=item.amount_fen, at=now, days=days)  # fmt: skip
-        item.transfer_id = transfer_id
-        # The bilateral position: DUE_FROM in the issuer's window (the tap day's when it named none).
-        netting.book(session, peer_city=item.peer_city, direction=netting.DUE_FROM, item_id=item.item_id,
-                     amount_fen=item.amount_fen, window_day=item.window_day or forward.business_day,
-                     transfer_id=transfer_id, now=now)  # fmt: skip
-    item.state = "accepted"
-    item.updated_at = now
-    forward.state = ForwardState.ACCEPTED.value
-    forward.issuer_code = "OK"
-    return True
+            [Posting(window, payee, SALE, source_ref, event_day, n, fen) for payee, (n, fen) in sorted(sales.items())],
+            now,
+        )
+    return accepted, rejected, accepted_fen
 
 
 __all__ = [

@@ -34,23 +34,25 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from clearing import accounts
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.ingest_totals import SALE, payee_of_tap, record_event
-from clearing.ledger import TransferSpec, post_transfers
-from clearing.models import InteropForward, Terminal, TransferCode
+from clearing.ledger import LedgerBatchError, TransferSpec, post_transfers
+from clearing.models import InteropForward, Tap, Terminal, TransferCode
 from interop_xian import netting
 from interop_xian.errors import InteropCode, InteropError
 from interop_xian.issuer import judged, peer_issuer_id
-from interop_xian.models import Dispute, DisputeEvent, OutboxItem
+from interop_xian.models import Dispute, DisputeEvent, IssuerItem, OutboxItem
 
+log = logging.getLogger(__name__)
 AddWorkingDays = Callable[[dt.date, int], dt.date]
 NOTE_LEN_MAX: Final = 500
 EVIDENCE_LEN_MAX: Final = 4000
@@ -151,7 +153,8 @@ class Moved:
 
 
 def _checked_text(value: str | None, limit: int, what: str) -> str:
-    text = (value or "").strip()
+    # a browser sends a textarea's line breaks as CR LF (HTML form encoding): they are text
+    text = (value or "").replace("\r\n", "\n").strip()
     if len(text) > limit or any(ord(c) < 32 and c not in "\n\t" for c in text):
         raise InteropError(InteropCode.E_BAD_DISPUTE, f"the {what} is 0..{limit} characters of text")
     return text
@@ -175,6 +178,12 @@ def open_dispute(
     if amount_fen < 0 or not 0 < len(item_id) <= 96 or not 0 < len(reason_code) <= 40:
         raise InteropError(InteropCode.E_BAD_DISPUTE, "a dispute needs an item id, a reason code and an amount ≥ 0")
     note = _checked_text(note, NOTE_LEN_MAX, "note")
+    if role is Side.ISSUER:
+        item = judged(session, peer_city, item_id)
+        if item is not None and item.amount_fen != amount_fen:
+            raise InteropError(
+                InteropCode.E_BAD_DISPUTE, f"item {item_id} is a record of {item.amount_fen} fen, not {amount_fen}"
+            )
     found = session.execute(
         select(Dispute).where(Dispute.peer_city == peer_city, Dispute.role == role.value, Dispute.item_id == item_id)
     ).scalar_one_or_none()
@@ -195,7 +204,16 @@ def open_dispute(
     return Moved(dispute.id, None, State.OPENED, deadline, None)
 
 
+DISPUTE_ID_MAX: Final = 2**63 - 1  # BIGINT: a larger id in a URL names no dispute (and must not reach the driver)
+
+
+def _unknown(dispute_id: int) -> InteropError:
+    return InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"dispute {dispute_id} does not exist")
+
+
 def get(session: Session, dispute_id: int) -> Dispute:
+    if not 0 < dispute_id <= DISPUTE_ID_MAX:
+        raise _unknown(dispute_id)
     dispute = session.get(Dispute, dispute_id)
     if dispute is None:
         raise InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"dispute {dispute_id} does not exist")
@@ -218,6 +236,8 @@ def move(
     """Move a dispute (``check_move``), record the event, post an accepted outcome on our side."""
     note = _checked_text(note, NOTE_LEN_MAX, "note")
     evidence_text = _checked_text(evidence, EVIDENCE_LEN_MAX, "evidence") if evidence is not None else None
+    if not 0 < dispute_id <= DISPUTE_ID_MAX:
+        raise _unknown(dispute_id)
     dispute = session.execute(select(Dispute).where(Dispute.id == dispute_id).with_for_update()).scalar_one_or_none()
     if dispute is None:
         raise InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"dispute {dispute_id} does not exist")
@@ -254,20 +274,36 @@ def sweep(
         .order_by(Dispute.id)
     ).all()
     moved = []
-    for dispute_id, state, _role in due:
+    for dispute_id, state, role in due:
         to = EXPIRY[State(state)]
         by = MOVES[(State(state), to)]  # the move is the late side's own, made for it
-        moved.append(move(session, dispute_id, to, by=by, actor="deadline", now=now,
-                          note="the deadline passed", days=days, add_working_days=add_working_days))  # fmt: skip
+        if to is State.ACCEPTED and role != by.value:
+            # The issuer's acceptance posts on both sides; the acquirer alone must not make it for
+            # the issuer (our DUE_FROM without its DUE_TO: a window that never agrees). It waits
+            # for the issuer's decision (its own sweep, over the channel).
+            continue
+        try:
+            with session.begin_nested():
+                done = move(session, dispute_id, to, by=by, actor="deadline", now=now, note="the deadline passed",
+                            days=days, add_working_days=add_working_days)  # fmt: skip
+            moved.append(done)
+        except InteropError as exc:  # one dispute that cannot end must not stop the others
+            log.warning("dispute %s: the deadline passed but it cannot end %s: %s", dispute_id, to, exc)
     return moved
 
 
 def _post_outcome(session: Session, dispute: Dispute, now: dt.datetime, days: BusinessDayClock) -> str | None:
     """An accepted dispute's money on our side, in the open window (module docstring)."""
+    peer = dispute.peer_city
+    if dispute.role == Side.ISSUER.value:
+        # the peer's lock before any account: the judge takes it before the cards and DUE_TO (no deadlock)
+        netting.lock_peer(session, peer)
+        item = judged(session, peer, dispute.item_id)
+        if item is None:
+            raise InteropError(InteropCode.E_BAD_DISPUTE, f"item {dispute.item_id} was never judged here")
+        _claim_for_acceptance(session, item, dispute)
     if dispute.amount_fen == 0:
         return None
-    peer = dispute.peer_city
-    # the peer's lock before any account: the judge takes it before the cards and DUE_TO (no deadlock)
     netting.lock_peer(session, peer)
     issuer = peer_issuer_id(session, peer)
     window = netting.window_for(days.day_of(now), netting.latest_final(session, peer))
@@ -275,12 +311,16 @@ def _post_outcome(session: Session, dispute: Dispute, now: dt.datetime, days: Bu
     code = int(TransferCode.INTEROP)
     source = f"dispute:{dispute.id}"
     if dispute.role == Side.ISSUER.value:
-        item = judged(session, peer, dispute.item_id)
-        if item is None:
-            raise InteropError(InteropCode.E_BAD_DISPUTE, f"item {dispute.item_id} was never judged here")
+        assert item is not None
         card = accounts.card_liability(session, item.issuer_id, item.card_asn)
-        post_transfers(session, [TransferSpec.single(transfer_id, card, accounts.due_to_peer(session, issuer),
-                                                     dispute.amount_fen, code, source_ref=source)])  # fmt: skip
+        try:
+            post_transfers(session, [TransferSpec.single(transfer_id, card, accounts.due_to_peer(session, issuer),
+                                                         dispute.amount_fen, code, source_ref=source)])  # fmt: skip
+        except LedgerBatchError as exc:  # the card's liability cannot go below zero: a refusal, not a fault
+            raise InteropError(
+                InteropCode.E_DISPUTE_TRANSITION,
+                f"item {item.item_id}: the card's liability cannot cover {dispute.amount_fen} fen ({exc.code.value})",
+            ) from None
         direction = netting.DUE_TO
     else:
         payee = _acquirer_payee(session, dispute.item_id)
@@ -295,6 +335,58 @@ def _post_outcome(session: Session, dispute: Dispute, now: dt.datetime, days: Bu
     if booked is None:
         raise InteropError(InteropCode.E_DISPUTE_TRANSITION, f"item {dispute.item_id} is already in the position")
     return transfer_id
+
+
+def _claim_for_acceptance(session: Session, item: IssuerItem, dispute: Dispute) -> None:
+    """Refuse to accept a record that is paid already, or not shown to be our card's; else claim its keys.
+
+    Only an authentic record (its TAC verified here) may be paid from the card: one that claimed
+    its keys when judged (refused for its time, amount or the denylist) or one refused for the
+    cap (authentic, but it claimed nothing). The tap must not be paid already, under this item
+    or another (a variant of the record: same terminal and sequence, a field the TAC does not
+    cover changed), nor its card counter cleared by our own terminals. Accepted, it claims the
+    keys, so a variant arriving later is a duplicate.
+    """
+    if item.outcome != "rejected":
+        raise InteropError(InteropCode.E_DISPUTE_TRANSITION, f"item {item.item_id} was accepted: it is paid already")
+    if dispute.amount_fen != item.amount_fen:
+        raise InteropError(
+            InteropCode.E_BAD_DISPUTE,
+            f"item {item.item_id} is a record of {item.amount_fen} fen, not {dispute.amount_fen}",
+        )
+    card_key = (
+        IssuerItem.issuer_id == item.issuer_id, IssuerItem.card_asn == item.card_asn,
+        IssuerItem.offline_counter == item.offline_counter, IssuerItem.tx_type == item.tx_type,
+    )  # fmt: skip
+    other = session.execute(
+        select(IssuerItem.item_id).where(
+            IssuerItem.id != item.id,
+            IssuerItem.claims_keys.is_(True),
+            or_(
+                and_(IssuerItem.peer_city == item.peer_city, IssuerItem.terminal_id == item.terminal_id,
+                     IssuerItem.terminal_seq == item.terminal_seq),
+                and_(*card_key),
+            ),
+        ).limit(1)
+    ).scalar_one_or_none()  # fmt: skip
+    cleared = session.execute(
+        select(Tap.id).where(Tap.issuer_id == item.issuer_id, Tap.card_asn == item.card_asn,
+                             Tap.offline_counter == item.offline_counter, Tap.tx_type == item.tx_type).limit(1)
+    ).scalar_one_or_none()  # fmt: skip
+    if other is not None or cleared is not None:
+        whose = f"item {other}" if other is not None else "our own clearing"
+        raise InteropError(
+            InteropCode.E_DISPUTE_TRANSITION,
+            f"item {item.item_id} is a duplicate: its tap or card counter is already taken by {whose}",
+        )
+    if not item.claims_keys and item.code != InteropCode.E_NET_DEBIT_CAP.value:
+        raise InteropError(
+            InteropCode.E_DISPUTE_TRANSITION,
+            f"item {item.item_id} was rejected {item.code}: its record is not shown authentic, "
+            "so our card cannot be debited for it",
+        )
+    item.claims_keys = True
+    session.flush()
 
 
 def _acquirer_payee(session: Session, item_id: str) -> int:

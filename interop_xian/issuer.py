@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Final, cast
 
 import msgspec
-from sqlalchemy import Engine, Table, insert, select, tuple_
+from sqlalchemy import Engine, Table, insert, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from clearing import accounts, foreign
@@ -64,6 +64,7 @@ from interop_xian.items import ITEM_ID_LEN_MAX, InteropItem, ItemOutcome, ItemVe
 from interop_xian.models import IssuerItem
 
 log = logging.getLogger(__name__)
+MESSAGE_LEN_MAX: Final = 500  # the acknowledgement's (``interop_xian.batch``); msgspec quotes the peer's field names
 
 _CHUNK: Final = 400
 _ITEMS: Final = cast(Table, IssuerItem.__table__)
@@ -80,21 +81,28 @@ class _Fresh:
     record: TapRecord
 
 
-def check_item(item: InteropItem) -> TapRecord | str:
-    """The item's record, or why the item is not its record (pure)."""
+def check_item(item: InteropItem, peer_city: str) -> TapRecord | str:
+    """The item's record, or why the item is not its record (pure).
+
+    The id must be exactly ``<peer>:<terminal>:<seq>:<digest16>`` of its record: one record, one
+    id. An id that only *ends* in them (``xian:zz:<terminal>:…``) would be a second id for the
+    same record, judged afresh whenever the first verdict claimed no keys (a cap refusal).
+    """
     if not 0 < len(item.item_id) <= ITEM_ID_LEN_MAX:
         return f"item id of {len(item.item_id)} characters (1..{ITEM_ID_LEN_MAX})"
     try:
         record = foreign.decode_record(item.record)
+        # a lone surrogate (JSON's "\ud800" is ASCII, canonical) decodes but encodes to no UTF-8:
+        # UnicodeEncodeError, a ValueError; raised here it would fail the whole batch, resent for ever
+        digest = record_digest(record)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
-        return f"item {item.item_id}: the record is not a terminal-contract record ({exc})"
-    digest = record_digest(record)
+        return f"item {item.item_id}: the record is not a terminal-contract record ({exc})"[:MESSAGE_LEN_MAX]
     if record.terminal_id != item.terminal_id or record.terminal_seq != item.terminal_seq:
         return f"item {item.item_id}: the record is of terminal {record.terminal_id} sequence {record.terminal_seq}"
     if digest != item.record_digest:
         return f"item {item.item_id}: the record's digest is {digest[:16]}…, not the item's"
-    if not item.item_id.endswith(f":{record.terminal_id}:{record.terminal_seq}:{digest[:16]}"):
-        return f"item {item.item_id}: the id does not end in the record's terminal, sequence and digest"
+    if item.item_id != f"{peer_city}:{record.terminal_id}:{record.terminal_seq}:{digest[:16]}":
+        return f"item {item.item_id}: the id is not {peer_city}:<the record's terminal>:<sequence>:<digest16>"
     return record
 
 
@@ -134,7 +142,7 @@ class IssuerJudgeDb:
         verdicts: list[ItemVerdict | None] = [None] * len(items)
         checked: dict[int, TapRecord] = {}
         for position, item in enumerate(items):
-            result = check_item(item)
+            result = check_item(item, peer_city)
             if isinstance(result, str):
                 verdicts[position] = _rejected(item.item_id, InteropCode.E_INTEROP_ITEM_MISMATCH.value, result)
             else:
@@ -337,6 +345,18 @@ def _stored_verdicts(session: Session, peer_city: str, item_ids: Sequence[str]) 
     return out
 
 
+_CLAIMED_SEQS_PG: Final = """
+SELECT i.terminal_id, i.terminal_seq FROM unnest(CAST(:t AS text[]), CAST(:s AS bigint[])) AS k(t, s)
+JOIN interop_issuer_items i ON i.peer_city = :peer AND i.terminal_id = k.t AND i.terminal_seq = k.s AND i.claims_keys
+"""
+_CLAIMED_COUNTERS_PG: Final = """
+SELECT i.issuer_id, i.card_asn, i.offline_counter, i.tx_type
+FROM unnest(CAST(:i AS text[]), CAST(:a AS text[]), CAST(:c AS int[]), CAST(:x AS smallint[])) AS k(i, a, c, x)
+JOIN interop_issuer_items i ON i.issuer_id = k.i AND i.card_asn = k.a AND i.offline_counter = k.c
+     AND i.tx_type = k.x AND i.claims_keys
+"""
+
+
 def _claimed_keys(
     session: Session, peer_city: str, records: Sequence[TapRecord]
 ) -> tuple[set[TerminalSeqKey], set[CardCounterKey]]:
@@ -345,6 +365,19 @@ def _claimed_keys(
     counters = sorted({(r.issuer_id, r.card_asn, r.offline_counter, r.tx_type) for r in records})
     seen_seqs: set[TerminalSeqKey] = set()
     seen_counters: set[CardCounterKey] = set()
+    if session.get_bind().dialect.name == "postgresql":  # two statements over arrays, not chunked IN lists
+        rows_pg = session.execute(
+            text(_CLAIMED_SEQS_PG),
+            {"peer": peer_city, "t": [t for t, _ in seqs], "s": [s for _, s in seqs]},
+        )
+        seen_seqs.update((str(t), int(s)) for t, s in rows_pg)
+        rows_pg = session.execute(
+            text(_CLAIMED_COUNTERS_PG),
+            {"i": [c[0] for c in counters], "a": [c[1] for c in counters], "c": [c[2] for c in counters],
+             "x": [c[3] for c in counters]},
+        )  # fmt: skip
+        seen_counters.update((str(i), str(a), int(c), int(t)) for i, a, c, t in rows_pg)
+        return seen_seqs, seen_counters
     for start in range(0, len(seqs), _CHUNK):
         rows = session.execute(
             select(IssuerItem.terminal_id, IssuerItem.terminal_seq).where(

@@ -15,9 +15,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing.db import conflict_insert, lock_for_update
@@ -77,7 +77,7 @@ def collect(sessions: sessionmaker[Session], config: InteropConfig, *, now: dt.d
                 }
                 for r in rows
             ]  # fmt: skip
-            session.execute(insert(OutboxItem).values(values).on_conflict_do_nothing())
+            session.execute(insert(cast(Table, OutboxItem.__table__)).on_conflict_do_nothing(), values)
             added += len(rows)
         if len(rows) < COLLECT_CHUNK:
             return added

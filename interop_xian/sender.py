@@ -30,9 +30,10 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from interop_xian import batch as wire
@@ -45,10 +46,30 @@ log = logging.getLogger("interop_xian.sender")
 BATCHES_PATH = "/interop/v1/batches"
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
+
+
+def check_peer_url(url: str) -> None:
+    """The peer is reached over HTTPS; plain ``http://`` only on this machine's loopback address.
+
+    The one exception is for the demo (``make run`` runs Xi'an beside Xianyang on 127.0.0.1) and
+    tests on one machine: the bytes never leave the host. Any other ``http://`` peer, or another
+    scheme, is ``E_INTEROP_NOT_CONFIGURED``.
+    """
+    parsed = httpx.URL(url)
+    if parsed.scheme == "https" or (parsed.scheme == "http" and parsed.host in LOOPBACK_HOSTS):
+        return
+    raise InteropError(
+        InteropCode.E_INTEROP_NOT_CONFIGURED,
+        "YIKATONG_PEER_URL must be https:// (plain http:// only to 127.0.0.1 or ::1, for a demo on one machine)",
+    )
+
+
 def peer_client(config: InteropConfig) -> httpx.Client:
     """An HTTPS client for the peer: its CA bundle when configured, a timeout, connection retries."""
     if not config.peer_url:
         raise InteropError(InteropCode.E_INTEROP_NOT_CONFIGURED, "YIKATONG_PEER_URL is not set: no peer to send to")
+    check_peer_url(config.peer_url)
     verify = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file is not None else None)
     transport = httpx.HTTPTransport(retries=1, verify=verify)
     return httpx.Client(base_url=config.peer_url, transport=transport, timeout=config.timeout_s)
@@ -205,13 +226,18 @@ class Sender:
             ).rowcount  # type: ignore[attr-defined]  # fmt: skip
             if not done:
                 return  # another sender stored it first
-            for verdict in ack.verdicts:
-                session.execute(
-                    update(OutboxItem)
-                    .where(OutboxItem.item_id == verdict.item_id, OutboxItem.state == "sent")
-                    .values(state="acknowledged", code=verdict.code, verdict_amount_fen=verdict.amount_fen,
-                            window_day=verdict.window_day, message=verdict.message or None, updated_at=now)
-                )  # fmt: skip
+            items = cast(Table, OutboxItem.__table__)
+            session.execute(
+                update(items)
+                .where(items.c.item_id == bindparam("b_item_id"), items.c.state == "sent")
+                .values(state="acknowledged", code=bindparam("b_code"), verdict_amount_fen=bindparam("b_amount"),
+                        window_day=bindparam("b_window"), message=bindparam("b_message"), updated_at=now),
+                [
+                    {"b_item_id": v.item_id, "b_code": v.code, "b_amount": v.amount_fen, "b_window": v.window_day,
+                     "b_message": v.message or None}
+                    for v in ack.verdicts
+                ],
+            )  # fmt: skip
         log.info("interop: batch %s acknowledged by %s", out.sequence, self.config.peer_city)
 
     def _failed(self, out: OutBatch, exc: InteropError, now: dt.datetime) -> None:
@@ -244,4 +270,4 @@ def _error_of(response: httpx.Response) -> tuple[str, str, int | None]:
 
 ClientFactory = Callable[[InteropConfig], httpx.Client]
 
-__all__ = ["BATCHES_PATH", "ClientFactory", "Delivery", "Sender", "peer_client"]
+__all__ = ["BATCHES_PATH", "ClientFactory", "Delivery", "Sender", "check_peer_url", "peer_client"]

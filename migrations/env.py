@@ -8,17 +8,25 @@ tables and ``alembic_version`` live in that schema (test isolation).
 
 from __future__ import annotations
 
+import importlib
+
 from alembic import context
 
-import interop_xian.models  # noqa: F401 - interop's tables (migration 0011)
-import portal.models  # noqa: F401 - the portal's tables are on the same metadata (migration 0006)
-import portal.modules.medical.models  # noqa: F401 - medical insurance's tables (migration 0015)
-import portal.modules.permits.models  # noqa: F401 - the permits' tables (migration 0013)
-import portal.modules.social_security.models  # noqa: F401 - social security's tables (migration 0012)
-import portal.modules.utility_bills.models  # noqa: F401 - utility bills' tables (migration 0014)
-import settlement.models  # noqa: F401 - settlement's tables too (migration 0009)
 from clearing.db import make_engine
 from clearing.models import Base
+
+# Every package's tables are on clearing's metadata; each module's migration is named beside it.
+TABLE_MODULES = (
+    "portal.models",  # 0006-0008
+    "settlement.models",  # 0009, 0010
+    "interop_xian.models",  # 0011
+    "portal.modules.social_security.models",  # 0012
+    "portal.modules.permits.models",  # 0013
+    "portal.modules.utility_bills.models",  # 0014
+    "portal.modules.medical.models",  # 0015
+)
+for _name in TABLE_MODULES:
+    importlib.import_module(_name)
 
 config = context.config
 target_metadata = Base.metadata

@@ -74,15 +74,24 @@ ADMINISTRATOR: Final = "administrator"
 # What each role may do (the routes check it; ``may`` is the one question they ask).
 ROLE_ACTIONS: Final[dict[str, frozenset[str]]] = {
     COUNTER_CLERK: frozenset(
-        {"card_search", "card_view", "replacement", "unblock", "permit_review", "ss_entries_view", "ss_correction"}
-    )
-    | {"medical_claim_review"},  # portal.modules.medical (issue 13)
-    FINANCE: frozenset({"refund", "notices_view", "finance_view", "parties_view", "parties_edit", "statement_download"})
-    | {"disputes_view", "dispute_move"}  # portal.pages_disputes (issue 12)
-    | {"medical_reversal"}  # portal.modules.medical (issue 13): a settled clinic visit reversed
-    | {"bills_file"},  # portal.modules.utility_bills (issue 13): a biller's daily file of payments
+        {
+            "card_search", "card_view", "replacement", "unblock",  # cards at the counter
+            "permit_review",  # portal.modules.permits
+            "ss_entries_view", "ss_correction",  # portal.modules.social_security
+            "medical_claim_review",  # portal.modules.medical
+        }
+    ),
+    FINANCE: frozenset(
+        {
+            "refund", "notices_view",  # top-ups
+            "finance_view", "parties_view", "parties_edit", "statement_download",  # settlement
+            "disputes_view", "dispute_move",  # interop with Xi'an
+            "medical_reversal",  # a settled clinic visit reversed
+            "bills_file",  # a biller's daily file of payments
+        }
+    ),
     ADMINISTRATOR: frozenset({"staff_add", "staff_list", "staff_reset_totp", "audit_view", "parties_view"}),
-}
+}  # fmt: skip
 assert set(ROLE_ACTIONS) == set(STAFF_ROLES)
 
 

@@ -209,9 +209,11 @@ def _payout_item(
     existing = session.scalars(
         select(ExceptionItem).where(ExceptionItem.kind == "payout", ExceptionItem.code == code.value)
     )
-    key = (record.get("end_to_end_id"), record.get("amount_fen"))
+    key = (record.get("end_to_end_id"), record.get("amount_fen"), record.get("twice"))
     if any(
-        item.record and (item.record.get("end_to_end_id"), item.record.get("amount_fen")) == key for item in existing
+        item.record
+        and (item.record.get("end_to_end_id"), item.record.get("amount_fen"), item.record.get("twice")) == key
+        for item in existing
     ):
         return False
     session.add(
@@ -235,20 +237,28 @@ def import_entries(
             payouts[row.end_to_end_id] = row
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     cleared = returned = known = unknown = 0
+    on_this_statement: set[tuple[str, str]] = set()
     for entry in entries:
         payout = payouts.get(entry.end_to_end_id)
-        record = {"end_to_end_id": entry.end_to_end_id, "amount_fen": entry.amount_fen, "status": entry.status,
-                  "statement": statement_ref[:120]}  # fmt: skip
-        if payout is None or payout.payout_fen != entry.amount_fen:
+        record: dict[str, Any] = {"end_to_end_id": entry.end_to_end_id, "amount_fen": entry.amount_fen,
+                                  "status": entry.status, "statement": statement_ref[:120]}  # fmt: skip
+        if payout is not None:
+            record["window_day"] = payout.window_day.isoformat()  # reconcile of that day lists the item
+        twice = payout is not None and (entry.end_to_end_id, entry.status) in on_this_statement
+        if payout is None or payout.payout_fen != entry.amount_fen or twice:
             unknown += 1
             why = (
                 "matches no payout of ours"
                 if payout is None
                 else f"is for {entry.amount_fen} fen; payout {entry.end_to_end_id} was {payout.payout_fen} fen"
+                if payout.payout_fen != entry.amount_fen
+                else "appears again on the same statement: the bank may have paid it twice"
             )
             _payout_item(session, SettlementCode.E_STATEMENT_UNKNOWN_ENTRY,
-                         f"statement entry {entry.end_to_end_id} ({entry.status}) {why}", record, now)  # fmt: skip
+                         f"statement entry {entry.end_to_end_id} ({entry.status}) {why}",
+                         {**record, "twice": True} if twice else record, now)  # fmt: skip
             continue
+        on_this_statement.add((entry.end_to_end_id, entry.status))
         added = session.execute(
             insert(PayoutResultRow)
             .values(end_to_end_id=entry.end_to_end_id, status=entry.status, window_day=payout.window_day,

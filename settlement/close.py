@@ -43,7 +43,8 @@ from sqlalchemy.orm import Session
 
 from clearing import accounts
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
-from clearing.ledger import TransferSpec, post_transfers
+from clearing.errors import Code
+from clearing.ledger import LedgerBatchError, TransferSpec, post_transfers
 from clearing.models import Account, AccountCode, AccountFlag, TransferCode, utcnow
 from settlement import transfer_ids
 from settlement.bank import BankAccount
@@ -181,10 +182,11 @@ def statement_lines(
         due = carry_in + net
         payout = 0
         if due > 0:
+            # a fee limited stays said so (reconcile accepts the lower fee only with that reason)
             if term.status != "active":
-                held = f"payee {term.status}"
+                held = f"{held}; payee {term.status}" if held else f"payee {term.status}"
             elif term.account is None:
-                held = "no payout account"
+                held = f"{held}; no payout account" if held else "no payout account"
             else:
                 payout = max(0, min(due, balance - figures.fee_fen + shared))
                 if payout < due:
@@ -267,12 +269,21 @@ def close_window(
 
 
 def _with_retries(attempt: Callable[[], bool]) -> bool:
-    """A deadlock with an ingest batch (both touch payables) or a busy SQLite: run the settle again."""
+    """A deadlock with an ingest batch (both touch payables) or a busy SQLite: run the settle again.
+
+    So too a payable drawn between the settle's read of the balances and its post (a write-off, a
+    tap-off refund's reservation, committed meanwhile): the ledger refuses the batch, nothing was
+    written, and the settle computes again from the new balances.
+    """
     for n in range(CLOSE_ATTEMPTS_MAX):
         try:
             return attempt()
         except OperationalError:
             if n == CLOSE_ATTEMPTS_MAX - 1:
+                raise
+        except LedgerBatchError as exc:
+            drawn = all(r.code == Code.E_DEBITS_EXCEED_CREDITS.value for r in exc.results if not r.ok)
+            if not drawn or n == CLOSE_ATTEMPTS_MAX - 1:
                 raise
     raise AssertionError("unreachable")
 
@@ -291,6 +302,18 @@ def _settle(engine: Engine, day: dt.date, payer: Payer, report: Progress, fares:
         assert row is not None, "sealed before settling"
         if row.state == "closed":
             return False
+        # Windows settle in day order: a later day's settle reads the carries the earlier one writes.
+        # PostgreSQL: this waits on an earlier settle still running and re-reads its row after it.
+        earlier = session.execute(
+            update(WindowRow).where(WindowRow.business_day < day, WindowRow.state != "closed")
+            .values(state=WindowRow.state).returning(WindowRow.business_day)
+        ).scalars().all()  # fmt: skip
+        if earlier:
+            raise SettlementError(
+                SettlementCode.E_WINDOW_ORDER,
+                f"window {min(earlier)} is sealed but not settled; windows settle in day order: close {min(earlier)} "
+                "first",
+            )
         totals = {
             r.payee_account_id: Totals(r.count, r.gross_fen, r.refund_count, r.refunds_fen, r.late_count, r.late_fen)
             for r in session.scalars(select(TotalRow).where(TotalRow.window_day == day))

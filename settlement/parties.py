@@ -39,6 +39,7 @@ from settlement.models import (
     SettlementAuditRow,
     TerminalAssignment,
 )
+from settlement.payouts import PAYEE_ID_RE
 
 TRANSIT: Final = "transit"
 DEFAULT_SCHEDULES: Final[Mapping[str, FeeSchedule]] = {TRANSIT: FeeSchedule(0)}
@@ -146,6 +147,13 @@ def add_payee(session: Session, payee_id: str, *, name: str, kind: str, category
     if problem is not None:
         raise SettlementError(SettlementCode.E_BAD_PAYEE, problem)
     FeeBook({category: FeeSchedule(0)})  # the category's form
+    if not isinstance(payee_id, str) or PAYEE_ID_RE.fullmatch(payee_id) is None:
+        # whole-string: clearing's ``^…$`` with ``re.match`` lets a trailing newline through, and a
+        # payee the payout files refuse (``payouts.PAYEE_ID_RE``) would stop every close
+        raise SettlementError(
+            SettlementCode.E_BAD_PAYEE,
+            "a payee id is 1-64 letters, digits, space, '.', '_' or '-', not starting with '-'",
+        )
     if session.get(Operator, payee_id) is not None:
         raise SettlementError(SettlementCode.E_PAYEE_EXISTS, f"{payee_id!r} is already registered")
     try:

@@ -62,6 +62,12 @@ def seal(engine: Engine, day: dt.date, *, now: dt.datetime, clock: BusinessDayCl
                 f"window {day} was sealed empty by the close of {latest}: its day's transfers, if any came "
                 f"later, went to the next open window",
             )
+        if day > clock.day_of(now):  # early: a typo'd year would seal every day up to it, empty
+            raise SettlementError(
+                SettlementCode.E_WINDOW_NOT_OVER,
+                f"business day {day} has not begun (today is {clock.day_of(now)}): a day closes once it has ended, "
+                "or with --before-cutoff once it has begun, never before",
+            )
         if not early and clock.end_of(day) > now:
             raise SettlementError(
                 SettlementCode.E_WINDOW_NOT_OVER,

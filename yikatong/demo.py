@@ -158,6 +158,9 @@ def issue_demo_cards(
     return out
 
 
+XIAN_CARD_BALANCE_FEN = 4_000  # the Xi'an card's opening balance (``yikatong.live_interop`` registers it in Xi'an)
+
+
 def xian_card(keystore: KeyStore, now: dt.datetime) -> CardImage:
     """A card issued by Xi'an (its own keys): Xianyang never registers it, only acquires its taps."""
     asn = bytes.fromhex("7100") + _serial()  # city code + 16-digit serial, as Xianyang's ASNs
@@ -166,7 +169,10 @@ def xian_card(keystore: KeyStore, now: dt.datetime) -> CardImage:
     )
     management = ManagementInfo(b"\x00\x00\x01\x56", b"\x61\x00", CITY_CODES["xian"], True, CardType.ORDINARY)
     return personalise(
-        keys=keystore.card_keys(ISSUER_XIAN, asn), public=public, management=management, balance_fen=4_000
+        keys=keystore.card_keys(ISSUER_XIAN, asn),
+        public=public,
+        management=management,
+        balance_fen=XIAN_CARD_BALANCE_FEN,
     )
 
 

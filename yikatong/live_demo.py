@@ -14,7 +14,9 @@ then this module keeps it running for a newcomer to look at:
   account; the card image is on disk, so ``yikatong card emulate`` can put it on the vpcd
   reader for the reader page, and its PIN is printed;
 * **bus 1 keeps tapping**: every few seconds one of the other demo cards rides a stop, and
-  the validator uploads its journal and pulls the denylist, as a real bus does.
+  the validator uploads its journal and pulls the denylist, as a real bus does;
+* **Xi'an** as a second Yikatong in a child process (``yikatong.live_interop``, started by
+  ``yikatong.commands.demo.serve_live``), judging the Xi'an card's forwarded taps.
 
 Nothing here is a fake: it is the same code a city runs, on SQLite.
 """
@@ -33,6 +35,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import httpx
 from sqlalchemy import select
@@ -83,6 +86,7 @@ class LiveCity:
     card_asn: str
     card_image: Path
     card_pin: str
+    staff: tuple[tuple[str, str, str], ...] = ()  # (username, role, TOTP provisioning URI) of the demo staff
 
 
 def port_free(port: int) -> bool:
@@ -256,6 +260,7 @@ def prepare(settings: Settings, report: DemoReport) -> tuple[LiveCity, list[Path
 
     with transaction(factory) as session:
         seed_demo_bills(session, holder_name=DEMO_NAME, today=dt.datetime.now(SHANGHAI_TZ).date())
+    staff = demo_staff(factory, accounts.lookup_key)
     riders = [
         cards_dir / f"{asn}.json"
         for label, asn, _purse, shadow in report.balances
@@ -269,8 +274,29 @@ def prepare(settings: Settings, report: DemoReport) -> tuple[LiveCity, list[Path
         card_asn=asn,
         card_image=cards_dir / f"{asn}.json",
         card_pin=DEMO_CARD_PIN,
+        staff=staff,
     )
     return city, riders
+
+
+DEMO_STAFF: Final = (("finance.demo", "finance"), ("clerk.demo", "counter_clerk"), ("admin.demo", "administrator"))
+
+
+def demo_staff(factory: sessionmaker[Session], lookup_key: bytes) -> tuple[tuple[str, str, str], ...]:
+    """The demo's staff accounts (password ``DEMO_PASSWORD``), each with a fresh TOTP secret per run:
+    the provisioning URI is printed once, as ``yikatong staff add`` prints it."""
+    from portal.audit import AuditLog
+    from portal.staff import StaffService
+
+    staff = StaffService(sessions=factory, lookup_key=lookup_key, audit=AuditLog(factory))
+    made: list[tuple[str, str, str]] = []
+    for username, role in DEMO_STAFF:
+        try:
+            new = staff.add(username, role, DEMO_PASSWORD, actor="demo")
+        except PortalError:  # made by an earlier run on this database: a new secret, printed again
+            new = staff.reset_totp(username, actor="demo")
+        made.append((username, role, new.provisioning_uri))
+    return tuple(made)
 
 
 def bus_line(settings: Settings, workdir: Path, keystore: KeyStore, riders: list[Path], clearing_url: str) -> BusLine:

@@ -1,5 +1,6 @@
 """Whatever the order of taps, rounds, lost answers, a peer down, a peer restored from a backup and
-an acquirer that stops between storing an answer and applying it, both sides end with equal and
+an acquirer that stops between storing an answer and applying it, or an issuer that dies between
+judging and answering, both sides end with equal and
 opposite positions and no item is paid twice (SQLite; the judge is the wire's test stand-in)."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from clearing.ledger import account_balance, trial_balance
 from interop_xian.models import OutboxItem
 from interop_xian.sender import Sender
 
-OPS = st.sampled_from(["tap", "round", "lose_ack", "down", "up", "restore_peer", "deliver_only", "wait"])
+OPS = st.sampled_from(
+    ["tap", "round", "lose_ack", "down", "up", "restore_peer", "deliver_only", "issuer_crash", "wait"]
+)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -54,12 +57,15 @@ def test_positions_stay_equal_and_opposite_whatever_the_faults(
                         with engines[1].connect() as conn:
                             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                         shutil.copyfile(home / "xian.db", backup)
+                elif op == "issuer_crash":  # the issuer judges the next batch, then dies before answering
+                    p.judge.crash_after_next += 1
                 elif op == "deliver_only":  # the acquirer stops after storing answers, before applying them
                     node = p.xianyang.node
                     Sender(node.sessions, node.config, node.signing, node._client).deliver_due(now=p.now)  # type: ignore[arg-type]
                 p.later(400)
             p.transport.down = False
             p.transport.lose_acks = 0
+            p.judge.crash_after_next = 0
             for _ in range(3):  # drain
                 p.exchange()
                 p.later(400)

@@ -280,3 +280,18 @@ def test_an_accepted_item_joins_the_position_in_the_issuers_window(pair: Pair) -
     with pair.xianyang.session() as session:
         rows = sorted((b.window_day, b.direction, b.amount_fen) for b in session.scalars(select(Booking)))
     assert rows == [(dt.date(2026, 11, 24), "due_from", 300), (dt.date(2026, 11, 25), "due_from", 200)]
+
+
+def test_two_deliveries_of_one_batch_at_once_store_one_answer(pair: Pair) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pair.tap([200, 300])
+    pair.exchange(deliver=False)
+    with pair.xianyang.session() as session:
+        body = session.scalars(select(OutBatch)).one().body
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _post(pair, body), range(4)))
+    assert {a.status_code for a in answers} == {200}  # type: ignore[attr-defined]
+    assert len({a.content for a in answers}) == 1  # type: ignore[attr-defined]
+    assert count(pair.xian.engine, InBatch) == 1
+    assert len(pair.judge.verdicts) == 2 and pair.judge.calls == ["xianyang:xian:1"]

@@ -56,6 +56,7 @@ class RecordingTestJudge:
         self.calls: list[str] = []
         self.fail_next = 0
         self.keys_arrived = False
+        self.crash_after_next = 0  # judge (and keep) the batch, then fail before the answer is stored
         self.window_day: dt.date | None = None  # the window its acceptances name (None: none)
 
     def judge(
@@ -79,6 +80,9 @@ class RecordingTestJudge:
                                           window_day=self.window_day)  # fmt: skip
                 self.verdicts[item.item_id] = verdict
             out.append(verdict)
+        if self.crash_after_next:
+            self.crash_after_next -= 1
+            raise RuntimeError("issuer crashed after judging")
         return out
 
 

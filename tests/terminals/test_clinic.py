@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -247,3 +249,50 @@ def test_terminal_run_clinic_refuses_bad_options_before_touching_a_reader(
     result = CliRunner().invoke(app, [*args, "--journal", str(tmp_path / "clinic.db"), *extra])
     assert result.exit_code == 1 and says in result.output, result.output
     assert not (tmp_path / "clinic.db").exists()
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(1, 1_000), min_size=1, max_size=3), st.integers(0, 2))
+def test_reversing_any_settled_visit_takes_out_exactly_its_share_of_fund_and_accumulator(
+    rig: ClinicRig, bills: list[int], which: int
+) -> None:
+    """Through the real terminal, PSAM and host: after visits and one reversal, the accumulator and the
+    fund are what the pure rules give for the visits kept, and the purse is owed back exactly its share."""
+    import datetime as dt
+
+    from cardos.records import SHANGHAI_TZ
+    from portal.modules.medical.rules import Accumulator, Bill, VisitKind, apply, load_example_rules, reimburse
+
+    clinic, reader = rig.in_process_clinic()
+    reader.insert(rig.card)
+    day = dt.datetime.now(SHANGHAI_TZ).date()
+    rule = load_example_rules().rule_for(day, "qindu", "township", VisitKind.OUTPATIENT)
+    rows = rig.accumulator()
+    acc = (
+        Accumulator(rows[0][2], rows[0][3], {day: rows[0][3]} if rows and rows[0][3] else {}) if rows else Accumulator()
+    )
+    fund_before, first_id = rig.balances()["fund"], len(rig.visits()) + 1
+    splits = []
+    for total in bills:
+        split = reimburse(rule, Bill(total, total), acc, day)
+        result = clinic.settle(ClinicBill(total, total), PIN)
+        assert result.outcome is ClinicOutcome.SETTLED and result.visit is not None, result.message
+        assert (result.visit.fund_fen, result.visit.patient_fen) == (split.fund_fen, split.patient_fen)
+        acc = apply(acc, split.delta)
+        splits.append(split)
+    chosen = which % len(splits)
+    rig.upload(clinic.terminal.journal)  # the purse shares clear to the clinic first
+    quote = rig.service.reverse(first_id + chosen, reason="property", actor="staff:prop")
+    kept = [s for i, s in enumerate(splits) if i != chosen]
+    [(_, _, deductible_used, fund_paid)] = rig.accumulator()
+    expected = Accumulator(
+        acc.deductible_used_fen - splits[chosen].deductible_fen, acc.fund_paid_fen - splits[chosen].fund_fen
+    )
+    assert (deductible_used, fund_paid) == (expected.deductible_used_fen, expected.fund_paid_fen)
+    assert rig.balances()["fund"] == fund_before - sum(s.fund_fen for s in kept)
+    if splits[chosen].patient_fen:
+        with Session(rig.engine) as session:
+            load = session.get(PendingLoad, quote.refund_load_id)
+            assert load is not None and load.amount_fen == splits[chosen].patient_fen
+    clinic.terminal.journal.close()
+    clinic.terminal.denylist.close()

@@ -2,6 +2,8 @@
 
 * ``bills file --biller ID --date YYYY-MM-DD [--out FILE]``: the biller's file of one business day's
   payments (CSV: a header line, one line per paid bill, a total line); stdout unless ``--out``.
+* ``bills sweep``: clear purse records committed but not cleared (a crash between the card's TAC
+  and clearing's verdict) and retry online refunds still due; safe to run at any time (cron).
 * ``bills import --biller ID FILE``: a biller's bills (CSV ``account_no,holder_name,period,amount_fen,
   due_date``), all or nothing; the same file again adds nothing.
 
@@ -73,3 +75,31 @@ def import_file(
         except BillError as exc:
             fail(str(exc))
     out.print(f"imported {file.name}: {result.added} new bill(s), {result.unchanged} already on record")
+
+
+@app.command("sweep")
+def sweep() -> None:
+    """Clear committed purse records and retry due refunds of online payments (idempotent)."""
+    from clearing.db import open_migrated, session_factory
+    from clearing.ingest import make_ingestor
+    from clearing.keystore import KeyStore
+    from portal.modules.utility_bills.online import OnlineBills
+    from portal.modules.utility_bills.purse import PurseRuns
+    from portal.payments import PaymentsClient, PaymentsConfig
+    from yikatong.settings import get_settings
+
+    settings = get_settings()
+    with cli_errors():
+        engine = open_migrated(settings.database_url)
+        sessions = session_factory(engine)
+        runs = PurseRuns(sessions, KeyStore.from_settings(settings), make_ingestor(engine))
+        cleared = runs.settle_committed()
+        payments = PaymentsClient.connect(
+            PaymentsConfig(settings.payments_url, settings.payments_key.get_secret_value())
+        )
+        try:
+            secrets = [s.get_secret_value() for s in settings.payments_webhook_secrets]
+            refunds = OnlineBills(sessions, payments, secrets).refund_due()
+        finally:
+            payments.close()
+    out.print(f"cleared {cleared} committed purse record(s); tried {refunds} due refund(s)")

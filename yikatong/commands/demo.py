@@ -67,6 +67,7 @@ def demo(
     serve: Annotated[bool, typer.Option(help="keep serving the clearing API afterwards")] = False,
     port: Annotated[int, typer.Option(help="port for --serve: clearing API and portal")] = 8400,
     payments_port: Annotated[int, typer.Option(help="port for --serve: localstripe")] = 8420,
+    xian_port: Annotated[int, typer.Option(help="port for --serve: the Xi'an instance (docs/interop.md, Demo)")] = 8410,
 ) -> None:
     """Issue demo cards, tap them along a simulated bus route, upload and clear the taps."""
     console = Console(width=max(Console().width, 150))
@@ -88,35 +89,55 @@ def demo(
     ):
         raise typer.Exit(1)
     if serve:
-        serve_live(settings, report, console, port=port, payments_port=payments_port)
+        serve_live(settings, report, console, port=port, payments_port=payments_port, xian_port=xian_port)
 
 
-def serve_live(settings: Settings, report: DemoReport, console: Console, *, port: int, payments_port: int) -> None:
+def serve_live(
+    settings: Settings, report: DemoReport, console: Console, *, port: int, payments_port: int, xian_port: int = 8410
+) -> None:
     """Keep the city running: clearing API and portal, localstripe, and bus 1 tapping (``yikatong.live_demo``)."""
     import time
 
     from yikatong import live_demo
     from yikatong.demo import clearing_server, open_keystore
 
-    for what, number in (("--port", port), ("--payments-port", payments_port)):
+    for what, number in (("--port", port), ("--payments-port", payments_port), ("--xian-port", xian_port)):
         if not live_demo.port_free(number):
             console.print(f"[red]port {number} is in use ({what}): stop what holds it or pick another port[/red]")
             raise typer.Exit(1)
     signal.signal(signal.SIGTERM, live_demo.interrupt)  # a `kill` stops localstripe and the bus too
     live = live_demo.live_settings(settings, port=port, payments_port=payments_port)
+    from interop_xian.keys import SigningKeys
+    from yikatong import live_interop  # issue 12: Xi'an beside the demo city
+    from yikatong.demo import XIAN_CARD_BALANCE_FEN
+
+    live_interop.exchange_settings_into_environment()
+    live = live.model_copy(update={"peer_url": f"http://127.0.0.1:{xian_port}"})
     secret = live.payments_webhook_secrets[0].get_secret_value()
-    with console.status("starting localstripe, the portal and the bus line…"):
-        stack = contextlib.ExitStack()
+    # what started is stopped if a later part fails to start (Xi'an's child, localstripe)
+    with (
+        console.status("starting Xi'an, localstripe, the portal and the bus line…"),
+        contextlib.ExitStack() as starting,
+    ):
+        stack = starting
+        xian = live_interop.XianInstance().start(
+            report.workdir, open_keystore(live), SigningKeys.from_settings(live), port=xian_port,
+            card_asn=live_interop.xian_card_asn(report.balances), opening_fen=XIAN_CARD_BALANCE_FEN,
+            xianyang_url=f"http://127.0.0.1:{port}",
+        )  # fmt: skip
+        stack.callback(xian.stop)
         payments_url = stack.enter_context(
             live_demo.localstripe(
                 payments_port, report.workdir / "localstripe.log", live.payments_key.get_secret_value()
             )
         )
         city, riders = live_demo.prepare(live, report)
+        xian_city = xian.wait(live.database_url)  # before Xianyang's exchange job starts with its server
         url = stack.enter_context(clearing_server(live, port))
         live_demo.point_webhooks(payments_url, url, secret)
         line = live_demo.bus_line(live, report.workdir, open_keystore(live), riders, url).start()
         stack.callback(line.stop)
+        stack = starting.pop_all()
     with stack:
         console.print(
             "\n[bold]The city is running[/bold] (Ctrl-C to stop)\n"
@@ -126,8 +147,20 @@ def serve_live(settings: Settings, report: DemoReport, console: Console, *, port
             f"  demo card:       {city.card_asn}  PIN {city.card_pin}  image {city.card_image}\n"
             f"  reader page:     yikatong card emulate --image {city.card_image}   (puts it on the vpcd reader)\n"
             f"                   yikatong reader-agent --origin {url}\n"
-            f"  bus 1:           tapping a demo card every {live_demo.TAP_INTERVAL_S:.0f} s and uploading"
+            f"  bus 1:           tapping a demo card every {live_demo.TAP_INTERVAL_S:.0f} s and uploading\n"
+            f"  staff console:   {url}/staff   (password {city.citizen_password!r}; a code from the TOTP URI below)"
         )
+        for username, role, uri in city.staff:
+            console.print(f"    {username} ({role}): {uri}", highlight=False, soft_wrap=True)
+        console.print(
+            f"  Xi'an:           {xian_city.url}  (a second Yikatong, YIKATONG_CITY=xian, in {xian_city.home};"
+            f" log {xian_city.log_path})\n"
+            f"  interop:         the Xi'an card {xian_city.card_asn}'s taps go to Xi'an every"
+            f" {live_interop.EXCHANGE_INTERVAL_S:.0f} s; the net positions, both sides:\n"
+            "                   yikatong interop report\n"
+            f"                   {xian_city.command_prefix()} yikatong interop report",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
         try:
             while True:
                 time.sleep(3600)

@@ -9,6 +9,9 @@ names it and why); everything else of the round still happened and the next roun
 ``rotate`` makes a new signing key (the first one, too), ``export`` prints our public keys for
 the peer, ``import FILE`` takes the peer's export, ``list`` shows both with their fingerprints.
 Private keys are never shown.
+
+``report`` prints, per window with the peer, what was sent, acknowledged, accepted, rejected and
+disputed, and the bilateral net position (``interop_xian.reports``); ``--csv`` as a CSV.
 """
 
 from __future__ import annotations
@@ -197,6 +200,56 @@ def list_keys() -> None:
         state = "accepted" if retire is None or now < retire else "retired"
         table.add_row(f"peer ({city})", key_id, _day(created), _day(retire), state)
     out.print(table)
+
+
+@app.command("report")
+def report(
+    day: Annotated[list[str] | None, typer.Option("--day", help="a window (YYYY-MM-DD); repeat for more. "
+                                                  "Default: every window with a position or a forward")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print the CSV of reports.report_csv, nothing else")] = False,
+) -> None:  # fmt: skip
+    """Per window with the peer: sent, acknowledged, accepted, rejected, disputed, and the net position."""
+    from sqlalchemy import select, union
+    from sqlalchemy.orm import Session
+
+    from clearing.business_day import clock_from_settings
+    from clearing.models import InteropForward
+    from interop_xian.config import peer_of
+    from interop_xian.models import Booking
+    from interop_xian.reports import report_csv, report_lines, window_report
+    from yikatong.settings import get_settings
+
+    settings = get_settings()
+    peer = peer_of(settings.city)
+    with _errors():
+        try:
+            days = sorted({dt.date.fromisoformat(d) for d in day or ()})
+        except ValueError:
+            fail("E_BAD_DAY: --day is YYYY-MM-DD")
+        engine = _engine()
+        try:
+            with Session(engine) as session:
+                if not days:
+                    query = union(
+                        select(Booking.window_day).where(Booking.peer_city == peer),
+                        select(InteropForward.business_day),
+                    )
+                    days = sorted({d for (d,) in session.execute(query) if d is not None})
+                reports = [window_report(session, peer, d, days=clock_from_settings(settings)) for d in days]
+        finally:
+            engine.dispose()
+    if as_csv:
+        typer.echo(report_csv(reports).decode("utf-8"), nl=False)
+        return
+    if not reports:
+        out.print(f"no window with {peer} yet")
+        return
+    for r in reports:
+        for line in report_lines(r):
+            out.print(line, highlight=False)
+    net = sum((r.position.net_fen if r.position is not None else 0) for r in reports)
+    who = f"{settings.city} owes {peer}" if net > 0 else f"{peer} owes {settings.city}"
+    out.print(f"net over these windows: {net} fen ({who} {abs(net)} fen)", highlight=False)
 
 
 def _day(moment: dt.datetime | None) -> str:

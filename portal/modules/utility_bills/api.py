@@ -23,13 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing.api import AnsweringRoute
-from portal.api import portal_error
+from portal.api import ErrorOut, portal_error
 from portal.api_auth import CsrfCitizen, CurrentCitizen
 from portal.modules.utility_bills import bills
 from portal.modules.utility_bills.errors import BillError
 from portal.modules.utility_bills.online import OnlineBills
 from portal.modules.utility_bills.purse import PurseRuns
 
+_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut} for s in (400, 401, 403, 404, 409, 413, 422, 503)}
 BillId = Annotated[int, Path(ge=1, le=2**62)]
 RunId = Annotated[str, Path(pattern=r"^pr_[0-9a-f]{32}$")]
 
@@ -67,7 +68,7 @@ def bill_json(view: bills.BillView) -> dict[str, Any]:
 def bills_router(sessions: sessionmaker[Session], runs: PurseRuns, online: OnlineBills | None) -> APIRouter:
     router = APIRouter(route_class=BillRoute, tags=["portal utility bills"])
 
-    @router.get("/api/bills")
+    @router.get("/api/bills", responses=_ERRORS)
     def lookup(
         current: CurrentCitizen,
         biller: Annotated[str, Query(max_length=64)],
@@ -77,18 +78,18 @@ def bills_router(sessions: sessionmaker[Session], runs: PurseRuns, online: Onlin
             views = bills.lookup(session, biller, account)
         return JSONResponse({"bills": [bill_json(v) for v in views]})
 
-    @router.get("/api/bills/{bill_id}")
+    @router.get("/api/bills/{bill_id}", responses=_ERRORS)
     def bill(bill_id: BillId, current: CurrentCitizen) -> Response:
         with sessions() as session:
             row, biller = bills.bill_of(session, bill_id)
             return JSONResponse(bill_json(bills.bill_view(row, biller)))
 
-    @router.post("/api/bills/{bill_id}/purse", status_code=201)
+    @router.post("/api/bills/{bill_id}/purse", status_code=201, responses=_ERRORS)
     async def purse_start(bill_id: BillId, current: CsrfCitizen) -> Response:
         view = await run_in_threadpool(runs.start, current.citizen_id, bill_id)
         return JSONResponse(view, status_code=201)
 
-    @router.post("/api/bills/purse/{run_id}")
+    @router.post("/api/bills/purse/{run_id}", responses=_ERRORS)
     async def purse_answer(run_id: RunId, body: CardAnswer, current: CsrfCitizen) -> Response:
         data = bytes.fromhex(body.data)
         view = await run_in_threadpool(
@@ -99,7 +100,7 @@ def bills_router(sessions: sessionmaker[Session], runs: PurseRuns, online: Onlin
     if online is not None:
         service = online
 
-        @router.post("/api/bills/{bill_id}/online", status_code=201)
+        @router.post("/api/bills/{bill_id}/online", status_code=201, responses=_ERRORS)
         async def online_start(bill_id: BillId, current: CsrfCitizen) -> Response:
             started = await run_in_threadpool(service.start, current.citizen_id, bill_id)
             return JSONResponse(
@@ -109,7 +110,7 @@ def bills_router(sessions: sessionmaker[Session], runs: PurseRuns, online: Onlin
                 status_code=201,
             )  # fmt: skip
 
-        @router.post("/webhooks/utility-bills")
+        @router.post("/webhooks/utility-bills", responses=_ERRORS)
         async def webhook(
             request: Request, stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None
         ) -> Response:

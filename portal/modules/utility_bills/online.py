@@ -166,6 +166,18 @@ class OnlineBills:
         payment.state = "paid"
         return "applied", None
 
+    def refund_due(self, limit: int = 100) -> int:
+        """Retry the refunds still due (the provider was down when they were decided); how many were tried."""
+        with self.sessions() as session:
+            due = session.execute(
+                select(UtilityOnlinePayment.id, UtilityOnlinePayment.amount_fen)
+                .where(UtilityOnlinePayment.state == "refund_due")
+                .limit(limit)
+            ).all()
+        for payment_id, amount_fen in due:
+            self.refund(payment_id, amount_fen)
+        return len(due)
+
     def refund(self, payment_id: str, amount_fen: int) -> None:
         """Refund a payment the bill did not need; kept ``refund_due`` (retried) if the provider is down."""
         intent_id = self.intent_of(payment_id)

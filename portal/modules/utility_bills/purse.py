@@ -409,6 +409,7 @@ class PurseRuns:
         return allocate
 
     def start(self, citizen_id: int, bill_id: int) -> dict[str, Any]:
+        self.settle_committed(bill_id)  # a record committed before a crash: cleared first, never lost
         with self.sessions() as session:
             bill, biller = bills.bill_of(session, bill_id)
             if bill.state != "open":
@@ -453,10 +454,13 @@ class PurseRuns:
             self._run_locks.pop(key, None)
             run.flow.close()
 
-    def settle_committed(self) -> int:
-        """Clear every record committed but not yet cleared (a crash between the TAC and the verdict)."""
+    def settle_committed(self, bill_id: int | None = None) -> int:
+        """Clear the records committed but not yet cleared (a crash between the TAC and the verdict)."""
+        query = select(UtilityPurseTap).where(UtilityPurseTap.state == "committed")
+        if bill_id is not None:
+            query = query.where(UtilityPurseTap.bill_id == bill_id)
         with self.sessions() as session:
-            rows = session.scalars(select(UtilityPurseTap).where(UtilityPurseTap.state == "committed").limit(100)).all()
+            rows = session.scalars(query.limit(100)).all()
             records = [msgspec.json.decode(r.record, type=TapRecord) for r in rows]
         for record in records:
             settle(self.sessions, self.ingest, record, clock=self.clock)

@@ -36,6 +36,7 @@ def test_a_water_bill_is_found_by_account_and_paid_from_the_purse_on_the_reader(
     vpcd_insert(card)
     with reader_agent_process(city.url, city.agent_port, pcscd.card_reader):
         login(page)
+        page.goto("/")
         page.click("#home-bills")
         page.wait_for_selector("#bills-lookup")
         axe_check(page)
@@ -53,7 +54,7 @@ def test_a_water_bill_is_found_by_account_and_paid_from_the_purse_on_the_reader(
         page.wait_for_selector("#purse-pay")
         axe_check(page)
         page.click("#purse-pay")
-        page.wait_for_function("document.querySelector('#purse-result').dataset.outcome !== ''", timeout=60_000)
+        page.wait_for_selector("#purse-result:not([data-outcome=''])", state="attached", timeout=60_000)
         outcome = page.get_attribute("#purse-result", "data-outcome")
         status = page.inner_text("#purse-status")
         assert outcome == "T_PAID" and page.get_attribute("#purse-result", "data-paid") == "yes", status

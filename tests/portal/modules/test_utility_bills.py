@@ -262,11 +262,61 @@ def test_the_cli_prints_the_billers_file_of_a_day(
     monkeypatch.setenv("YIKATONG_DATABASE_URL", str(engine.url))
     from yikatong.settings import get_settings
 
-    get_settings.cache_clear() if hasattr(get_settings, "cache_clear") else None
+    get_settings.cache_clear()
     result = CliRunner().invoke(cli, ["bills", "file", "--biller", "xianyang-water", "--date", "2026-12-03"])
     assert result.exit_code == 0, result.output
     assert "pi_test_1" in result.output and result.output.strip().split("\n")[-1].startswith("total,1,")
     bad = CliRunner().invoke(cli, ["bills", "file", "--biller", "nobody", "--date", "2026-12-03"])
     assert bad.exit_code == 1 and "E_BILL_BILLER_UNKNOWN" in bad.output
+    # the sweep: nothing committed and uncleared, no refund due; a missing key store is a clear error
+    monkeypatch.setenv("YIKATONG_KEYSTORE", str(tmp_path / "none.json"))
+    get_settings.cache_clear()
+    swept = CliRunner().invoke(cli, ["bills", "sweep"])
+    assert swept.exit_code == 1 and "E_NO_KEYSTORE" in swept.output
+    from clearing.keystore import KeyStore
+
+    KeyStore.open(tmp_path / "ks.json", bytes.fromhex("55" * 32)).init(["xianyang"])
+    monkeypatch.setenv("YIKATONG_KEYSTORE", str(tmp_path / "ks.json"))
+    monkeypatch.setenv("YIKATONG_KEK", "55" * 32)
+    get_settings.cache_clear()
+    swept = CliRunner().invoke(cli, ["bills", "sweep"])
+    assert swept.exit_code == 0 and "cleared 0 committed" in swept.output, swept.output
+    get_settings.cache_clear()
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(PortalAuditEntry)) == 0
+
+
+def test_finance_downloads_a_billers_daily_file_and_the_download_is_audited(engine: Engine, tmp_path: Path) -> None:
+    import os
+
+    from clearing.keystore import KeyStore
+    from tests.portal.test_lost_cards import make_rig
+    from tests.portal.test_staff_pages import staff_login
+
+    keystore = KeyStore.open(tmp_path / "ks.json", os.urandom(32))
+    keystore.init(["xianyang"])
+    rig = make_rig(engine, keystore, tmp_path, pages=True)
+    try:
+        ids = seed(engine)
+        with Session(engine) as session, session.begin():
+            bill, _ = bills.bill_of(session, ids[1], lock=True)
+            bills.mark_paid(bill, via="online", ref="pi_test_2", at=dt.datetime(2026, 12, 3, 3, tzinfo=dt.UTC))
+        clerk, _ = staff_login(rig, "clerk1", "counter_clerk")
+        assert clerk.get("/staff/bills/file?biller=xianyang-water&date=2026-12-03").status_code == 403
+        finance, _ = staff_login(rig, "money1", "finance")
+        form = finance.get("/staff/bills")
+        assert form.status_code == 200 and 'id="bills-file-form"' in form.text
+        answer = finance.get("/staff/bills/file", params={"biller": "xianyang-water", "date": "2026-12-03"})
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+        assert "attachment" in answer.headers["content-disposition"] and "pi_test_2" in answer.text
+        assert "王" not in answer.text  # no holder name in the biller's file
+        bad = finance.get("/staff/bills/file", params={"biller": "xianyang-water", "date": "soon"})
+        assert bad.status_code == 422
+        with Session(engine) as session:
+            lines = session.scalars(select(PortalAuditEntry).where(PortalAuditEntry.action == "bills_file")).all()
+            seen = [(line.actor, line.target, line.outcome) for line in lines]
+            assert ("staff:money1", "biller:xianyang-water", "ok") in seen  # the download
+            assert any(a == "staff:clerk1" and o != "ok" for a, _, o in seen)  # the clerk's refusal
+    finally:
+        rig.terminal.journal.close()
+        rig.terminal.denylist.close()

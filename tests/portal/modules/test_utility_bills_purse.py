@@ -5,20 +5,21 @@ with the bills API) runs ``terminals.session.pos_flow`` with its own emulated PS
 does what ``portal/static/bills.js`` does (each card command the portal answers goes to the
 reader agent's purse relay, whose answer goes back to the portal); the agent's ASGI app holds an
 ``InProcessReader`` with a ``cardos`` card issued from a real key store. The record is cleared
-in-process as a batch of the biller's virtual terminal.
+in-process as a batch of the biller's virtual terminal. SQLite and PostgreSQL (the portal
+tests' ``engine``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -57,13 +58,6 @@ def keystore(tmp_path_factory: pytest.TempPathFactory) -> KeyStore:
     return ks
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = db.ensure_migrated(f"sqlite:///{tmp_path / 'bills.db'}")
-    yield eng
-    eng.dispose()
-
-
 class Page:
     """The bill page's script, in Python: start a purse run and relay each card command."""
 
@@ -72,19 +66,28 @@ class Page:
         self.portal = portal
         self.commands: list[str] = []
 
-    def pay(self, bill_id: int, *, forge: str | None = None, steps_max: int = 60) -> dict[str, Any]:
+    def pay(
+        self, bill_id: int, *, forge: str | None = None, drop: str | None = None, steps_max: int = 60
+    ) -> dict[str, Any]:
+        """One presentation; ``drop``: the card answers that command, and the page never posts it (tab closed)."""
         relay = self.agent.post("/apdu", json={}, headers={"Origin": ORIGIN})
         assert relay.status_code == 201, relay.text
         rid = relay.json()["request_id"]
         answer = self.portal.post(f"/api/bills/{bill_id}/purse")
         try:
             for _ in range(steps_max):
+                if answer.status_code == 409:  # refused before the card: the bill paid, or in payment
+                    return {"state": "refused", **answer.json()}
+                if answer.status_code == 503:  # the portal failed mid-run (the test breaks its clearing)
+                    return {"state": "unavailable", **answer.json()}
                 assert answer.status_code in (200, 201), answer.text
                 view = answer.json()
                 if view["state"] != "card":
                     return dict(view)
                 self.commands.append(view["what"])
                 sent = self.agent.post(f"/apdu/{rid}/transmit", json={"apdu": view["apdu"]}, headers={"Origin": ORIGIN})
+                if drop is not None and view["what"].startswith(drop):
+                    return {"state": "abandoned", "what": view["what"]}
                 if sent.status_code == 200:
                     card = sent.json()
                     if forge is not None and view["what"].startswith("DEBIT"):
@@ -108,6 +111,7 @@ class Rig:
     portal: TestClient
     page: Page
     bill_ids: list[int]
+    runs: PurseRuns
 
     def bill(self, bill_id: int) -> UtilityBill:
         with Session(self.engine) as session:
@@ -142,14 +146,15 @@ def make_rig(engine: Engine, keystore: KeyStore) -> Rig:
     topups = TopupService(sessions=sessions, payments=payments, webhook_secrets=["whsec_t"])
     app = assemble(ApiDeps(engine, keystore), topups, portal_enabled=True, accounts=account_service(engine),
                    portal_dev=True)  # fmt: skip
-    mount_bills_api(app, sessions, PurseRuns(sessions, keystore, make_ingestor(engine)), None)
+    runs = PurseRuns(sessions, keystore, make_ingestor(engine))
+    mount_bills_api(app, sessions, runs, None)
     portal = TestClient(app)
     register_and_login(portal, ALICE)
     bind_directly(engine, ALICE["mobile"], issuer_id, asn)
     agent = TestClient(
         create_app(AgentConfig(origin=ORIGIN), FixedSource(InProcessReader("desk", card))), base_url=AGENT
     )
-    return Rig(engine, card, asn, issuer_id, portal, Page(agent, portal), bill_ids)
+    return Rig(engine, card, asn, issuer_id, portal, Page(agent, portal), bill_ids, runs)
 
 
 @pytest.fixture
@@ -172,8 +177,8 @@ def test_a_bill_paid_from_the_purse_is_cleared_as_the_billers_terminal_and_paid_
         tap = session.execute(select(Tap).where(Tap.terminal_id == "0000fe010001")).scalar_one()
         assert tap.amount_fen == amount
     # the same bill again: refused before anything reaches the card
-    again = rig.portal.post(f"/api/bills/{bill_id}/purse")
-    assert again.status_code == 409 and again.json()["code"] == "E_BILL_PAID"
+    again = rig.page.pay(bill_id)
+    assert again["state"] == "refused" and again["code"] == "E_BILL_PAID"
     assert rig.agree() == OPENING_FEN - amount
     assert rig.page.commands == ["SELECT purse", "READ BINARY 17", "INITIALIZE FOR PURCHASE", "DEBIT FOR PURCHASE"]
 
@@ -235,6 +240,29 @@ def test_a_debit_refused_before_it_happened_leaves_the_bill_open_and_the_next_pa
     assert rig.agree() == OPENING_FEN - amount
 
 
+def test_a_record_committed_when_clearing_failed_is_cleared_before_the_bill_is_paid_again(rig: Rig) -> None:
+    bill_id = rig.bill_ids[4]
+    amount = rig.bill(bill_id).amount_fen
+    working = rig.runs.ingest
+
+    def down(record: object) -> tuple[str, str]:
+        raise OSError("the clearing database went away")
+
+    rig.runs.ingest = down
+    try:
+        broken = rig.page.pay(bill_id)
+    finally:
+        rig.runs.ingest = working
+    assert broken["state"] == "unavailable" and rig.card.registers.balance_fen == OPENING_FEN - amount
+    with Session(rig.engine) as session:
+        assert session.scalars(select(UtilityPurseTap.state).where(UtilityPurseTap.bill_id == bill_id)).one() == (
+            "committed")  # fmt: skip
+    again = rig.page.pay(bill_id)  # the next start clears the committed record first: paid, nothing more taken
+    assert again["state"] == "refused" and again["code"] == "E_BILL_PAID"
+    assert rig.bill(bill_id).state == "paid" and rig.agree() == OPENING_FEN - amount
+    assert rig.runs.settle_committed() == 0
+
+
 def test_a_card_bound_to_someone_else_pays_nothing(engine: Engine, keystore: KeyStore) -> None:
     rig = make_rig(engine, keystore)
     other = TestClient(rig.portal.app)
@@ -291,3 +319,62 @@ def test_bills_are_looked_up_by_biller_and_account_with_the_holder_masked(rig: R
     assert bad.status_code == 404 and bad.json()["code"] == "E_BILL_BILLER_UNKNOWN"
     with Session(rig.engine) as session:
         assert bills.lookup(session, "xianyang-gas", "G-61040001")[0].state == "open"
+
+
+# --- the tear property ------------------------------------------------------------------------------
+
+_RIGS: dict[int, Rig] = {}
+_ACCOUNTS = iter(range(10_000, 99_999))
+Failure = tuple[str, int, str]
+FAILURES = st.one_of(
+    st.tuples(st.just("tear"), st.integers(1, 4), st.sampled_from(["before_commit", "after_commit"])),
+    st.tuples(st.just("drop"), st.just(0), st.sampled_from(["INITIALIZE", "DEBIT"])),
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(failures=st.lists(FAILURES, max_size=3))
+def test_any_tears_and_lost_answers_then_a_clean_presentation_pay_the_bill_exactly_once(
+    engine: Engine, keystore: KeyStore, failures: list[Failure]
+) -> None:
+    rig = _RIGS.get(id(engine)) or _RIGS.setdefault(id(engine), make_rig(engine, keystore))
+    account = f"P-{next(_ACCOUNTS)}"
+    with Session(rig.engine) as session, session.begin():
+        bills.import_bills(
+            session, "xianyang-gas", f"{','.join(bills.CSV_COLUMNS)}\n{account},王小明,2026-11,100,2026-12-20\n"
+        )
+        bill_id = session.scalars(select(UtilityBill.id).where(UtilityBill.account_no == account)).one()
+    for kind, at_apdu, what in failures:
+        if kind == "tear":
+            rig.card.tear = TearPlan(at_apdu=at_apdu, phase=what)  # type: ignore[arg-type]
+            try:
+                rig.page.pay(bill_id)
+            finally:
+                rig.card.tear = None
+        else:
+            rig.page.pay(bill_id, drop=what)
+        # after every failure: the ledger is what was paid; the purse at most one debit (in doubt) below it
+        shadow = _shadow(rig)
+        assert shadow == OPENING_FEN - _paid_fen(rig)
+        assert rig.card.registers.balance_fen in (shadow, shadow - 100)
+    done = rig.page.pay(bill_id)  # a failed presentation may have finished it already (a proved debit)
+    assert (done["state"], done.get("outcome") or done.get("code")) in (
+        ("done", "T_PAID"), ("done", "T_RECOVERED"), ("refused", "E_BILL_PAID")), done  # fmt: skip
+    assert rig.bill(bill_id).state == "paid"
+    assert rig.agree() == OPENING_FEN - _paid_fen(rig)
+    with Session(rig.engine) as session:
+        states = session.scalars(select(UtilityPurseTap.state).where(UtilityPurseTap.bill_id == bill_id)).all()
+        assert states.count("cleared") == 1 and "pending" not in states and "committed" not in states
+
+
+def _paid_fen(rig: Rig) -> int:
+    with Session(rig.engine) as session:
+        paid = session.scalars(select(UtilityBill.amount_fen).where(UtilityBill.state == "paid")).all()
+        return sum(paid)
+
+
+def _shadow(rig: Rig) -> int:
+    with Session(rig.engine) as session:
+        row = session.execute(select(CardRow).where(CardRow.card_asn == rig.asn)).scalar_one()
+        assert account_balance(session, row.account_id).credit_balance_fen == row.shadow_balance_fen
+        return row.shadow_balance_fen
