@@ -23,10 +23,13 @@ run: venv
 	.venv/bin/yikatong demo --serve
 
 ## Run every test (real pcscd, PostgreSQL and Redis where present), then the soak and
-## load runs in their bounded form.
+## load runs in their bounded form. The tests wait on PostgreSQL, subprocesses and the browser
+## more than they compute, so they run on TEST_WORKERS xdist workers; the PC/SC ones share one
+## worker (tests/conftest.py), since the vpcd slots are one machine-wide resource.
+TEST_WORKERS ?= 3
 test: venv
 	./scripts/ensure-services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 	YIKATONG_SOAK_CYCLES=4 $(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 ## Benchmarks: figures and ratios against baselines measured in the same run.
