@@ -15,6 +15,12 @@ import pytest
 pytest_plugins = ["tests.pcsc_support"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in the environment; rich fixes a
+# console's width at construction when COLUMNS is set, so the CLI's module-level consoles would
+# ignore the width a test passes to CliRunner. Without them rich reads COLUMNS at each print.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
 TEST_DATABASE_URL = os.environ.get("YIKATONG_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("YIKATONG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -61,6 +67,7 @@ def redis_url() -> Iterator[str]:
     yield TEST_REDIS_URL
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test`` runs ``-n N --dist loadgroup``) each test file runs whole on
     one worker, in order (some files' module fixtures carry state from test to test), and every test

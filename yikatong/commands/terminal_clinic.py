@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.prompt import Prompt
 
 from terminals.display import AmountError, parse_yuan, yuan
-from yikatong.commands.terminal_run import IMAGE_PREFIX, _fail, _say_what_is_left, err, out, upload_line
+from yikatong.commands.terminal_run import _fail, _say_what_is_left, err, open_readers, out, upload_line
 
 VISIT_KINDS = ("outpatient", "inpatient")
 
@@ -61,13 +61,11 @@ def run_clinic(
     visits_max: int | None,
     final_upload_s: float,
 ) -> None:
-    from cardos.psam import Psam, PsamImageError
     from terminals.clinic import Clinic, ClinicBill, ClinicOutcome, HttpClinicHost
     from terminals.config import TerminalConfig, UploadConfig
     from terminals.denylist import Denylist
-    from terminals.errors import ReaderError, TerminalError
+    from terminals.errors import TerminalError
     from terminals.journal import Journal
-    from terminals.readers import InProcessReader, PcscReader, Reader, pcsc_reader_names
     from terminals.uploader import UploaderThread
     from terminals.validator import Terminal
 
@@ -79,27 +77,8 @@ def run_clinic(
         raise _fail("E_USAGE: --bill-fen is a positive amount")
     if covered_fen is not None and (bill_fen is None or not 0 <= covered_fen <= bill_fen):
         raise _fail("E_USAGE: --covered-fen goes with --bill-fen and is at most the bill")
-    wanted = [card_reader] + ([] if sam_reader.startswith(IMAGE_PREFIX) else [sam_reader])
-    known = pcsc_reader_names()
-    missing = [name for name in wanted if name not in known]
-    if missing:
-        raise _fail(f"E_READER_NOT_FOUND: {missing} not among the PC/SC readers {known or '(none: is pcscd running?)'}")
-    readers: list[Reader] = []
-    try:
-        card = PcscReader(card_reader, monitor=True)
-        readers.append(card)
-        if sam_reader.startswith(IMAGE_PREFIX):
-            try:
-                sam: Reader = InProcessReader("psam-image", Psam.from_file(sam_reader[len(IMAGE_PREFIX) :]))
-            except PsamImageError as exc:
-                raise _fail(str(exc)) from None
-        else:
-            sam = PcscReader(sam_reader, monitor=True, unpower_on_disconnect=False)
-        readers.append(sam)
-    except ReaderError as exc:
-        for reader in readers:
-            reader.close()
-        raise _fail(str(exc)) from None
+    card, sam = open_readers(card_reader, sam_reader)
+    readers = [card, sam]
     if default_journal:
         journal_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = Journal(journal_path)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from terminals.config import UploadConfig
+    from terminals.readers import Reader
     from terminals.uploader import BatchUploaded
 
 out = Console(soft_wrap=True)
@@ -55,6 +56,38 @@ STYLES: Final = {
 def _fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code=1)
+
+
+def open_readers(card_reader: str, sam_reader: str) -> tuple[Reader, Reader]:
+    """The card reader and the PSAM (a PC/SC reader, or ``image:<file>`` in process), or a one-line refusal."""
+    from cardos.psam import Psam, PsamImageError
+    from terminals.errors import ReaderError
+    from terminals.readers import InProcessReader, PcscReader, pcsc_reader_names
+
+    wanted = [card_reader] + ([] if sam_reader.startswith(IMAGE_PREFIX) else [sam_reader])
+    known = pcsc_reader_names()
+    missing = [name for name in wanted if name not in known]
+    if missing:
+        raise _fail(f"E_READER_NOT_FOUND: {missing} not among the PC/SC readers {known or '(none: is pcscd running?)'}")
+    readers: list[Reader] = []
+    try:
+        card: Reader = PcscReader(card_reader, monitor=True)
+        readers.append(card)
+        if sam_reader.startswith(IMAGE_PREFIX):
+            try:
+                sam: Reader = InProcessReader("psam-image", Psam.from_file(sam_reader[len(IMAGE_PREFIX) :]))
+            except PsamImageError as exc:
+                raise _fail(str(exc)) from None
+        else:
+            # Monitored: a PSAM that leaves and comes back (its emulator restarted) is reopened
+            # before the next tap instead of failing it.
+            sam = PcscReader(sam_reader, monitor=True, unpower_on_disconnect=False)
+        readers.append(sam)
+    except ReaderError as exc:
+        for reader in readers:
+            reader.close()
+        raise _fail(str(exc)) from None
+    return card, sam
 
 
 def _now() -> str:
@@ -177,13 +210,11 @@ def run(
             final_upload_s=final_upload_s,
         )  # fmt: skip
         return
-    from cardos.psam import Psam, PsamImageError
     from fares import TariffError, load_example_tariff, load_tariff
     from terminals.config import TerminalConfig, UploadConfig
     from terminals.denylist import Denylist
-    from terminals.errors import ReaderError, TerminalError
+    from terminals.errors import TerminalError
     from terminals.journal import Journal
-    from terminals.readers import InProcessReader, PcscReader, Reader, pcsc_reader_names
     from terminals.uploader import UploaderThread
     from terminals.validator import TariffFare, Terminal, Validator
 
@@ -213,29 +244,8 @@ def run(
             raise _fail(f"E_FARE_UNKNOWN_PLACE: stop {stop!r} is not in the tariff; its stops: {stops}")
         line_code, station_code = fares.route_codes[route], fares.stop_codes[stop]
 
-    wanted = [card_reader] + ([] if sam_reader.startswith(IMAGE_PREFIX) else [sam_reader])
-    known = pcsc_reader_names()
-    missing = [name for name in wanted if name not in known]
-    if missing:
-        raise _fail(f"E_READER_NOT_FOUND: {missing} not among the PC/SC readers {known or '(none: is pcscd running?)'}")
-    readers: list[Reader] = []
-    try:
-        card = PcscReader(card_reader, monitor=True)
-        readers.append(card)
-        if sam_reader.startswith(IMAGE_PREFIX):
-            try:
-                sam: Reader = InProcessReader("psam-image", Psam.from_file(sam_reader[len(IMAGE_PREFIX) :]))
-            except PsamImageError as exc:
-                raise _fail(str(exc)) from None
-        else:
-            # Monitored: a PSAM that leaves and comes back (its emulator restarted) is reopened
-            # before the next tap instead of failing it.
-            sam = PcscReader(sam_reader, monitor=True, unpower_on_disconnect=False)
-        readers.append(sam)
-    except ReaderError as exc:
-        for reader in readers:
-            reader.close()
-        raise _fail(str(exc)) from None
+    card, sam = open_readers(card_reader, sam_reader)
+    readers = [card, sam]
 
     if journal is None:  # the default place: a first run on this machine makes it, private
         journal_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -23,19 +23,18 @@ import secrets
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from cardos.records import SHANGHAI_TZ
-from clearing.api import AnsweringRoute
 from portal.accounts import AccountService, CurrentSession
-from portal.api import ErrorOut, portal_error
+from portal.api import ErrorOut
 from portal.api_staff import CsrfStaff, console_of
 from portal.audit import AuditLog
-from portal.pages import STATE_KEY as PAGES_STATE_KEY
-from portal.pages import Pages, error_page
-from portal.web import gettext, locale_of, parse_yuan, redirect
+from portal.modules.routes import api_route, page_route, pages_of
+from portal.pages import Pages
+from portal.web import parse_yuan, redirect
 
 from .claims import DOC_BYTES_MAX, DOC_TYPES, REJECTION_REASONS, ClaimAction, ClaimState, Document
 from .claims_service import ClaimForm, ClaimService, ClaimView
@@ -59,45 +58,17 @@ class MedicalModule:
         self.visits = visits
 
 
-def _pages(request: Request) -> Pages:
-    pages = getattr(request.app.state, PAGES_STATE_KEY, None)
-    assert isinstance(pages, Pages), "the citizen pages must be mounted first"
-    return pages
-
-
 def _module(request: Request) -> MedicalModule:
     module = getattr(request.app.state, STATE_KEY, None)
     assert isinstance(module, MedicalModule), "mount_medical first"
     return module
 
 
-def medical_text(locale: str, exc: MedicalError) -> str:
-    if locale == "en":
-        return exc.message
-    for text in (exc.message, CODES[exc.code].meaning):
-        translated = gettext(locale, text)
-        if translated != text:
-            return translated
-    return exc.message
-
-
-class MedicalPageRoute(AnsweringRoute):
-    def answer(self, request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, MedicalError):
-            return error_page(request, exc)
-        pages = _pages(request)
-        current = pages.session_of(request)
-        if exc.code is MedicalCode.E_MED_HOLDER_NOT_AUTHENTICATED:
-            return pages.page(request, "medical/card_required.html", {}, current, 403)
-        context = {"title": "That did not work", "text": medical_text(locale_of(request), exc), "code": exc.code.value}
-        return pages.page(request, "error.html", context, current, exc.status)
-
-
-class MedicalApiRoute(AnsweringRoute):
-    def answer(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, MedicalError):
-            return JSONResponse({"code": exc.code.value, "message": exc.message}, status_code=exc.status)
-        return portal_error(exc)
+MedicalPageRoute = page_route(
+    MedicalError, lambda code: CODES[code].meaning,  # type: ignore[index]
+    MedicalCode.E_MED_HOLDER_NOT_AUTHENTICATED, "medical/card_required.html",
+)  # fmt: skip
+MedicalApiRoute = api_route(MedicalError)
 
 
 def require_card(p: Pages, request: Request) -> CurrentSession:
@@ -140,7 +111,7 @@ def pages_router() -> APIRouter:
 
     @router.get("/medical", response_class=HTMLResponse)
     def overview(request: Request) -> HTMLResponse:
-        p, module = _pages(request), _module(request)
+        p, module = pages_of(request), _module(request)
         current = require_card(p, request)
         year = dt.datetime.now(SHANGHAI_TZ).year
         context: dict[str, Any] = {
@@ -154,7 +125,7 @@ def pages_router() -> APIRouter:
 
     @router.get("/medical/claims/new", response_class=HTMLResponse)
     def new_claim(request: Request) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         context = {"nonce": secrets.token_urlsafe(24), "doc_types": DOC_TYPES, "max_kib": DOC_BYTES_MAX // 1024}
         return p.page(request, "medical/new_claim.html", context, current)
@@ -172,7 +143,7 @@ def pages_router() -> APIRouter:
         doc_type: Annotated[str | None, Form()] = None,
         documents: Annotated[list[UploadFile] | None, File()] = None,
     ) -> Response:
-        p, module = _pages(request), _module(request)
+        p, module = pages_of(request), _module(request)
         current = require_card(p, request)
         p.csrf(request, csrf_token, current)
         if nonce is None or _NONCE.fullmatch(nonce) is None:
@@ -191,7 +162,7 @@ def pages_router() -> APIRouter:
 
     @router.get("/medical/claims/{claim_id}", response_class=HTMLResponse)
     def claim(claim_id: int, request: Request) -> HTMLResponse:
-        p, module = _pages(request), _module(request)
+        p, module = pages_of(request), _module(request)
         current = require_card(p, request)
         view = module.claims.one(current, claim_id)
         context = {"c": view, "reasons": REJECTION_REASONS, "doc_types": DOC_TYPES, "max_kib": DOC_BYTES_MAX // 1024}
@@ -205,7 +176,7 @@ def pages_router() -> APIRouter:
         doc_type: Annotated[str | None, Form()] = None,
         documents: Annotated[list[UploadFile] | None, File()] = None,
     ) -> Response:
-        p, module = _pages(request), _module(request)
+        p, module = pages_of(request), _module(request)
         current = require_card(p, request)
         p.csrf(request, csrf_token, current)
         files = _documents(doc_type, documents)

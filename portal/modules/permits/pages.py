@@ -34,10 +34,9 @@ from portal.modules.permits.service import (
     Upload,
     is_application_id,
 )
-from portal.pages import STATE_KEY as PAGES_STATE_KEY
+from portal.modules.routes import pages_of, refusal_text, staff_pages_of
 from portal.pages import Pages, error_page
-from portal.pages_staff import STATE_KEY as STAFF_STATE_KEY
-from portal.pages_staff import StaffPages, staff_error_page
+from portal.pages_staff import staff_error_page
 from portal.web import gettext, locale_of, redirect
 
 SERVICE_KEY: Final = "permits_service"
@@ -91,24 +90,9 @@ def _service(request: Request) -> PermitService:
     return service
 
 
-def _pages(request: Request) -> Pages:
-    pages = getattr(request.app.state, PAGES_STATE_KEY, None)
-    assert isinstance(pages, Pages), "the citizen pages must be mounted first"
-    return pages
-
-
-def _staff_pages(request: Request) -> StaffPages:
-    pages = getattr(request.app.state, STAFF_STATE_KEY, None)
-    assert isinstance(pages, StaffPages), "the staff pages must be mounted first"
-    return pages
-
-
 def permit_text(locale: str, exc: PermitError) -> str:
-    """English: the service's sentence; Chinese: the code's meaning from the catalog (else the sentence)."""
-    if locale == "en":
-        return exc.message
-    translated = gettext(locale, CODES[exc.code].meaning)
-    return translated if translated != CODES[exc.code].meaning else exc.message
+    """The refusal in the reader's language (``portal.modules.routes.refusal_text``)."""
+    return refusal_text(locale, exc.message, CODES[exc.code].meaning)
 
 
 def _words(locale: str) -> dict[str, Any]:
@@ -125,7 +109,7 @@ class PermitPageRoute(AnsweringRoute):
     def answer(self, request: Request, exc: Exception) -> Response:
         if not isinstance(exc, PermitError):
             return error_page(request, exc)
-        p = _pages(request)
+        p = pages_of(request)
         current = p.session_of(request)
         locale = locale_of(request)
         if exc.code is PermitCode.E_PERMIT_CARD_LOGIN_REQUIRED:
@@ -138,7 +122,7 @@ class StaffPermitPageRoute(AnsweringRoute):
     def answer(self, request: Request, exc: Exception) -> Response:
         if not isinstance(exc, PermitError):
             return staff_error_page(request, exc)
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         context = {"text": permit_text(locale_of(request), exc), "code": exc.code.value}
         return p.page(request, "staff/error.html", context, p.session_of(request), exc.status)
 
@@ -180,7 +164,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/permits", response_class=HTMLResponse)
     def permits(request: Request) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         s = _service(request)
         context = {
@@ -192,7 +176,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/permits/new", response_class=HTMLResponse)
     def new_form(request: Request) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         context = {"nonce": secrets.token_urlsafe(24), "max_mib": DOCUMENT_BYTES_MAX // (1024 * 1024),
                    **_words(locale_of(request))}  # fmt: skip
@@ -208,7 +192,7 @@ def citizen_router() -> APIRouter:
         delivery: Annotated[str | None, Form()] = None,
         documents: Annotated[list[UploadFile] | None, File()] = None,
     ) -> Response:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         p.csrf(request, csrf_token, current)
         if nonce is None or _NONCE.fullmatch(nonce) is None:
@@ -222,7 +206,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/permits/{application_id}", response_class=HTMLResponse)
     def detail(application_id: str, request: Request) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         view = _service(request).application_of(current.citizen_id, application_id[:32])
         context = {"a": view, "max_mib": DOCUMENT_BYTES_MAX // (1024 * 1024), **_words(locale_of(request))}
@@ -235,7 +219,7 @@ def citizen_router() -> APIRouter:
         csrf_token: Annotated[str | None, Form()] = None,
         documents: Annotated[list[UploadFile] | None, File()] = None,
     ) -> Response:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         p.csrf(request, csrf_token, current)
         files = _uploads(documents)
@@ -253,7 +237,7 @@ def citizen_router() -> APIRouter:
         csrf_token: Annotated[str | None, Form()] = None,
         version: Annotated[str | None, Form()] = None,
     ) -> Response:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         p.csrf(request, csrf_token, current)
         done = _service(request).supplement(current.citizen_id, application_id[:32], _version(version))
@@ -261,7 +245,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/permits/{application_id}/documents/{document_id}")
     def document(application_id: str, document_id: int, request: Request) -> Response:
-        p = _pages(request)
+        p = pages_of(request)
         current = require_card(p, request)
         doc, _ = _service(request).document_of(current.citizen_id, application_id[:32], document_id)
         return _document_response(doc)
@@ -274,7 +258,7 @@ def staff_router() -> APIRouter:
 
     @router.get("", response_class=HTMLResponse)
     def applications(request: Request, state: str | None = None) -> HTMLResponse:
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         current = p.require(request, STAFF_ACTION)
         wanted = state if state in tuple(rules.State) else None
         rows = _service(request).staff_list(wanted)
@@ -284,7 +268,7 @@ def staff_router() -> APIRouter:
 
     @router.get("/dashboard", response_class=HTMLResponse)
     def dashboard(request: Request) -> HTMLResponse:
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         current = p.require(request, STAFF_ACTION)
         d = _service(request).dashboard()
         context = {
@@ -298,7 +282,7 @@ def staff_router() -> APIRouter:
 
     @router.get("/{application_id}", response_class=HTMLResponse)
     def application(application_id: str, request: Request) -> HTMLResponse:
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         current = p.require(request, STAFF_ACTION)
         view = _service(request).staff_view(current.actor, application_id[:32])
         context = {"a": view, "reason_steps": [str(s) for s in rules.REASON_STEPS], **_words(locale_of(request))}
@@ -313,7 +297,7 @@ def staff_router() -> APIRouter:
         version: Annotated[str | None, Form()] = None,
         reason: Annotated[str | None, Form()] = None,
     ) -> Response:
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         current = p.require(request, STAFF_ACTION)
         p.csrf(request, csrf_token, current)
         if not is_application_id(application_id):
@@ -323,7 +307,7 @@ def staff_router() -> APIRouter:
 
     @router.get("/{application_id}/documents/{document_id}")
     def document(application_id: str, document_id: int, request: Request) -> Response:
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         current = p.require(request, STAFF_ACTION)
         return _document_response(_service(request).staff_document(current.actor, application_id[:32], document_id))
 

@@ -23,17 +23,15 @@ import re
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, FastAPI, Form, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from clearing.api import AnsweringRoute
 from portal.accounts import AccountService
-from portal.api import ErrorOut, portal_error
+from portal.api import ErrorOut
 from portal.api_auth import CurrentCitizen
 from portal.api_staff import CsrfStaff, console_of
-from portal.pages import STATE_KEY as PAGES_STATE_KEY
-from portal.pages import Pages, error_page
-from portal.web import PageConfig, gettext, locale_of, redirect
+from portal.modules.routes import api_route, page_route, pages_of
+from portal.web import PageConfig, redirect
 
 from .errors import SS_CODES, SocialSecurityError, SsCode
 from .rules import ACCOUNT_INSURANCES, INSURANCES, Amounts
@@ -49,50 +47,17 @@ _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
-def _pages(request: Request) -> Pages:
-    pages = getattr(request.app.state, PAGES_STATE_KEY, None)
-    assert isinstance(pages, Pages), "the citizen pages must be mounted first"
-    return pages
-
-
 def _service(request: Request) -> SocialSecurityService:
     service = getattr(request.app.state, STATE_KEY, None)
     assert isinstance(service, SocialSecurityService), "mount_social_security first"
     return service
 
 
-def ss_error_text(locale: str, exc: SocialSecurityError) -> str:
-    """The refusal in the reader's language: the sentence, else the code's meaning, translated if we can."""
-    if locale == "en":
-        return exc.message
-    for text in (exc.message, SS_CODES[exc.code].meaning):
-        translated = gettext(locale, text)
-        if translated != text:
-            return translated
-    return exc.message
-
-
-class SsPageRoute(AnsweringRoute):
-    """The module's pages answer every failure as a page: its own refusals here, the rest as the portal's."""
-
-    def answer(self, request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, SocialSecurityError):
-            return error_page(request, exc)
-        pages = _pages(request)
-        current = pages.session_of(request)
-        if exc.code is SsCode.E_SS_CARD_LOGIN_REQUIRED:
-            return pages.page(request, "social_security/card_required.html", {}, current, 403)
-        context = {"title": "That did not work", "text": ss_error_text(locale_of(request), exc), "code": exc.code.value}
-        return pages.page(request, "error.html", context, current, exc.status)
-
-
-class SsApiRoute(AnsweringRoute):
-    """The module's JSON routes: ``{"code", "message"}`` as the portal's API answers."""
-
-    def answer(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, SocialSecurityError):
-            return JSONResponse({"code": exc.code.value, "message": exc.message}, status_code=exc.status)
-        return portal_error(exc)
+SsPageRoute = page_route(
+    SocialSecurityError, lambda code: SS_CODES[code].meaning,  # type: ignore[index]
+    SsCode.E_SS_CARD_LOGIN_REQUIRED, "social_security/card_required.html",
+)  # fmt: skip
+SsApiRoute = api_route(SocialSecurityError)
 
 
 def _year(text: str | None) -> int | None:
@@ -112,7 +77,7 @@ def pages_router() -> APIRouter:
 
     @router.get("/social-security", response_class=HTMLResponse)
     def record(request: Request, year: str | None = None) -> HTMLResponse:
-        p, service = _pages(request), _service(request)
+        p, service = pages_of(request), _service(request)
         current = p.require(request)
         person = service.person_of(current)
         view = service.record(person, _year(year))
@@ -129,7 +94,7 @@ def pages_router() -> APIRouter:
         csrf_token: Annotated[str | None, Form()] = None,
         year: Annotated[str | None, Form()] = None,
     ) -> Response:
-        p, service = _pages(request), _service(request)
+        p, service = pages_of(request), _service(request)
         current = p.require(request)
         p.csrf(request, csrf_token, current)
         person = service.person_of(current)
@@ -141,7 +106,7 @@ def pages_router() -> APIRouter:
 
     @router.get("/social-security/statements/{number}.pdf")
     def statement_pdf(number: str, request: Request) -> Response:
-        p, service = _pages(request), _service(request)
+        p, service = pages_of(request), _service(request)
         current = p.require(request)
         view = service.statement_of(service.person_of(current), number)
         body = service.pdf(view, verify_url=_verify_url(request))
@@ -156,7 +121,7 @@ def pages_router() -> APIRouter:
 
     @router.get("/social-security/statements/{number}", response_class=HTMLResponse)
     def statement_page(number: str, request: Request) -> HTMLResponse:
-        p, service = _pages(request), _service(request)
+        p, service = pages_of(request), _service(request)
         current = p.require(request)
         view = service.statement_of(service.person_of(current), number)
         context = {
@@ -169,7 +134,7 @@ def pages_router() -> APIRouter:
 
     @router.get(VERIFY_PATH, response_class=HTMLResponse)
     def verify(request: Request, number: str | None = None, code: str | None = None) -> HTMLResponse:
-        p, service = _pages(request), _service(request)
+        p, service = pages_of(request), _service(request)
         current = p.session_of(request)
         values = {"number": (number or "").strip()[:_FIELD_CHARS_MAX], "code": (code or "").strip()[:_FIELD_CHARS_MAX]}
         result = None

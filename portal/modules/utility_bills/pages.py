@@ -20,13 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from clearing.api import AnsweringRoute
 from portal.audit import AuditLog
 from portal.errors import PortalError
+from portal.modules.routes import pages_of, refusal_text, staff_pages_of
 from portal.modules.utility_bills import bills
 from portal.modules.utility_bills.errors import CODES, BillCode, BillError
 from portal.modules.utility_bills.online import OnlineBills
-from portal.pages import STATE_KEY as PAGES_STATE_KEY
-from portal.pages import Pages, error_page
-from portal.pages_staff import STATE_KEY as STAFF_STATE_KEY
-from portal.pages_staff import StaffPages, staff_error_page
+from portal.pages import error_page
+from portal.pages_staff import staff_error_page
 from portal.payments import PaymentsClient
 from portal.web import gettext, locale_of, redirect
 
@@ -63,31 +62,16 @@ def _deps(request: Request) -> BillsDeps:
     return deps
 
 
-def _pages(request: Request) -> Pages:
-    pages = getattr(request.app.state, PAGES_STATE_KEY, None)
-    assert isinstance(pages, Pages), "the citizen pages must be mounted first"
-    return pages
-
-
-def _staff_pages(request: Request) -> StaffPages:
-    pages = getattr(request.app.state, STAFF_STATE_KEY, None)
-    assert isinstance(pages, StaffPages), "the staff pages must be mounted first"
-    return pages
-
-
 def bill_text(locale: str, exc: BillError) -> str:
-    """English: the service's sentence; Chinese: the code's meaning from the catalog (else the sentence)."""
-    if locale == "en":
-        return exc.message
-    translated = gettext(locale, CODES[exc.code].meaning)
-    return translated if translated != CODES[exc.code].meaning else exc.message
+    """The refusal in the reader's language (``portal.modules.routes.refusal_text``)."""
+    return refusal_text(locale, exc.message, CODES[exc.code].meaning)
 
 
 class BillPageRoute(AnsweringRoute):
     def answer(self, request: Request, exc: Exception) -> Response:
         if not isinstance(exc, BillError):
             return error_page(request, exc)
-        p = _pages(request)
+        p = pages_of(request)
         context = {"title": "That did not work", "text": bill_text(locale_of(request), exc), "code": exc.code.value}
         return p.page(request, "error.html", context, p.session_of(request), exc.status)
 
@@ -96,7 +80,7 @@ class StaffBillPageRoute(AnsweringRoute):
     def answer(self, request: Request, exc: Exception) -> Response:
         if not isinstance(exc, BillError):
             return staff_error_page(request, exc)
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         context = {"text": bill_text(locale_of(request), exc), "code": exc.code.value}
         return p.page(request, "staff/error.html", context, p.session_of(request), exc.status)
 
@@ -120,7 +104,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/bills", response_class=HTMLResponse)
     def lookup(request: Request, biller: str | None = None, account: str | None = None) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = p.require(request)
         deps = _deps(request)
         found: list[bills.BillView] | None = None
@@ -138,7 +122,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/bills/{bill_id}", response_class=HTMLResponse)
     def bill(bill_id: str, request: Request) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = p.require(request)
         deps = _deps(request)
         with deps.sessions() as session:
@@ -149,7 +133,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/bills/{bill_id}/purse", response_class=HTMLResponse)
     def purse(bill_id: str, request: Request) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = p.require(request)
         deps = _deps(request)
         with deps.sessions() as session:
@@ -160,7 +144,7 @@ def citizen_router() -> APIRouter:
 
     @router.post("/bills/{bill_id}/online")
     def pay_online(bill_id: str, request: Request, csrf_token: Annotated[str | None, Form()] = None) -> Response:
-        p = _pages(request)
+        p = pages_of(request)
         current = p.require(request)
         p.csrf(request, csrf_token, current)
         deps = _deps(request)
@@ -177,7 +161,7 @@ def citizen_router() -> APIRouter:
 
     @router.get("/bills/{bill_id}/receipt", response_class=HTMLResponse)
     def receipt(bill_id: str, request: Request) -> HTMLResponse:
-        p = _pages(request)
+        p = pages_of(request)
         current = p.require(request)
         deps = _deps(request)
         with deps.sessions() as session:
@@ -195,7 +179,7 @@ def staff_router() -> APIRouter:
 
     @router.get("", response_class=HTMLResponse)
     def files(request: Request) -> HTMLResponse:
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         current = p.require(request, STAFF_ACTION)
         with _deps(request).sessions() as session:
             billers = bills.billers(session)
@@ -204,7 +188,7 @@ def staff_router() -> APIRouter:
 
     @router.get("/file")
     def file(request: Request, biller: str = "", date: str = "") -> Response:
-        p = _staff_pages(request)
+        p = staff_pages_of(request)
         current = p.require(request, STAFF_ACTION)
         deps = _deps(request)
         try:
