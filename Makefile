@@ -24,12 +24,15 @@ run: venv
 
 ## Run every test (real pcscd, PostgreSQL and Redis where present), then the soak and
 ## load runs in their bounded form. The tests wait on PostgreSQL, subprocesses and the browser
-## more than they compute, so they run on TEST_WORKERS xdist workers; the PC/SC ones share one
-## worker (tests/conftest.py), since the vpcd slots are one machine-wide resource.
+## more than they compute, so all but the PC/SC ones run on TEST_WORKERS xdist workers, each
+## file whole on one worker; the PC/SC ones (marker pcsc, given to every test that uses the
+## pcscd fixture: tests/conftest.py) run after them in one process, since the vpcd slots are one
+## machine-wide resource.
 TEST_WORKERS ?= 3
 test: venv
 	./scripts/ensure-services
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not soak and not pcsc" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "pcsc and not soak" $(PYTEST_ARGS)
 	YIKATONG_SOAK_CYCLES=4 $(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 ## Benchmarks: figures and ratios against baselines measured in the same run.

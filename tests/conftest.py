@@ -67,16 +67,12 @@ def redis_url() -> Iterator[str]:
     yield TEST_REDIS_URL
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(tryfirst=True)  # before the -m selection reads the markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n N --dist loadgroup``) each test file runs whole on
-    one worker, in order (some files' module fixtures carry state from test to test), and every test
-    that needs the one pair of vpcd slots (the ``pcscd`` fixture, or the ``pcsc`` marker) runs on the
-    same worker as the others that do: the slots are a machine-wide resource that
-    ``tests/pcsc_support.py`` locks for a whole session."""
+    """Every test that needs the one pair of vpcd slots (the ``pcscd`` fixture) is marked ``pcsc``:
+    ``make test`` runs the others on xdist workers (``--dist loadfile``: each file whole on one
+    worker, in order) and the ``pcsc`` ones after, in one process, because the slots are a
+    machine-wide resource that ``tests/pcsc_support.py`` locks for a whole session."""
     for item in items:
-        if item.get_closest_marker("pcsc") or "pcscd" in getattr(item, "fixturenames", ()):
-            group = "pcsc"
-        else:
-            group = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        if "pcscd" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("pcsc"):
+            item.add_marker(pytest.mark.pcsc)
