@@ -58,6 +58,27 @@ def _node(request: Request) -> InteropNode:
     return node
 
 
+async def _read_bounded(request: Request, limit: int) -> tuple[bytes, Response | None]:
+    """The body, or the refusal of one larger than ``limit`` (not read past the limit)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        oversize, body = True, b""
+    else:
+        chunks = bytearray()
+        oversize = False
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > limit:
+                oversize = True
+                break
+        body = bytes(chunks)
+    if not oversize:
+        return body, None
+    exc = InteropError(InteropCode.E_INTEROP_TOO_LARGE, f"a body is at most {limit} bytes; nothing was read")
+    log.warning("interop: delivery refused: %s", exc)
+    return b"", Response(error_body(exc.code, exc.message), status_code=exc.status, media_type=MEDIA_TYPE)
+
+
 @router.post(
     "/batches",
     openapi_extra=_BATCH_DOC,
@@ -74,26 +95,50 @@ def _node(request: Request) -> InteropNode:
 async def post_batch(request: Request) -> Response:
     """Receive one of the peer's batches (``interop_xian.inbox``)."""
     node = _node(request)
-    limit = node.config.body_bytes_max
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        body = b""
-        oversize = True
-    else:
-        chunks = bytearray()
-        oversize = False
-        async for chunk in request.stream():
-            chunks += chunk
-            if len(chunks) > limit:
-                oversize = True
-                break
-        body = bytes(chunks)
-    if oversize:
-        exc = InteropError(InteropCode.E_INTEROP_TOO_LARGE, f"a batch is at most {limit} bytes; nothing was read")
-        log.warning("interop: delivery refused: %s", exc)
-        return Response(error_body(exc.code, exc.message), status_code=exc.status, media_type=MEDIA_TYPE)
+    body, refused = await _read_bounded(request, node.config.body_bytes_max)
+    if refused is not None:
+        return refused
     answer = await run_in_threadpool(
         node.receiver.receive,
+        body,
+        request.headers.get(wire.KEY_ID_HEADER),
+        request.headers.get(wire.SIGNATURE_HEADER),
+    )
+    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers), media_type=MEDIA_TYPE)
+
+
+_MESSAGE_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "a message in the canonical encoding (docs/interop.md, 'Messages')",
+        "content": {MEDIA_TYPE: {"schema": {"type": "object"}}},
+    },
+    "parameters": _BATCH_DOC["parameters"],
+}
+
+
+@router.post(
+    "/messages",
+    openapi_extra=_MESSAGE_DOC,
+    responses={
+        200: {"description": "the signed reply: the peer's instruction for the window, or its dispute's state"},
+        401: {"description": "unsigned, unknown or retired key, or a signature that does not verify"},
+        403: {"description": "a message from another city than its key's, or not addressed to this city"},
+        404: {"description": "a move of a dispute this side does not have"},
+        409: {"description": "refused by the window or dispute rules, or a replayed id with other content"},
+        413: {"description": "too large"},
+        422: {"description": "not a message in the canonical encoding"},
+        503: {"description": "could not be handled now (nothing stored): resend it"},
+    },
+)
+async def post_message(request: Request) -> Response:
+    """Receive one of the peer's messages: a window digest or a dispute move (``interop_xian.messages``)."""
+    node = _node(request)
+    body, refused = await _read_bounded(request, node.config.body_bytes_max)
+    if refused is not None:
+        return refused
+    answer = await run_in_threadpool(
+        node.receiver.receive_message,
         body,
         request.headers.get(wire.KEY_ID_HEADER),
         request.headers.get(wire.SIGNATURE_HEADER),
@@ -107,4 +152,4 @@ def mount(app: FastAPI, node: InteropNode) -> None:
     app.include_router(router)
 
 
-__all__ = ["InteropRoute", "mount", "router"]
+__all__ = ["InteropRoute", "mount", "post_batch", "post_message", "router"]

@@ -40,6 +40,8 @@ class InteropSettings(BaseSettings):
     timeout_s: float = 10.0
     # An item the issuer could not judge for want of a key (E_KEY_UNAVAILABLE) is sent again after this.
     unavailable_resend_s: float = 3600.0
+    # A window is closed with the peer this long after its business day ended (late uploads join it).
+    window_close_delay_s: float = 3600.0
     # The CA bundle the peer's HTTPS certificate is checked against (unset: the system's).
     ca_file: Path | None = None
 
@@ -57,6 +59,7 @@ class InteropConfig:
     retry_max_s: float = 600.0
     timeout_s: float = 10.0
     unavailable_resend_s: float = 3600.0
+    window_close_delay_s: float = 3600.0
     ca_file: Path | None = None
 
     def __post_init__(self) -> None:
@@ -92,6 +95,7 @@ class InteropConfig:
             retry_max_s=knobs.retry_max_s,
             timeout_s=knobs.timeout_s,
             unavailable_resend_s=knobs.unavailable_resend_s,
+            window_close_delay_s=knobs.window_close_delay_s,
             ca_file=knobs.ca_file,
         )
 

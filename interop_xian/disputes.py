@@ -47,7 +47,8 @@ from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.ingest_totals import SALE, payee_of_tap, record_event
 from clearing.ledger import LedgerBatchError, TransferSpec, post_transfers
 from clearing.models import InteropForward, Tap, Terminal, TransferCode
-from interop_xian import netting
+from interop_xian import message_sender, messages, netting
+from interop_xian.config import peer_of
 from interop_xian.errors import InteropCode, InteropError
 from interop_xian.issuer import judged, peer_issuer_id
 from interop_xian.models import Dispute, DisputeEvent, IssuerItem, OutboxItem
@@ -150,6 +151,7 @@ class Moved:
     to_state: State
     deadline: dt.date | None
     transfer_id: str | None
+    window_day: dt.date | None = None  # an accepted outcome's window (the issuer's; the acquirer follows)
 
 
 def _checked_text(value: str | None, limit: int, what: str) -> str:
@@ -173,8 +175,13 @@ def open_dispute(
     note: str = "",
     days: BusinessDayClock = DEFAULT_CLOCK,
     add_working_days: AddWorkingDays = _default_working_days,
+    notify: bool = True,
 ) -> Moved:
-    """Open a dispute for one record (idempotent for a dispute that is still open: ``E_DISPUTE_EXISTS`` once final)."""
+    """Open a dispute for one record (idempotent for a dispute that is still open: ``E_DISPUTE_EXISTS`` once final).
+
+    ``notify``: tell the peer (a ``dispute`` message, sent by the next exchange round), so it
+    opens its side; False when the peer's own message opened it (``handle_message``).
+    """
     if amount_fen < 0 or not 0 < len(item_id) <= 96 or not 0 < len(reason_code) <= 40:
         raise InteropError(InteropCode.E_BAD_DISPUTE, "a dispute needs an item id, a reason code and an amount ≥ 0")
     note = _checked_text(note, NOTE_LEN_MAX, "note")
@@ -201,7 +208,22 @@ def open_dispute(
     session.flush()
     session.add(DisputeEvent(dispute_id=dispute.id, from_state=None, to_state=State.OPENED.value, actor=actor,
                              note=note, at=now))  # fmt: skip
+    if notify:
+        _tell_peer(session, dispute, "open", State.OPENED, role, now=now, note=note, evidence=None, window_day=None)
     return Moved(dispute.id, None, State.OPENED, deadline, None)
+
+
+def _tell_peer(
+    session: Session, dispute: Dispute, action: str, to: State, by: Side, *, now: dt.datetime, note: str,
+    evidence: str | None, window_day: dt.date | None,
+) -> None:  # fmt: skip
+    """Our own move of a dispute, kept for the peer in this transaction (``message_sender.enqueue``)."""
+    content = messages.DisputeContent(
+        item_id=dispute.item_id, action=action, by=by.value, to_state=to.value, amount_fen=dispute.amount_fen,
+        reason_code=dispute.reason_code, note=note, evidence=evidence, window_day=window_day,
+    )  # fmt: skip
+    message_sender.enqueue(session, own_city=peer_of(dispute.peer_city), peer_city=dispute.peer_city, kind="dispute",
+                           content=messages.dispute_content(content), now=now)  # fmt: skip
 
 
 DISPUTE_ID_MAX: Final = 2**63 - 1  # BIGINT: a larger id in a URL names no dispute (and must not reach the driver)
@@ -232,8 +254,16 @@ def move(
     evidence: str | None = None,
     days: BusinessDayClock = DEFAULT_CLOCK,
     add_working_days: AddWorkingDays = _default_working_days,
+    window_day: dt.date | None = None,
+    made_on: dt.date | None = None,
 ) -> Moved:
-    """Move a dispute (``check_move``), record the event, post an accepted outcome on our side."""
+    """Move a dispute (``check_move``), record the event, post an accepted outcome on our side.
+
+    Our own move (``by`` is our row's role) is told to the peer in the same transaction. A move
+    of the peer's (``handle_message``) comes with the day the peer made it (``made_on``: its
+    deadline is judged on that day, not on the day it reached us) and, for an acceptance, the
+    window the issuer booked it in (``window_day``), where the acquirer books its side.
+    """
     note = _checked_text(note, NOTE_LEN_MAX, "note")
     evidence_text = _checked_text(evidence, EVIDENCE_LEN_MAX, "evidence") if evidence is not None else None
     if not 0 < dispute_id <= DISPUTE_ID_MAX:
@@ -243,10 +273,12 @@ def move(
         raise InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"dispute {dispute_id} does not exist")
     state = State(dispute.state)
     today = days.day_of(now)
-    check_move(state, to, by, today=today, deadline=dispute.deadline)
+    check_move(state, to, by, today=made_on or today, deadline=dispute.deadline)
     if to is State.EVIDENCE_GIVEN and not evidence_text:
         raise InteropError(InteropCode.E_BAD_DISPUTE, "giving evidence needs the evidence (a reference or text)")
-    transfer_id = _post_outcome(session, dispute, now, days) if to is State.ACCEPTED else None
+    transfer_id, window = (None, None)
+    if to is State.ACCEPTED:
+        transfer_id, window = _post_outcome(session, dispute, now, days, window_day)
     deadline = deadline_of(to, today, add_working_days)
     dispute.state, dispute.deadline, dispute.updated_at = to.value, deadline, now
     if transfer_id is not None:
@@ -255,8 +287,10 @@ def move(
         dispute.evidence = evidence_text
     session.add(DisputeEvent(dispute_id=dispute.id, from_state=state.value, to_state=to.value, actor=actor,
                              note=note, at=now))  # fmt: skip
+    if by.value == dispute.role and made_on is None:
+        _tell_peer(session, dispute, "move", to, by, now=now, note=note, evidence=evidence_text, window_day=window)
     session.flush()
-    return Moved(dispute.id, state, to, deadline, transfer_id)
+    return Moved(dispute.id, state, to, deadline, transfer_id, window)
 
 
 def sweep(
@@ -277,10 +311,11 @@ def sweep(
     for dispute_id, state, role in due:
         to = EXPIRY[State(state)]
         by = MOVES[(State(state), to)]  # the move is the late side's own, made for it
-        if to is State.ACCEPTED and role != by.value:
-            # The issuer's acceptance posts on both sides; the acquirer alone must not make it for
-            # the issuer (our DUE_FROM without its DUE_TO: a window that never agrees). It waits
-            # for the issuer's decision (its own sweep, over the channel).
+        if role != by.value:
+            # Each side ends only its own late states, and tells the peer: the issuer's
+            # acceptance posts on both sides (our DUE_FROM without its DUE_TO would be a window
+            # that never agrees), and a write-off made here while the acquirer's evidence is on
+            # its way would refuse that evidence. The peer's move comes over the channel.
             continue
         try:
             with session.begin_nested():
@@ -292,8 +327,14 @@ def sweep(
     return moved
 
 
-def _post_outcome(session: Session, dispute: Dispute, now: dt.datetime, days: BusinessDayClock) -> str | None:
-    """An accepted dispute's money on our side, in the open window (module docstring)."""
+def _post_outcome(
+    session: Session, dispute: Dispute, now: dt.datetime, days: BusinessDayClock, named: dt.date | None
+) -> tuple[str | None, dt.date | None]:
+    """An accepted dispute's money on our side, in the open window (module docstring): (transfer, window).
+
+    The issuer picks the window (the first our judge still books into); the acquirer books in the
+    one the issuer named (``named``, from its message), unless that one is final here.
+    """
     peer = dispute.peer_city
     if dispute.role == Side.ISSUER.value:
         # the peer's lock before any account: the judge takes it before the cards and DUE_TO (no deadlock)
@@ -303,10 +344,15 @@ def _post_outcome(session: Session, dispute: Dispute, now: dt.datetime, days: Bu
             raise InteropError(InteropCode.E_BAD_DISPUTE, f"item {dispute.item_id} was never judged here")
         _claim_for_acceptance(session, item, dispute)
     if dispute.amount_fen == 0:
-        return None
+        return None, None
     netting.lock_peer(session, peer)
     issuer = peer_issuer_id(session, peer)
-    window = netting.window_for(days.day_of(now), netting.latest_final(session, peer))
+    if dispute.role == Side.ISSUER.value or named is None:
+        window = netting.window_for(days.day_of(now), netting.latest_closed(session, peer))
+    else:
+        window, honoured = netting.acquired_window(named, named, netting.latest_final(session, peer))
+        if not honoured:
+            netting.moved_alarm(session, peer, dispute.item_id, named, window, now=now)
     transfer_id = netting.dispute_transfer_id(peer, dispute.role, dispute.item_id)
     code = int(TransferCode.INTEROP)
     source = f"dispute:{dispute.id}"
@@ -334,7 +380,7 @@ def _post_outcome(session: Session, dispute: Dispute, now: dt.datetime, days: Bu
                           now=now)  # fmt: skip
     if booked is None:
         raise InteropError(InteropCode.E_DISPUTE_TRANSITION, f"item {dispute.item_id} is already in the position")
-    return transfer_id
+    return transfer_id, booked
 
 
 def _claim_for_acceptance(session: Session, item: IssuerItem, dispute: Dispute) -> None:
@@ -426,6 +472,49 @@ def open_for_rejected_item(session: Session, item: OutboxItem, now: dt.datetime)
     )  # fmt: skip
 
 
+def handle_message(
+    session: Session,
+    peer_city: str,
+    message: messages.Message,
+    now: dt.datetime,
+    *,
+    days: BusinessDayClock = DEFAULT_CLOCK,
+    add_working_days: AddWorkingDays = _default_working_days,
+) -> dict[str, object]:
+    """The peer's move of a dispute (a ``dispute`` message), mirrored on our row: the reply's content.
+
+    ``open`` opens our side (the other role); ``move`` makes the peer's move on our row, judged
+    for its deadline on the day the peer made it. A move our row has made already (the two
+    sides' sweeps may both end a late state) changes nothing. A move our rules refuse is answered
+    with its code (the peer marks its message refused and raises an alarm).
+    """
+    move_of = messages.decode_dispute(message.content)
+    ours = Side.ACQUIRER if move_of.by == Side.ISSUER.value else Side.ISSUER
+    made_on = days.day_of(message.created_at)
+    if move_of.action == "open":
+        opened = open_dispute(
+            session, peer_city=peer_city, role=ours, item_id=move_of.item_id, amount_fen=move_of.amount_fen,
+            reason_code=move_of.reason_code, actor=f"peer:{peer_city}", now=now, note=move_of.note[:NOTE_LEN_MAX],
+            days=days, add_working_days=add_working_days, notify=False,
+        )  # fmt: skip
+        return {"item_id": move_of.item_id, "state": opened.to_state.value}
+    found = session.execute(
+        select(Dispute).where(Dispute.peer_city == peer_city, Dispute.role == ours.value,
+                              Dispute.item_id == move_of.item_id)
+    ).scalar_one_or_none()  # fmt: skip
+    if found is None:
+        raise InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"no dispute of item {move_of.item_id} is open here")
+    to = State(move_of.to_state)
+    if found.state == to.value:
+        return {"item_id": move_of.item_id, "state": found.state}
+    moved = move(
+        session, found.id, to, by=Side(move_of.by), actor=f"peer:{peer_city}", now=now,
+        note=move_of.note[:NOTE_LEN_MAX], evidence=move_of.evidence, days=days, add_working_days=add_working_days,
+        window_day=move_of.window_day, made_on=made_on,
+    )  # fmt: skip
+    return {"item_id": move_of.item_id, "state": moved.to_state.value}
+
+
 def events(session: Session, dispute_id: int) -> list[DisputeEvent]:
     return list(
         session.execute(
@@ -455,6 +544,7 @@ __all__ = [
     "events",
     "expiry_move",
     "get",
+    "handle_message",
     "listing",
     "move",
     "open_dispute",

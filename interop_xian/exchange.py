@@ -3,7 +3,9 @@
 A round (``InteropNode.exchange``, run by ``yikatong interop exchange`` and on a schedule by
 ``serve``) is: put back the items the issuer could not judge yet (``E_KEY_UNAVAILABLE``, after
 a wait), collect new forwarded records into the outbox, build batches of the pending
-items, deliver the due batches in order, apply the verdicts of what was acknowledged. Every
+items, deliver the due batches in order, apply the verdicts of what was acknowledged, deliver
+our dispute moves (``message_sender``), and close the windows that are due with the peer
+(``window_exchange``). The node also answers the peer's batches and messages. Every
 step is idempotent and commits on its own, so a round cut short anywhere (a crash, a stop,
 the peer going down) is finished by the next one and moves nothing twice.
 """
@@ -24,12 +26,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.db import session_factory
-from interop_xian import acquirer, outbox
+from interop_xian import acquirer, message_sender, messages, outbox, window_exchange
 from interop_xian.config import InteropConfig
 from interop_xian.errors import InteropCode, InteropError
 from interop_xian.inbox import Receiver
 from interop_xian.items import IssuerJudge, ItemVerdict
 from interop_xian.keys import SigningKeys
+from interop_xian.messages import Message
 from interop_xian.sender import Sender, peer_client
 
 log = logging.getLogger("interop_xian.exchange")
@@ -51,6 +54,11 @@ class RoundReport:
     accepted_fen: int = 0
     requeued: int = 0
     outbox: dict[str, int] = field(default_factory=dict)
+    messages_delivered: int = 0
+    messages_refused: dict[str, str] = field(default_factory=dict)
+    messages_failed: dict[str, str] = field(default_factory=dict)
+    windows: dict[str, str] = field(default_factory=dict)  # window day -> its state after the round
+    windows_stopped: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -86,7 +94,8 @@ class InteropNode:
         self.days = days
         self.clock = clock
         self.on_rejected = on_rejected if on_rejected is not None else acquirer.default_rejection_hook()
-        self.receiver = Receiver(sessions, config, signing, judge, clock=clock)
+        self.receiver = Receiver(sessions, config, signing, judge, clock=clock,
+                                 handlers={"window": self._on_window, "dispute": self._on_dispute})  # fmt: skip
         self._client = client
         self._round = threading.Lock()
 
@@ -98,6 +107,20 @@ class InteropNode:
     def judge(self, judge: IssuerJudge) -> None:
         self.receiver.judge = judge
 
+    # --- the peer's messages (``POST /interop/v1/messages``) ---------------------------
+
+    def _on_window(self, session: Session, peer: str, message: Message, now: dt.datetime) -> dict[str, Any]:
+        """The peer's proposal for a window: our verdicts applied first (they may be why it differs)."""
+        content = messages.decode_window(message.content)
+        acquirer.apply_verdicts(self.sessions, peer, now=now, days=self.days, on_rejected=self.on_rejected)
+        return window_exchange.answer_proposal(session, own_city=self.config.city, peer_city=peer, content=content,
+                                               now=now)  # fmt: skip
+
+    def _on_dispute(self, session: Session, peer: str, message: Message, now: dt.datetime) -> dict[str, Any]:
+        from interop_xian import disputes
+
+        return dict(disputes.handle_message(session, peer, message, now, days=self.days))
+
     def exchange(self, *, now: dt.datetime | None = None, deliver: bool = True) -> RoundReport:
         """One round (module docstring); ``deliver=False`` builds and applies without calling the peer."""
         with self._round:
@@ -107,24 +130,33 @@ class InteropNode:
                                                         resend_after_s=self.config.unavailable_resend_s)  # fmt: skip
             report.collected = outbox.collect(self.sessions, self.config, now=moment)
             report.built = [b.sequence for b in outbox.build_batches(self.sessions, self.config, now=moment)]
-            if deliver:
-                client = self._client or peer_client(self.config)
-                try:
+            client = (self._client or peer_client(self.config)) if deliver else None
+            try:
+                if client is not None:
                     delivery = Sender(self.sessions, self.config, self.signing, client).deliver_due(now=moment)
-                finally:
-                    if self._client is None:
-                        client.close()
-                report.acknowledged, report.resent, report.failed = (
-                    delivery.acknowledged, delivery.resent, delivery.failed,
-                )  # fmt: skip
-            applied = acquirer.apply_verdicts(
-                self.sessions, self.config.peer_city, now=moment, days=self.days, on_rejected=self.on_rejected
-            )
-            report.accepted, report.rejected, report.accepted_fen = (
-                applied.accepted,
-                applied.rejected,
-                applied.accepted_fen,
-            )
+                    report.acknowledged, report.resent, report.failed = (
+                        delivery.acknowledged, delivery.resent, delivery.failed,
+                    )  # fmt: skip
+                applied = acquirer.apply_verdicts(
+                    self.sessions, self.config.peer_city, now=moment, days=self.days, on_rejected=self.on_rejected
+                )
+                report.accepted, report.rejected, report.accepted_fen = (
+                    applied.accepted,
+                    applied.rejected,
+                    applied.accepted_fen,
+                )
+                if client is not None:
+                    # dispute moves before windows: an accepted dispute's money is in the window it names
+                    sent = message_sender.deliver_pending(self.sessions, self.config, self.signing, client, now=moment)
+                    report.messages_delivered = len(sent.delivered)
+                    report.messages_refused, report.messages_failed = sent.refused, sent.failed
+                    closed = window_exchange.close_due(
+                        self.sessions, self.config, self.signing, client, days=self.days, now=moment
+                    )
+                    report.windows, report.windows_stopped = closed.windows, closed.stopped
+            finally:
+                if client is not None and self._client is None:
+                    client.close()
             with self.sessions() as session:
                 report.outbox = outbox.counts(session, self.config.peer_city)
             return report

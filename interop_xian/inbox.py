@@ -39,11 +39,16 @@ from interop_xian.config import InteropConfig
 from interop_xian.errors import InteropCode, InteropError
 from interop_xian.items import IssuerJudge, ItemOutcome
 from interop_xian.keys import PeerKeyRing, SigningKeys
-from interop_xian.models import InBatch, Refusal
+from interop_xian.messages import Message, decode_message, encode_reply
+from interop_xian.models import InBatch, InMessage, Refusal
 from interop_xian.outbox import channel
 
 log = logging.getLogger("interop_xian.inbox")
 REPLAY_HEADER: Final = "X-Yikatong-Replay"
+STORED_KINDS: Final = frozenset({"dispute"})  # acted on once; a window message is handled afresh
+
+# A message's handler, in the transaction that stores its answer: the reply's content, or InteropError.
+MessageHandler = Callable[[Session, str, Message, dt.datetime], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +79,14 @@ class Receiver:
         judge: IssuerJudge,
         *,
         clock: Callable[[], dt.datetime] = _utcnow,
+        handlers: Mapping[str, MessageHandler] | None = None,
     ) -> None:
         self.sessions = sessions
         self.config = config
         self.signing = signing
         self.judge = judge
         self.clock = clock
+        self.handlers: dict[str, MessageHandler] = dict(handlers or {})
         self._lock = threading.Lock()
 
     def receive(self, body: bytes, key_id: str | None, signature: str | None) -> Answer:
@@ -95,20 +102,8 @@ class Receiver:
     def _receive(
         self, body: bytes, key_id: str | None, signature: str | None, now: dt.datetime, claimed: dict[str, Any]
     ) -> Answer:
-        if len(body) > self.config.body_bytes_max:
-            raise InteropError(
-                InteropCode.E_INTEROP_TOO_LARGE, f"a batch is at most {self.config.body_bytes_max} bytes"
-            )
-        if not key_id or not signature:
-            raise InteropError(
-                InteropCode.E_INTEROP_UNSIGNED,
-                f"a batch comes with {wire.KEY_ID_HEADER} and {wire.SIGNATURE_HEADER}; nothing was read",
-            )
-        wire.check_key_id(key_id)
-        with self.sessions() as session:
-            ring = self._ring(session)
-        peer, public = ring.key(key_id, now=now, city=self.config.peer_city)
-        wire.verify("batch", body, signature, public)
+        peer = self._verified("batch", body, key_id, signature, now)
+        assert key_id is not None
         parsed = wire.decode_batch(body)  # at most ITEMS_MAX, within the body limit
         claimed.update(peer_city=parsed.from_city, sequence=parsed.sequence)
         if parsed.from_city != peer or parsed.to_city != self.config.city:
@@ -164,6 +159,88 @@ class Receiver:
                  len(verdicts))  # fmt: skip
         return self._signed(ack)
 
+    def _verified(self, kind: str, body: bytes, key_id: str | None, signature: str | None, now: dt.datetime) -> str:
+        """Steps 1–3 for a body of ``kind``: size, signed, a current key of the peer, a good signature."""
+        if len(body) > self.config.body_bytes_max:
+            raise InteropError(
+                InteropCode.E_INTEROP_TOO_LARGE, f"a {kind} is at most {self.config.body_bytes_max} bytes"
+            )
+        if not key_id or not signature:
+            raise InteropError(
+                InteropCode.E_INTEROP_UNSIGNED,
+                f"a {kind} comes with {wire.KEY_ID_HEADER} and {wire.SIGNATURE_HEADER}; nothing was read",
+            )
+        wire.check_key_id(key_id)
+        with self.sessions() as session:
+            ring = self._ring(session)
+        peer, public = ring.key(key_id, now=now, city=self.config.peer_city)
+        wire.verify(kind, body, signature, public)
+        return peer
+
+    # --- messages (``interop_xian.messages``) ------------------------------------------
+
+    def receive_message(self, body: bytes, key_id: str | None, signature: str | None) -> Answer:
+        """``POST /interop/v1/messages``: a window digest or a dispute move, checked as a batch is, then handled.
+
+        A dispute message acts once: its answer is stored with what it did, in one transaction,
+        and a replay (same id, same digest) gets that answer; the same id with other content is
+        ``E_INTEROP_BATCH_CONFLICT``. A window message is handled afresh each time (its handler
+        is idempotent, and a repeated proposal may agree now where it did not before).
+        """
+        now = self.clock()
+        claimed: dict[str, Any] = {"key_id": key_id if key_id and len(key_id) <= 32 else None}
+        try:
+            peer = self._verified("message", body, key_id, signature, now)
+            message = decode_message(body)
+            claimed["peer_city"] = message.from_city
+            if message.from_city != peer or message.to_city != self.config.city:
+                raise InteropError(
+                    InteropCode.E_INTEROP_WRONG_PEER,
+                    f"a message from {message.from_city} to {message.to_city} signed by {peer}'s key; "
+                    f"this is {self.config.city}",
+                )
+            handler = self.handlers.get(message.kind)
+            if handler is None:
+                raise InteropError(InteropCode.E_INTEROP_NOT_CONFIGURED, f"{message.kind} messages are not taken here")
+            body_digest = wire.digest(body)
+            with self.sessions() as session, session.begin():
+                stored = self._stored_reply(session, peer, message, body_digest)
+                if stored is not None:
+                    return self._signed(stored, kind="reply", replay=True)
+                content = handler(session, peer, message, now)
+                reply = encode_reply(from_city=self.config.city, to_city=peer, message_digest=body_digest,
+                                     answered_at=now, kind=message.kind, content=content)  # fmt: skip
+                if message.kind in STORED_KINDS:
+                    session.add(InMessage(peer_city=peer, message_id=message.message_id, kind=message.kind,
+                                          digest=body_digest, reply_body=reply, received_at=now))  # fmt: skip
+            return self._signed(reply, kind="reply")
+        except InteropError as exc:
+            self._refused(exc, body, now, claimed)
+            return Answer(exc.status, error_body(exc.code, exc.message))
+        except IntegrityError:  # the same message delivered twice at once: the other one acted
+            with self.sessions() as session:
+                again = self._stored_reply(session, peer, message, body_digest)
+            if again is None:
+                failed = InteropError(InteropCode.E_INTEROP_JUDGE_FAILED, "the message could not be stored; resend it")
+                return Answer(failed.status, error_body(failed.code, failed.message))
+            return self._signed(again, kind="reply", replay=True)
+
+    def _stored_reply(self, session: Session, peer: str, message: Message, body_digest: str) -> bytes | None:
+        if message.kind not in STORED_KINDS:
+            return None
+        stored = session.scalars(
+            select(InMessage).where(InMessage.peer_city == peer, InMessage.message_id == message.message_id)
+        ).one_or_none()
+        if stored is None:
+            return None
+        if stored.digest != body_digest:
+            raise InteropError(
+                InteropCode.E_INTEROP_BATCH_CONFLICT,
+                f"message {message.message_id} was received with digest {stored.digest[:16]}…, this one is "
+                f"{body_digest[:16]}…",
+            )
+        return bytes(stored.reply_body)
+
     def _known(
         self, session: Session, peer: str, sequence: int, body_digest: str, last: int, claimed: dict[str, Any]
     ) -> Answer | None:
@@ -195,9 +272,9 @@ class Receiver:
         configured = [(self.config.peer_city, self.config.peer_public_key)] if self.config.peer_public_key else []
         return PeerKeyRing.load(session, configured=configured)
 
-    def _signed(self, ack: bytes, *, replay: bool = False) -> Answer:
+    def _signed(self, ack: bytes, *, kind: str = "ack", replay: bool = False) -> Answer:
         key_id, private = self.signing.current()
-        headers = {wire.KEY_ID_HEADER: key_id, wire.SIGNATURE_HEADER: wire.sign("ack", ack, private)}
+        headers = {wire.KEY_ID_HEADER: key_id, wire.SIGNATURE_HEADER: wire.sign(kind, ack, private)}
         if replay:
             headers[REPLAY_HEADER] = "original"
         return Answer(200, ack, headers)
@@ -219,4 +296,4 @@ class Receiver:
             log.exception("interop: could not store the refusal")
 
 
-__all__ = ["REPLAY_HEADER", "Answer", "Receiver", "error_body"]
+__all__ = ["REPLAY_HEADER", "STORED_KINDS", "Answer", "MessageHandler", "Receiver", "error_body"]

@@ -206,7 +206,7 @@ ITEM_OUTCOMES: Final = ("accepted", "rejected")
 BOOKING_DIRECTIONS: Final = ("due_to", "due_from")
 BOOKING_SOURCES: Final = ("item", "dispute")
 WINDOW_STATES: Final = ("proposed", "mismatch", "final")
-ALARM_KINDS: Final = ("net_debit_cap", "digest_mismatch")
+ALARM_KINDS: Final = ("net_debit_cap", "digest_mismatch", "window_moved", "message_refused")
 DISPUTE_ROLES: Final = ("issuer", "acquirer")
 DISPUTE_STATES: Final = ("opened", "evidence_requested", "evidence_given", "accepted", "rejected", "written_off")
 
@@ -407,22 +407,84 @@ class DisputeEvent(Base):
 # --- end issuer ---
 
 
+# --- messages (migration 0016) ---
+# ``interop_xian.messages``: the signed messages beside the batches — window digests, dispute moves.
+
+MESSAGE_KINDS: Final = ("window", "dispute")
+OUT_MESSAGE_STATES: Final = ("pending", "delivered", "refused")
+
+
+class OutMessage(Base):
+    """A dispute move for the peer, kept from the transaction that made it until the peer answered.
+
+    ``body`` is the canonical message (built once, resent byte for byte, like a batch). Messages
+    to a peer are delivered in id order, so a dispute's moves arrive in the order they were made.
+    Window digests are not kept here: each round proposes afresh (``interop_xian.window_close``).
+    """
+
+    __tablename__ = "interop_messages_out"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    peer_city: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    digest: Mapped[str] = mapped_column(String(64))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    reply_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", MESSAGE_KINDS), name="kind_valid"),
+        CheckConstraint(_in("state", OUT_MESSAGE_STATES), name="state_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        Index("ix_interop_messages_out_peer_state", "peer_city", "state", "id"),
+    )
+
+
+class InMessage(Base):
+    """A peer's dispute message we acted on, and our answer: a replay gets the same answer, acts once."""
+
+    __tablename__ = "interop_messages_in"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    peer_city: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(8))
+    digest: Mapped[str] = mapped_column(String(64))
+    reply_body: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("peer_city", "message_id"),
+        CheckConstraint(_in("kind", MESSAGE_KINDS), name="kind_valid"),
+    )
+
+
 __all__ = [
     "ALARM_KINDS",
     "BOOKING_DIRECTIONS",
     "DIRECTIONS",
     "DISPUTE_STATES",
+    "MESSAGE_KINDS",
     "OUTBOX_STATES",
     "OUT_BATCH_STATES",
+    "OUT_MESSAGE_STATES",
     "Alarm",
     "Booking",
     "Dispute",
     "DisputeEvent",
     "InBatch",
+    "InMessage",
     "InteropChannel",
     "InteropWindow",
     "IssuerItem",
     "OutBatch",
+    "OutMessage",
     "OutboxItem",
     "PeerKey",
     "PeerLimit",

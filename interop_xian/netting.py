@@ -7,11 +7,16 @@ our terminal, the peer owes us: DUE_FROM → our operator). The issuer side book
 transaction (``interop_xian.issuer``); the acquirer side calls ``book`` in the transaction that
 applies the peer's verdict. One row per (peer, direction, item): booking twice changes nothing.
 
-**Windows.** An item belongs to the window of its tap's business day (Asia/Shanghai, the
-business-day clock), unless that window's instruction is already final with this peer: then it
-joins the next window after the latest final one, exactly as ``clearing.ingest_totals.window_of``
-does for settlement's windows. The tap day is in the record itself, so both sides put an item in
-the same window without being told; the issuer's verdict says it too (``window_day``).
+**Windows.** The issuer decides an item's window and its verdict names it (``window_day``); the
+acquirer books it there, never in a window of its own choosing, so both journals hold the same
+items per window. The issuer puts an item in the window of its tap's business day
+(Asia/Shanghai, the business-day clock), unless that window is already *closed* with this peer —
+proposed, mismatched or final (``window_close``): once a side has proposed a window's
+instruction its judge puts nothing more in it, and the item joins the next window after the
+latest closed one, exactly as ``clearing.ingest_totals.window_of`` does for settlement's
+windows (``latest_closed``). An acquirer told to book into a window that is final on its side
+(which a peer following these rules never asks) books it in its next open window and raises an
+alarm: that window's digests then disagree until a person looks.
 
 **Net debit cap.** Our net debit towards a peer is what we owe it less what it owes us, over
 the windows not yet final (they are not settled yet: that is the exposure). A cap per peer
@@ -194,9 +199,33 @@ def latest_final(session: Session, peer_city: str) -> dt.date | None:
     ).scalar_one_or_none()
 
 
-def window_for(event_day: dt.date, latest_final_day: dt.date | None) -> dt.date:
+CLOSED_STATES: Final = ("proposed", "mismatch", "final")
+
+
+def latest_closed(session: Session, peer_city: str) -> dt.date | None:
+    """The latest window with the peer that takes no new items from our judge (proposed or later)."""
+    return session.execute(
+        select(func.max(InteropWindow.window_day)).where(
+            InteropWindow.peer_city == peer_city, InteropWindow.state.in_(CLOSED_STATES)
+        )
+    ).scalar_one_or_none()
+
+
+def window_for(event_day: dt.date, latest_closed_day: dt.date | None) -> dt.date:
     """The window an item of tap day ``event_day`` joins (``clearing.ingest_totals.window_of``'s rule)."""
-    return window_of(event_day, latest_final_day)
+    return window_of(event_day, latest_closed_day)
+
+
+def acquired_window(named: dt.date | None, tap_day: dt.date, latest_final_day: dt.date | None) -> tuple[dt.date, bool]:
+    """Where the acquirer books an accepted item: the issuer's named window, unless it is final here.
+
+    Returns (window, honoured): ``honoured`` is False when the named window (or, without one, the
+    tap day's) was final on our side and the item moved to the next open window (an alarm).
+    """
+    wanted = named or tap_day
+    if latest_final_day is not None and wanted <= latest_final_day:
+        return latest_final_day + dt.timedelta(days=1), False
+    return wanted, True
 
 
 def open_net_debit(session: Session, peer_city: str) -> int:
@@ -237,13 +266,14 @@ def book(
 ) -> dt.date | None:
     """One accepted item in the position journal: the window it went to, or None if booked already.
 
-    The acquirer side calls it with ``direction=DUE_FROM`` in the transaction that posts DUE_FROM →
-    operator, with ``window_day`` = the issuer's verdict's (or the tap's business day). A window
-    already final with the peer takes nothing more: the item goes to the next open one.
+    ``due_to`` (we are the issuer, we decide): ``window_day`` is the event's day, and the item
+    goes to the first window not closed yet (``latest_closed``). ``due_from`` (the acquirer):
+    ``window_day`` is the window the issuer named, kept unless it is final here.
     """
     assert direction in (DUE_TO, DUE_FROM) and amount_fen > 0
     lock_peer(session, peer_city)
-    window_day = window_for(window_day, latest_final(session, peer_city))
+    window_day = window_for(window_day, latest_closed(session, peer_city) if direction == DUE_TO else
+                            latest_final(session, peer_city))  # fmt: skip
     insert = conflict_insert(session.get_bind().dialect.name)
     result = session.execute(
         insert(Booking)
@@ -284,16 +314,16 @@ def book_many(
 def sync_acquired(session: Session, peer_city: str, *, now: dt.datetime | None = None) -> int:
     """Book ``due_from`` every item the acquirer side applied as accepted and did not book yet; how many.
 
-    The acquirer (``interop_xian.acquirer``) posts DUE_FROM → operator for an accepted item; the
-    position journal must hold it too. This reads the accepted outbox items of the peer without a
-    booking and books each in its tap day's window (rolled past final windows), so the position
-    is right whether or not the acquirer called ``book`` itself. Idempotent.
+    The acquirer (``interop_xian.acquirer``) books each accepted item as it applies the verdict;
+    this catches any it did not, in the window the issuer's verdict named (``acquired_window``),
+    so the position is right either way. Idempotent.
     """
     booked = select(Booking.id).where(
         Booking.peer_city == peer_city, Booking.direction == DUE_FROM, Booking.item_id == OutboxItem.item_id
     )
     rows = session.execute(
-        select(OutboxItem.item_id, OutboxItem.amount_fen, OutboxItem.transfer_id, InteropForward.business_day)
+        select(OutboxItem.item_id, OutboxItem.amount_fen, OutboxItem.transfer_id, OutboxItem.window_day,
+               InteropForward.business_day)
         .join(InteropForward, InteropForward.id == OutboxItem.forward_id)
         .where(
             OutboxItem.peer_city == peer_city,
@@ -302,11 +332,30 @@ def sync_acquired(session: Session, peer_city: str, *, now: dt.datetime | None =
             ~booked.exists(),
         )
         .order_by(OutboxItem.id)
-    ).all()
-    for item_id, amount, transfer_id, day in rows:
-        book(session, peer_city=peer_city, direction=DUE_FROM, item_id=item_id, amount_fen=int(amount),
-             window_day=day, transfer_id=transfer_id or "", now=now)  # fmt: skip
+    ).all()  # fmt: skip
+    if not rows:
+        return 0
+    lock_peer(session, peer_city)
+    final = latest_final(session, peer_city)
+    for item_id, amount, transfer_id, named, day in rows:
+        window, honoured = acquired_window(named, day, final)
+        if not honoured:
+            moved_alarm(session, peer_city, item_id, named or day, window, now=now)
+        book_many(session, peer_city=peer_city, direction=DUE_FROM, now=now or dt.datetime.now(dt.UTC),
+                  rows=[(item_id, int(amount), window, transfer_id or "")])  # fmt: skip
     return len(rows)
+
+
+def moved_alarm(
+    session: Session, peer_city: str, item_id: str, named: dt.date, window: dt.date, *, now: dt.datetime | None
+) -> None:
+    """The alarm of an accepted item the issuer put in a window that is final on our side."""
+    raise_alarm(
+        session, peer_city=peer_city, kind="window_moved", window_day=window, now=now,
+        message=f"item {item_id}: {peer_city} booked it in window {named}, which is final here; "
+        f"booked in {window} instead, whose digests will differ until a person looks",
+        details={"item_id": item_id, "named_window": named.isoformat(), "booked_window": window.isoformat()},
+    )  # fmt: skip
 
 
 def raise_alarm(
@@ -338,10 +387,12 @@ def alarms(session: Session, peer_city: str | None = None, *, limit: int = 100) 
 
 __all__ = [
     "ALARM_PCT_DEFAULT",
+    "CLOSED_STATES",
     "DUE_FROM",
     "DUE_TO",
     "Cap",
     "Position",
+    "acquired_window",
     "alarms",
     "book",
     "book_many",
@@ -350,8 +401,10 @@ __all__ = [
     "fits_under_cap",
     "instruction_transfer_id",
     "issuer_item_transfer_id",
+    "latest_closed",
     "latest_final",
     "lock_peer",
+    "moved_alarm",
     "net_of",
     "open_net_debit",
     "position",

@@ -265,6 +265,7 @@ def conclude(
                 f"the peer's {peer_digest[:16]}… cannot change it",
             )
         return Conclusion(True, proposal.instruction, proposal.digest, peer_digest)
+    known_mismatch = proposal.state == "mismatch" and row.peer_digest == peer_digest  # alarmed already
     row.peer_digest = peer_digest
     if peer_digest == proposal.digest:
         _post_final(session, own_city, peer_city, proposal.instruction)
@@ -273,6 +274,9 @@ def conclude(
         return Conclusion(True, proposal.instruction, proposal.digest, peer_digest)
     found = differences(proposal.instruction.lines, peer_lines) if peer_lines is not None else None
     row.state, row.updated_at = "mismatch", now
+    if known_mismatch:  # the same two digests again: one alarm is enough
+        session.flush()
+        return Conclusion(False, proposal.instruction, proposal.digest, peer_digest, found)
     netting.raise_alarm(
         session, peer_city=peer_city, kind="digest_mismatch", window_day=window_day, now=now,
         message=f"window {window_day}: our instruction {proposal.digest[:16]}… and {peer_city}'s "

@@ -123,7 +123,7 @@ def test_opening_an_open_dispute_again_returns_it_and_bad_input_is_refused(issue
     assert note.value.code.value == "E_BAD_DISPUTE"
 
 
-def test_the_sweep_ends_late_disputes_against_the_side_that_let_the_deadline_pass(issuer_sqlite: Engine) -> None:
+def test_the_sweep_ends_our_own_late_disputes_against_us(issuer_sqlite: Engine) -> None:
     world = make_world(issuer_sqlite, cards=2)
     with Session(issuer_sqlite) as s, s.begin():
         netting.set_cap(s, PEER, 0)
@@ -137,7 +137,11 @@ def test_the_sweep_ends_late_disputes_against_the_side_that_let_the_deadline_pas
     late = NOW + dt.timedelta(days=30)
     with Session(issuer_sqlite) as s, s.begin():
         moved = {m.dispute_id: m.to_state for m in disputes.sweep(s, now=late, add_working_days=weekdays)}
-    assert moved == {unanswered: State.ACCEPTED, no_evidence: State.WRITTEN_OFF}
+    # Each side ends only its own late states: the issuer's unanswered dispute is accepted; the
+    # acquirer's missing evidence is the acquirer's to write off (its sweep, over the channel).
+    assert moved == {unanswered: State.ACCEPTED}
+    with Session(issuer_sqlite) as s:
+        assert disputes.get(s, no_evidence).state == State.EVIDENCE_REQUESTED.value
     assert world.due_to_fen() == 100  # the unanswered dispute was accepted and posted
     with pytest.raises(InteropError) as raised:
         _move(issuer_sqlite, unanswered, State.REJECTED, Side.ISSUER, at=late)
