@@ -110,6 +110,9 @@ def _default_working_days(start: dt.date, n: int) -> dt.date:
     return add_working_days(start, n)
 
 
+DEFAULT_ADD_WORKING_DAYS: Final[AddWorkingDays] = _default_working_days
+
+
 # --- the pure rules --------------------------------------------------------------------------
 
 
@@ -532,6 +535,7 @@ def listing(session: Session, *, state: str | None = None, limit: int = 200) -> 
 
 __all__ = [
     "DEADLINE_WORKING_DAYS",
+    "DEFAULT_ADD_WORKING_DAYS",
     "EXPIRY",
     "FINAL",
     "MOVES",

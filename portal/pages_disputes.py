@@ -139,7 +139,8 @@ def _move(
         moved = disputes.move(
             session, dispute_id, disputes.State(target), by=disputes.Side(dispute.role), actor=actor,
             now=pages.clock(), note=(note or "")[:FIELD_CHARS_MAX], days=pages.days,
-            evidence=(evidence or "")[:FIELD_CHARS_MAX] if evidence else None, **kw,
+            evidence=(evidence or "")[:FIELD_CHARS_MAX] if evidence else None,
+            add_working_days=kw.get("add_working_days", disputes.DEFAULT_ADD_WORKING_DAYS),
         )  # fmt: skip
         staff.console.audit.record(
             session, actor=actor, action="dispute_move", target=f"dispute:{dispute_id}",

@@ -44,7 +44,7 @@ def cities(request: pytest.FixtureRequest, pg_url: str, tmp_path_factory: pytest
             engine = db.make_engine(pg_url, schema=schema)
         databases[city] = (url, engine)
     try:
-        yield from start_cities(home, databases, both_ways=True, YIKATONG_INTEROP_WINDOW_CLOSE_DELAY_S="0")
+        yield from start_cities(home, databases, both_ways=True, env={"YIKATONG_INTEROP_WINDOW_CLOSE_DELAY_S": "0"})
     finally:
         for _, engine in databases.values():
             engine.dispose()
@@ -144,8 +144,9 @@ def test_a_forged_taps_dispute_goes_to_evidence_and_a_write_off_on_both_sides(ci
              logs=c.instances())  # fmt: skip
     with Session(c.xian.engine) as s, s.begin():
         dispute_id = int(c.xian.scalar("SELECT id FROM interop_disputes WHERE item_id = :i", i=item))
+        note = "the TAC does not verify: send the validator's log"
         disputes.move(s, dispute_id, State.EVIDENCE_REQUESTED, by=Side.ISSUER, actor="clerk",
-                      now=dt.datetime.now(dt.UTC), note="the TAC does not verify: send the validator's log")  # fmt: skip
+                      now=dt.datetime.now(dt.UTC), note=note)  # fmt: skip
     wait_for("Xianyang to see the request", lambda: _dispute_state(c, "xianyang", item) == "evidence_requested",
              logs=c.instances())  # fmt: skip
     with Session(c.xianyang.engine) as s, s.begin():

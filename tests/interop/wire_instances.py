@@ -390,26 +390,30 @@ class Cities:
 
 
 def start_cities(
-    home: Path, databases: dict[str, tuple[str, Engine]], *, both_ways: bool = False, **env: str
+    home: Path, databases: dict[str, tuple[str, Engine]], *, both_ways: bool = False, env: dict[str, str] | None = None
 ) -> Iterator[Cities]:
     """Both cities up (Xi'an first), keys exchanged, Xi'an cards issued, a Xianyang terminal; stopped after.
 
     ``both_ways``: Xi'an runs the exchange too (straight to Xianyang, no relay), for its window
     digests and dispute moves; ``env`` is added to both cities' environment.
     """
+    env = env or {}
     ca = make_ca(home)
     certs = {c: make_server_cert(ca, home, c) for c in ("xianyang", "xian")}
-    xian = make_instance("xian", home / "xian", *databases["xian"], ca[2], YIKATONG_INTEROP_EXCHANGE_INTERVAL_S="0",
-                         **env)  # fmt: skip
+    xian = make_instance("xian", home / "xian", *databases["xian"], ca[2], YIKATONG_INTEROP_EXCHANGE_INTERVAL_S="0")
+    xian.env.update(env)
     relay = Relay(xian.port)
     xianyang = make_instance(
         "xianyang", home / "xianyang", *databases["xianyang"], ca[2],
         YIKATONG_PEER_URL=f"https://127.0.0.1:{relay.port}", YIKATONG_INTEROP_EXCHANGE_INTERVAL_S="0.5",
-        YIKATONG_INTEROP_RETRY_BASE_S="0.3", YIKATONG_INTEROP_RETRY_MAX_S="1", YIKATONG_INTEROP_TIMEOUT_S="5", **env,
+        YIKATONG_INTEROP_RETRY_BASE_S="0.3", YIKATONG_INTEROP_RETRY_MAX_S="1", YIKATONG_INTEROP_TIMEOUT_S="5",
     )  # fmt: skip
+    xianyang.env.update(env)
     if both_ways:
-        xian.env.update(YIKATONG_PEER_URL=f"https://127.0.0.1:{xianyang.port}", YIKATONG_INTEROP_EXCHANGE_INTERVAL_S="0.5",
-                        YIKATONG_INTEROP_RETRY_BASE_S="0.3", YIKATONG_INTEROP_RETRY_MAX_S="1")  # fmt: skip
+        xian.env.update(
+            YIKATONG_PEER_URL=f"https://127.0.0.1:{xianyang.port}", YIKATONG_INTEROP_EXCHANGE_INTERVAL_S="0.5",
+            YIKATONG_INTEROP_RETRY_BASE_S="0.3", YIKATONG_INTEROP_RETRY_MAX_S="1",
+        )  # fmt: skip
     exchange_keys(xianyang, xian)
     cards = issue_xian_cards(xian, 3, 20_000)
     terminal = register_terminal(xianyang)
