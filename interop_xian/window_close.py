@@ -14,8 +14,9 @@ final.
 **Final.** The instruction posts, in our ledger (``inet:<peer>:<yyyymmdd>:<leg>``, code INTEROP,
 source ``interop-window:<peer>:<day>``): ``offset`` DUE_TO → DUE_FROM for the part that nets out,
 then ``pay`` DUE_TO → bank settlement for what we owe net, or ``receive`` bank settlement →
-DUE_FROM for what we are owed net. Both accounts of the window go back to zero for it. The
-window takes no more items: later ones go to the next open window (``netting.window_for``).
+DUE_FROM for what we are owed net. Both accounts of the window go back to zero for it. A
+window takes no more items from our judge once proposed (``netting.latest_closed``): later
+ones go to the next open window. ``window_exchange`` carries the digests over the channel.
 Settlement's close lists every instruction finalized since its previous close in
 ``interop-<day>.csv`` (``settlement/close.py``, the interop hook).
 
