@@ -137,6 +137,10 @@ def test_a_day_of_taps_is_accepted_at_the_issuer_with_equal_and_opposite_positio
     assert owed_to_us == we_owe and sum(owed_to_us.values()) == 900  # equal and opposite, window by window
     assert c.xianyang.scalar("SELECT sum(gross_fen) FROM settlement_totals") == 900
     assert c.xian.scalar("SELECT count(*) FROM interop_batches_in") == 1
+    # The forged tap's dispute is opened at Xi'an too (a message of its own, before the next test's faults).
+    wait_for("the dispute to reach Xi'an", lambda: c.xian.scalar("SELECT count(*) FROM interop_disputes") == 1,
+             logs=_logs(c))  # fmt: skip
+    assert c.xianyang.scalar("SELECT state FROM interop_messages_out") == "delivered"
 
 
 def test_a_lost_acknowledgement_is_answered_by_the_original_and_judged_once(cities: Cities) -> None:
