@@ -134,11 +134,11 @@ class Pair:
     now: dt.datetime = NOW
     ingest_log: list[bytes] = field(default_factory=list)
 
-    def tap(self, amounts: Sequence[int], *, tac: str | None = None) -> None:
-        """One upload from the Xianyang terminal: a Xi'an card's tap per amount."""
+    def tap(self, amounts: Sequence[int], *, tac: str | None = None, at: dt.datetime | None = None) -> None:
+        """One upload from the Xianyang terminal: a Xi'an card's tap per amount (from ``at``, else T0's day)."""
         for n, amount in enumerate(amounts):
-            record = self.terminal.tap(self.cards[n % len(self.cards)], amount,
-                                       T0 + dt.timedelta(minutes=self.terminal.seq))  # fmt: skip
+            when = (at + dt.timedelta(seconds=n)) if at is not None else T0 + dt.timedelta(minutes=self.terminal.seq)
+            record = self.terminal.tap(self.cards[n % len(self.cards)], amount, when)
             if tac is not None:
                 import msgspec
 
