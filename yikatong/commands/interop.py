@@ -68,7 +68,7 @@ def exchange(
         bool, typer.Option("--no-send", help="collect and build batches and apply verdicts, but call no peer")
     ] = False,
 ) -> None:
-    """Run one exchange round with the peer: collect, batch, deliver, apply verdicts."""
+    """Run one exchange round with the peer: batches, verdicts, dispute moves, and the windows due to close."""
     from clearing.business_day import clock_from_settings
     from clearing.keystore import KeyStore
     from interop_xian.exchange import UnavailableJudge, node_from_settings
@@ -97,6 +97,16 @@ def exchange(
         table.add_row("items accepted", f"{report.accepted} ({report.accepted_fen} fen)")
         table.add_row("items rejected", str(report.rejected))
         table.add_row("outbox", ", ".join(f"{k} {v}" for k, v in sorted(report.outbox.items())) or "empty")
+        moves = f"{report.messages_delivered} delivered"
+        if report.messages_refused:
+            moves += f", {len(report.messages_refused)} refused (see the alarms)"
+        if report.messages_failed:
+            moves += f", {len(report.messages_failed)} waiting for the peer"
+        table.add_row("dispute moves", moves)
+        windows = ", ".join(f"{day} {state}" for day, state in sorted(report.windows.items()))
+        table.add_row("windows", windows or "none due")
+        if report.windows_stopped:
+            table.add_row("window close stopped at", report.windows_stopped)
         out.print(table)
     if report.failed:
         if not as_json:
