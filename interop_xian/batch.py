@@ -67,18 +67,42 @@ def canonical(document: Any) -> bytes:
 
 
 def _no_floats(value: Any, depth: int = 0) -> None:
+    """Refuse floats, non-string keys and nesting past 32 levels, depth first in document order.
+
+    A call per container only: a member's checks (depth, then float) are made in the loop, in
+    the order one call per value made them, so the same document fails with the same message.
+    """
     if depth > 32:
-        raise InteropError(InteropCode.E_INTEROP_MALFORMED, "the document nests deeper than 32 levels")
+        raise _too_deep()
     if isinstance(value, float):
-        raise InteropError(InteropCode.E_INTEROP_MALFORMED, "a number with a fraction: amounts are integer fen")
+        raise _a_float()
+    inner = depth + 1
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise InteropError(InteropCode.E_INTEROP_MALFORMED, "an object key that is not a string")
-            _no_floats(v, depth + 1)
+            if inner > 32:
+                raise _too_deep()
+            if isinstance(v, dict | list):
+                _no_floats(v, inner)
+            elif isinstance(v, float):
+                raise _a_float()
     elif isinstance(value, list):
         for v in value:
-            _no_floats(v, depth + 1)
+            if inner > 32:
+                raise _too_deep()
+            if isinstance(v, dict | list):
+                _no_floats(v, inner)
+            elif isinstance(v, float):
+                raise _a_float()
+
+
+def _too_deep() -> InteropError:
+    return InteropError(InteropCode.E_INTEROP_MALFORMED, "the document nests deeper than 32 levels")
+
+
+def _a_float() -> InteropError:
+    return InteropError(InteropCode.E_INTEROP_MALFORMED, "a number with a fraction: amounts are integer fen")
 
 
 def digest(body: bytes) -> str:
@@ -113,8 +137,11 @@ def public_key_from_hex(hex_key: str) -> Ed25519PublicKey:
 # --- signatures -------------------------------------------------------------------------
 
 
+SIGNED_KINDS: Final = frozenset({"batch", "ack", "message", "reply"})  # ``interop_xian.messages``: the last two
+
+
 def _message(kind: str, body: bytes) -> bytes:
-    assert kind in ("batch", "ack")
+    assert kind in SIGNED_KINDS
     return SIGNATURE_DOMAIN + kind.encode() + b"\n" + hashlib.sha256(body).digest()
 
 

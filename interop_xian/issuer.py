@@ -32,11 +32,12 @@ transaction:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import msgspec
 from sqlalchemy import Engine, Table, insert, select, text, tuple_
@@ -47,7 +48,8 @@ from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import TapRecord
 from clearing.contract.codes import Code
 from clearing.ingest import TacKeys
-from clearing.ledger import TransferSpec, post_transfers
+from clearing.ingest_pg import copy_text
+from clearing.ledger import TransferSpec, pg_int_array, pg_text_array, post_transfers, post_transfers_bulk
 from clearing.models import Issuer, TransferCode
 from clearing.validation import (
     CardCounterKey,
@@ -213,7 +215,7 @@ class IssuerJudgeDb:
             capped |= refused
         outcomes = dict(zip(keep, judgement.outcomes, strict=True))
         times = dict(zip(keep, judgement.tx_times, strict=True))
-        latest_final = netting.latest_final(session, peer_city)
+        latest_closed = netting.latest_closed(session, peer_city)  # proposed windows take no more
         verdicts: list[ItemVerdict] = []
         rows: list[dict[str, object]] = []
         transfers: list[TransferSpec] = []
@@ -242,7 +244,7 @@ class IssuerJudgeDb:
                 claims = outcome.claims_keys
                 if outcome.posts:
                     assert tx_at is not None
-                    window = netting.window_for(self.days.day_of(tx_at), latest_final)
+                    window = netting.window_for(self.days.day_of(tx_at), latest_closed)
                     verdict = _with_window(verdict, window)
                     if record.amount_fen > 0:
                         transfer_id = netting.issuer_item_transfer_id(peer_city, f.item.item_id)
@@ -270,14 +272,97 @@ class IssuerJudgeDb:
                     "transfer_id": transfer_id, "record": dict(f.item.record), "received_at": received_at,
                 }
             )  # fmt: skip
-        if transfers:
-            post_transfers(session, transfers)
-        netting.book_many(session, peer_city=peer_city, direction=netting.DUE_TO, rows=bookings, now=received_at)
-        if rows:
-            session.execute(insert(_ITEMS), rows)  # Core executemany: no ORM bulk bookkeeping
+        write = _write_verdicts_pg if session.get_bind().dialect.name == "postgresql" else _write_verdicts
+        write(session, peer_city, transfers, bookings, rows, received_at)
         foreign.write_card_updates(session, ctx, judgement)
         _alarms(session, peer_city, cap, net_before, accepted_fen, len(capped), received_at)
         return verdicts
+
+
+def _write_verdicts(
+    session: Session, peer_city: str, transfers: Sequence[TransferSpec],
+    bookings: Sequence[tuple[str, int, dt.date, str]], rows: Sequence[Mapping[str, object]], now: dt.datetime,
+) -> None:  # fmt: skip
+    """The money, the bookings and the verdict rows through the generic paths (SQLite)."""
+    if transfers:
+        post_transfers(session, transfers)
+    netting.book_many(session, peer_city=peer_city, direction=netting.DUE_TO, rows=bookings, now=now)
+    if rows:
+        session.execute(insert(_ITEMS), rows)  # Core executemany: no ORM bulk bookkeeping
+
+
+def _write_verdicts_pg(
+    session: Session, peer_city: str, transfers: Sequence[TransferSpec],
+    bookings: Sequence[tuple[str, int, dt.date, str]], rows: Sequence[Mapping[str, object]], now: dt.datetime,
+) -> None:  # fmt: skip
+    """``_write_verdicts`` as clearing's PostgreSQL ingest writes (COPY, one statement over arrays each).
+
+    The same rows and rules: the ledger's decisions, locks and flags (``post_transfers_bulk``),
+    ``netting.book_many``'s conflict rule, and a duplicate verdict row fails the batch.
+    """
+    if transfers:
+        post_transfers_bulk(session, transfers)
+    _book_many_pg(session, peer_city, bookings, now)
+    _copy_items(session, rows)
+
+
+# ``netting.book_many`` as one statement over arrays (PostgreSQL): the same rows, the same conflict rule.
+_BOOK_PG: Final = text("""
+INSERT INTO interop_bookings (peer_city, window_day, direction, item_id, amount_fen, source, transfer_id, created_at)
+SELECT :peer, v.w, :direction, v.i, v.a, 'item', v.t, :now
+FROM unnest(CAST(:w AS date[]), CAST(:i AS text[]), CAST(:a AS bigint[]), CAST(:t AS text[])) AS v(w, i, a, t)
+ON CONFLICT (peer_city, direction, item_id) DO NOTHING
+""")
+_ITEM_COLUMNS: Final = (
+    "peer_city", "item_id", "batch_id", "terminal_id", "terminal_seq", "record_digest", "issuer_id", "card_asn",
+    "offline_counter", "tx_type", "amount_fen", "tx_time", "outcome", "code", "message", "claims_keys", "window_day",
+    "transfer_id", "record", "received_at",
+)  # fmt: skip
+
+
+def _book_many_pg(
+    session: Session, peer_city: str, bookings: Sequence[tuple[str, int, dt.date, str]], now: dt.datetime
+) -> None:
+    """The judge's ``due_to`` bookings (``netting.book_many``'s rows) in one ``INSERT … SELECT FROM unnest``."""
+    if not bookings:
+        return
+    session.execute(
+        _BOOK_PG,
+        {"peer": peer_city, "direction": netting.DUE_TO, "now": now,
+         "w": pg_text_array(b[2].isoformat() for b in bookings), "i": pg_text_array(b[0] for b in bookings),
+         "a": pg_int_array(b[1] for b in bookings), "t": pg_text_array(b[3] for b in bookings)},
+    )  # fmt: skip
+
+
+def _opt_time(value: dt.date | None) -> str:
+    return "\\N" if value is None else value.isoformat()
+
+
+def _item_line(r: Mapping[str, Any]) -> str:
+    """One verdict row as a COPY text line, in ``_ITEM_COLUMNS`` order (the types of ``IssuerItem``).
+
+    Free text through ``copy_text``; the record as the text SQLAlchemy's JSON type binds
+    (``json.dumps``), so the stored JSON is the generic path's to the byte.
+    """
+    t = copy_text
+    return (
+        f"{t(r['peer_city'])}\t{t(r['item_id'])}\t{t(r['batch_id'])}\t{t(r['terminal_id'])}\t{int(r['terminal_seq'])}"
+        f"\t{t(r['record_digest'])}\t{t(r['issuer_id'])}\t{t(r['card_asn'])}\t{int(r['offline_counter'])}"
+        f"\t{int(r['tx_type'])}\t{int(r['amount_fen'])}\t{_opt_time(r['tx_time'])}\t{t(r['outcome'])}\t{t(r['code'])}"
+        f"\t{t(r['message'])}\t{'t' if r['claims_keys'] else 'f'}\t{_opt_time(r['window_day'])}\t{t(r['transfer_id'])}"
+        f"\t{t(json.dumps(r['record']))}\t{_opt_time(r['received_at'])}\n"
+    )
+
+
+def _copy_items(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The verdict rows by COPY (the Core insert's rows; a duplicate item fails the batch as it would)."""
+    if not rows:
+        return
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    data = "".join(map(_item_line, rows))
+    with driver.cursor() as cur, cur.copy(f"COPY interop_issuer_items ({', '.join(_ITEM_COLUMNS)}) FROM STDIN") as copy:
+        copy.write(data)
 
 
 def ctx_time(record: TapRecord) -> dt.datetime | None:
@@ -327,21 +412,31 @@ def peer_issuer_id(session: Session, peer_city: str) -> str:
     return str(found[0])
 
 
+_STORED_PG: Final = text("""
+SELECT i.item_id, i.outcome, i.code, i.amount_fen, i.message, i.window_day
+FROM unnest(CAST(:ids AS text[])) AS k(id) JOIN interop_issuer_items i ON i.peer_city = :peer AND i.item_id = k.id
+""")  # ``unnest``, not ``= ANY``: probed through the (peer, item) index, never a scan of every verdict
+
+
 def _stored_verdicts(session: Session, peer_city: str, item_ids: Sequence[str]) -> dict[str, ItemVerdict]:
-    out: dict[str, ItemVerdict] = {}
     wanted = sorted(set(item_ids))
-    for start in range(0, len(wanted), _CHUNK):
-        rows = session.execute(
-            select(
-                IssuerItem.item_id, IssuerItem.outcome, IssuerItem.code, IssuerItem.amount_fen, IssuerItem.message,
-                IssuerItem.window_day,
-            ).where(IssuerItem.peer_city == peer_city, IssuerItem.item_id.in_(wanted[start : start + _CHUNK]))
-        )  # fmt: skip
-        for item_id, outcome, code, amount, message, window in rows:
-            accepted = outcome == ItemOutcome.ACCEPTED.value
-            out[item_id] = ItemVerdict(
-                item_id, ItemOutcome(outcome), code, int(amount) if accepted else 0, message, window
-            )
+    rows: list[Any] = []
+    if session.get_bind().dialect.name == "postgresql":  # one array, not chunked IN lists
+        rows.extend(session.execute(_STORED_PG, {"peer": peer_city, "ids": pg_text_array(wanted)}))
+    else:
+        for start in range(0, len(wanted), _CHUNK):
+            rows.extend(
+                session.execute(
+                    select(
+                        IssuerItem.item_id, IssuerItem.outcome, IssuerItem.code, IssuerItem.amount_fen,
+                        IssuerItem.message, IssuerItem.window_day,
+                    ).where(IssuerItem.peer_city == peer_city, IssuerItem.item_id.in_(wanted[start : start + _CHUNK]))
+                )
+            )  # fmt: skip
+    out: dict[str, ItemVerdict] = {}
+    for item_id, outcome, code, amount, message, window in rows:
+        accepted = outcome == ItemOutcome.ACCEPTED.value
+        out[item_id] = ItemVerdict(item_id, ItemOutcome(outcome), code, int(amount) if accepted else 0, message, window)
     return out
 
 
@@ -368,13 +463,13 @@ def _claimed_keys(
     if session.get_bind().dialect.name == "postgresql":  # two statements over arrays, not chunked IN lists
         rows_pg = session.execute(
             text(_CLAIMED_SEQS_PG),
-            {"peer": peer_city, "t": [t for t, _ in seqs], "s": [s for _, s in seqs]},
+            {"peer": peer_city, "t": pg_text_array(t for t, _ in seqs), "s": pg_int_array(s for _, s in seqs)},
         )
         seen_seqs.update((str(t), int(s)) for t, s in rows_pg)
         rows_pg = session.execute(
             text(_CLAIMED_COUNTERS_PG),
-            {"i": [c[0] for c in counters], "a": [c[1] for c in counters], "c": [c[2] for c in counters],
-             "x": [c[3] for c in counters]},
+            {"i": pg_text_array(c[0] for c in counters), "a": pg_text_array(c[1] for c in counters),
+             "c": pg_int_array(c[2] for c in counters), "x": pg_int_array(c[3] for c in counters)},
         )  # fmt: skip
         seen_counters.update((str(i), str(a), int(c), int(t)) for i, a, c, t in rows_pg)
         return seen_seqs, seen_counters

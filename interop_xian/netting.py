@@ -318,9 +318,9 @@ def sync_acquired(session: Session, peer_city: str, *, now: dt.datetime | None =
     this catches any it did not, in the window the issuer's verdict named (``acquired_window``),
     so the position is right either way. Idempotent.
     """
-    booked = select(Booking.id).where(
-        Booking.peer_city == peer_city, Booking.direction == DUE_FROM, Booking.item_id == OutboxItem.item_id
-    )
+    # NOT IN over the peer's booked ids (a hashed subplan on PostgreSQL), not a correlated NOT EXISTS:
+    # with stale statistics on a fresh journal that was planned as a nested loop, quadratic in the items.
+    booked = select(Booking.item_id).where(Booking.peer_city == peer_city, Booking.direction == DUE_FROM)
     rows = session.execute(
         select(OutboxItem.item_id, OutboxItem.amount_fen, OutboxItem.transfer_id, OutboxItem.window_day,
                InteropForward.business_day)
@@ -329,7 +329,7 @@ def sync_acquired(session: Session, peer_city: str, *, now: dt.datetime | None =
             OutboxItem.peer_city == peer_city,
             OutboxItem.state == "accepted",
             OutboxItem.amount_fen > 0,
-            ~booked.exists(),
+            OutboxItem.item_id.not_in(booked),
         )
         .order_by(OutboxItem.id)
     ).all()  # fmt: skip

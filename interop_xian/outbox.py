@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing.db import conflict_insert, lock_for_update
+from clearing.ledger import pg_int_array, pg_text_array
 from clearing.models import ForwardState, InteropForward, Issuer
 from interop_xian.batch import digest, encode_batch
 from interop_xian.config import InteropConfig
@@ -52,6 +53,19 @@ def collect(sessions: sessionmaker[Session], config: InteropConfig, *, now: dt.d
             issuers = peer_issuer_ids(session, config.peer_city)
             if not issuers:
                 return added
+            if _set_based(session):
+                picked = int(
+                    session.execute(
+                        _COLLECT_PG,
+                        {"forwarded": ForwardState.FORWARDED.value, "issuers": pg_text_array(issuers),
+                         "n": COLLECT_CHUNK,
+                         "city": config.city, "peer": config.peer_city, "now": now},
+                    ).scalar_one()
+                )  # fmt: skip
+                added += picked
+                if picked < COLLECT_CHUNK:
+                    return added
+                continue
             rows = session.execute(
                 select(
                     InteropForward.id, InteropForward.issuer_id, InteropForward.terminal_id,
@@ -83,6 +97,33 @@ def collect(sessions: sessionmaker[Session], config: InteropConfig, *, now: dt.d
             return added
 
 
+def _set_based(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# ``collect``'s read and insert as one statement on PostgreSQL (no rows through Python): the same
+# rows, the item id of ``item_id_of``, the same conflict rule; it counts the forwards it picked,
+# as the generic path does.
+_COLLECT_PG: Final = text("""
+WITH picked AS (
+    SELECT f.id, f.issuer_id, f.terminal_id, f.terminal_seq, f.record_digest, f.amount_fen
+    FROM interop_forwards f
+    WHERE f.state = :forwarded AND f.issuer_id = ANY(CAST(:issuers AS text[]))
+      AND NOT EXISTS (SELECT 1 FROM interop_outbox o WHERE o.forward_id = f.id)
+    ORDER BY f.id
+    LIMIT :n
+), added AS (
+    INSERT INTO interop_outbox (forward_id, item_id, peer_city, peer_issuer_id, amount_fen, state, created_at,
+                                updated_at)
+    SELECT id, :city || ':' || terminal_id || ':' || terminal_seq || ':' || left(record_digest, 16), :peer,
+           issuer_id, amount_fen, 'pending', :now, :now
+    FROM picked ORDER BY id
+    ON CONFLICT DO NOTHING
+)
+SELECT count(*) FROM picked
+""")
+
+
 def channel(session: Session, peer_city: str, direction: str, *, lock: bool) -> InteropChannel:
     """The channel row of a direction, created at 0 if missing; row-locked when ``lock``."""
     insert = conflict_insert(session.get_bind().dialect.name)
@@ -97,6 +138,12 @@ def channel(session: Session, peer_city: str, direction: str, *, lock: bool) -> 
         query = query.with_for_update()
     row = session.scalars(query.execution_options(populate_existing=True)).one()
     return row
+
+
+_SEND_PG: Final = text("""
+UPDATE interop_outbox SET state = 'sent', batch_sequence = :sequence, updated_at = :now
+WHERE id IN (SELECT unnest(CAST(:ids AS bigint[])))
+""")  # ``unnest``, not ``= ANY``: a thousand-id ``ANY`` may be planned as a scan of the whole outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +184,14 @@ def build_batches(
                 break
             sequence = row.last_sequence + 1
             ids = [p.id for p in pending]
-            session.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id.in_(ids))
-                .values(state="sent", batch_sequence=sequence, updated_at=now)
-            )
+            if _set_based(session):  # one array, not an IN list of a batch's ids
+                session.execute(_SEND_PG, {"sequence": sequence, "now": now, "ids": pg_int_array(ids)})
+            else:
+                session.execute(
+                    update(OutboxItem)
+                    .where(OutboxItem.id.in_(ids))
+                    .values(state="sent", batch_sequence=sequence, updated_at=now)
+                )
             items = items_of_batch(session, config.peer_city, sequence)
             assert [i.item_id for i in items] and len(items) == len(ids), "a batch is exactly its items"
             body = encode_batch(from_city=config.city, to_city=config.peer_city, sequence=sequence,

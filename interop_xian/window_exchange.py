@@ -67,9 +67,7 @@ def due_days(session: Session, peer_city: str, *, before: dt.date) -> list[dt.da
     """The windows with the peer to close now: not final, with items or a proposal, ended before ``before``."""
     final = set(
         session.execute(
-            select(InteropWindow.window_day).where(
-                InteropWindow.peer_city == peer_city, InteropWindow.state == "final"
-            )
+            select(InteropWindow.window_day).where(InteropWindow.peer_city == peer_city, InteropWindow.state == "final")
         ).scalars()
     )
     booked = session.execute(
