@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -396,7 +396,14 @@ def decode_ack(body: bytes) -> Ack:
     )  # fmt: skip
 
 
-def check_verdicts(items: Sequence[InteropItem], verdicts: Sequence[ItemVerdict]) -> None:
+class Identified(Protocol):
+    """What ``check_verdicts`` reads of an item: its id (an ``InteropItem``, or the id of one sent)."""
+
+    @property
+    def item_id(self) -> str: ...
+
+
+def check_verdicts(items: Sequence[Identified], verdicts: Sequence[ItemVerdict]) -> None:
     """One verdict per item, in item order; an acceptance with an amount, a rejection with 0 and a code.
 
     Asserted on both sides of the boundary: the issuer before it stores its answer, the

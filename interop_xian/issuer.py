@@ -302,36 +302,15 @@ def _write_verdicts_pg(
     """
     if transfers:
         post_transfers_bulk(session, transfers)
-    _book_many_pg(session, peer_city, bookings, now)
+    netting.book_many(session, peer_city=peer_city, direction=netting.DUE_TO, rows=bookings, now=now)
     _copy_items(session, rows)
 
 
-# ``netting.book_many`` as one statement over arrays (PostgreSQL): the same rows, the same conflict rule.
-_BOOK_PG: Final = text("""
-INSERT INTO interop_bookings (peer_city, window_day, direction, item_id, amount_fen, source, transfer_id, created_at)
-SELECT :peer, v.w, :direction, v.i, v.a, 'item', v.t, :now
-FROM unnest(CAST(:w AS date[]), CAST(:i AS text[]), CAST(:a AS bigint[]), CAST(:t AS text[])) AS v(w, i, a, t)
-ON CONFLICT (peer_city, direction, item_id) DO NOTHING
-""")
 _ITEM_COLUMNS: Final = (
     "peer_city", "item_id", "batch_id", "terminal_id", "terminal_seq", "record_digest", "issuer_id", "card_asn",
     "offline_counter", "tx_type", "amount_fen", "tx_time", "outcome", "code", "message", "claims_keys", "window_day",
     "transfer_id", "record", "received_at",
 )  # fmt: skip
-
-
-def _book_many_pg(
-    session: Session, peer_city: str, bookings: Sequence[tuple[str, int, dt.date, str]], now: dt.datetime
-) -> None:
-    """The judge's ``due_to`` bookings (``netting.book_many``'s rows) in one ``INSERT … SELECT FROM unnest``."""
-    if not bookings:
-        return
-    session.execute(
-        _BOOK_PG,
-        {"peer": peer_city, "direction": netting.DUE_TO, "now": now,
-         "w": pg_text_array(b[2].isoformat() for b in bookings), "i": pg_text_array(b[0] for b in bookings),
-         "a": pg_int_array(b[1] for b in bookings), "t": pg_text_array(b[3] for b in bookings)},
-    )  # fmt: skip
 
 
 def _opt_time(value: dt.date | None) -> str:

@@ -286,6 +286,14 @@ def book(
     return window_day if getattr(result, "rowcount", 0) else None
 
 
+_BOOK_MANY_PG: Final = text("""
+INSERT INTO interop_bookings (peer_city, window_day, direction, item_id, amount_fen, source, transfer_id, created_at)
+SELECT :peer, v.w, :direction, v.i, v.a, :source, v.t, :now
+FROM unnest(CAST(:w AS date[]), CAST(:i AS text[]), CAST(:a AS bigint[]), CAST(:t AS text[])) AS v(w, i, a, t)
+ON CONFLICT (peer_city, direction, item_id) DO NOTHING
+""")
+
+
 def book_many(
     session: Session,
     *,
@@ -299,6 +307,16 @@ def book_many(
     and computed each window with ``window_for(…, latest_final)`` (the judge: one statement a batch)."""
     assert direction in (DUE_TO, DUE_FROM)
     if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":  # one statement over arrays, not an executemany
+        from clearing.ledger import pg_int_array, pg_text_array
+
+        session.execute(
+            _BOOK_MANY_PG,
+            {"peer": peer_city, "direction": direction, "source": source, "now": now,
+             "w": pg_text_array(r[2].isoformat() for r in rows), "i": pg_text_array(r[0] for r in rows),
+             "a": pg_int_array(r[1] for r in rows), "t": pg_text_array(r[3] for r in rows)},
+        )  # fmt: skip
         return
     insert = conflict_insert(session.get_bind().dialect.name)
     session.execute(

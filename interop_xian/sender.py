@@ -28,17 +28,18 @@ import datetime as dt
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 import httpx
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from interop_xian import batch as wire
 from interop_xian.config import InteropConfig
 from interop_xian.errors import InteropCode, InteropError
+from interop_xian.items import ItemVerdict
 from interop_xian.keys import PeerKeyRing, SigningKeys
 from interop_xian.models import OutBatch, OutboxItem
 
@@ -205,7 +206,7 @@ class Sender:
             raise bad(f"the acknowledgement is for {ack.from_city}→{ack.to_city} batch {ack.sequence}")
         if ack.batch_digest != out.digest:
             raise bad("the acknowledgement is for other content (digest differs)")
-        items = wire.decode_batch(out.body).items  # what was sent, whatever the items became since
+        items = _sent_item_ids(out.body)  # what was sent, whatever the items became since
         try:
             wire.check_verdicts(items, ack.verdicts)
         except InteropError as exc:
@@ -226,6 +227,10 @@ class Sender:
             ).rowcount  # type: ignore[attr-defined]  # fmt: skip
             if not done:
                 return  # another sender stored it first
+            if session.get_bind().dialect.name == "postgresql":
+                _store_verdicts_pg(session, ack.verdicts, now)
+                log.info("interop: batch %s acknowledged by %s", out.sequence, self.config.peer_city)
+                return
             items = cast(Table, OutboxItem.__table__)
             session.execute(
                 update(items)
@@ -252,6 +257,28 @@ class Sender:
         log.warning("interop: batch %s not delivered (attempt %d, next in %s): %s", out.sequence, attempts, wait, exc)
 
 
+_STORE_VERDICTS_PG: Final = text("""
+UPDATE interop_outbox AS o SET state = 'acknowledged', code = v.c, verdict_amount_fen = v.a, window_day = v.w,
+       message = v.m, updated_at = :now
+FROM unnest(CAST(:i AS text[]), CAST(:c AS text[]), CAST(:a AS bigint[]), CAST(:w AS date[]), CAST(:m AS text[]))
+     AS v(i, c, a, w, m)
+WHERE o.item_id = v.i AND o.state = 'sent'
+""")
+
+
+def _store_verdicts_pg(session: Session, verdicts: Sequence[ItemVerdict], now: dt.datetime) -> None:
+    """The acknowledgement's verdicts on their items in one statement over arrays (PostgreSQL)."""
+    from clearing.ledger import pg_int_array, pg_text_array
+
+    session.execute(
+        _STORE_VERDICTS_PG,
+        {"now": now, "i": pg_text_array(v.item_id for v in verdicts), "c": pg_text_array(v.code for v in verdicts),
+         "a": pg_int_array(v.amount_fen for v in verdicts),
+         "w": pg_text_array(None if v.window_day is None else v.window_day.isoformat() for v in verdicts),
+         "m": pg_text_array(v.message or None for v in verdicts)},
+    )  # fmt: skip
+
+
 def _error_of(response: httpx.Response) -> tuple[str, str, int | None]:
     """The code, message and expected sequence of an error answer (whatever shape it has)."""
     try:
@@ -266,6 +293,16 @@ def _error_of(response: httpx.Response) -> tuple[str, str, int | None]:
         str(body.get("message", ""))[:500],
         expected if isinstance(expected, int) and not isinstance(expected, bool) else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _SentItem:
+    item_id: str
+
+
+def _sent_item_ids(body: bytes) -> list[_SentItem]:
+    """The item ids of a batch we built and stored (checked when built: no need to decode it again)."""
+    return [_SentItem(str(item["item_id"])) for item in json.loads(body)["items"]]
 
 
 ClientFactory = Callable[[InteropConfig], httpx.Client]
