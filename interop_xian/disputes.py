@@ -39,11 +39,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from clearing import accounts
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
+from clearing.db import lock_for_update
 from clearing.ingest_totals import SALE, payee_of_tap, record_event
 from clearing.ledger import LedgerBatchError, TransferSpec, post_transfers
 from clearing.models import InteropForward, Tap, Terminal, TransferCode
@@ -271,18 +272,29 @@ def move(
     evidence_text = _checked_text(evidence, EVIDENCE_LEN_MAX, "evidence") if evidence is not None else None
     if not 0 < dispute_id <= DISPUTE_ID_MAX:
         raise _unknown(dispute_id)
-    dispute = session.execute(select(Dispute).where(Dispute.id == dispute_id).with_for_update()).scalar_one_or_none()
+    lock_for_update(session)  # SQLite: the write lock before the state is read (PostgreSQL: the row's lock)
+    dispute = session.execute(
+        select(Dispute).where(Dispute.id == dispute_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()  # populate_existing: a row the caller loaded before the lock is read again, not trusted
     if dispute is None:
         raise InteropError(InteropCode.E_UNKNOWN_DISPUTE, f"dispute {dispute_id} does not exist")
     state = State(dispute.state)
     today = days.day_of(now)
+    if made_on is not None:  # the peer's day, never before our row's last move nor after today
+        made_on = min(max(made_on, days.day_of(dispute.updated_at)), today)
     check_move(state, to, by, today=made_on or today, deadline=dispute.deadline)
+    # Compare and set: the state moves from the one read here, or the move is refused.
+    claimed = session.execute(
+        update(Dispute).where(Dispute.id == dispute_id, Dispute.state == state.value).values(state=to.value)
+    ).rowcount  # type: ignore[attr-defined]
+    if claimed != 1:
+        raise InteropError(InteropCode.E_DISPUTE_TRANSITION, f"dispute {dispute_id} moved meanwhile; look again")
     if to is State.EVIDENCE_GIVEN and not evidence_text:
         raise InteropError(InteropCode.E_BAD_DISPUTE, "giving evidence needs the evidence (a reference or text)")
     transfer_id, window = (None, None)
     if to is State.ACCEPTED:
         transfer_id, window = _post_outcome(session, dispute, now, days, window_day)
-    deadline = deadline_of(to, today, add_working_days)
+    deadline = deadline_of(to, made_on or today, add_working_days)  # a mirrored move: from the peer's day, as its
     dispute.state, dispute.deadline, dispute.updated_at = to.value, deadline, now
     if transfer_id is not None:
         dispute.outcome_transfer_id = transfer_id
@@ -494,6 +506,8 @@ def handle_message(
     move_of = messages.decode_dispute(message.content)
     ours = Side.ACQUIRER if move_of.by == Side.ISSUER.value else Side.ISSUER
     made_on = days.day_of(message.created_at)
+    if ours is Side.ACQUIRER:
+        _check_ours_rejected(session, peer_city, move_of)
     if move_of.action == "open":
         opened = open_dispute(
             session, peer_city=peer_city, role=ours, item_id=move_of.item_id, amount_fen=move_of.amount_fen,
@@ -510,12 +524,44 @@ def handle_message(
     to = State(move_of.to_state)
     if found.state == to.value:
         return {"item_id": move_of.item_id, "state": found.state}
+    if ours is Side.ACQUIRER and to is State.ACCEPTED and found.amount_fen > 0:
+        _check_named_window(session, peer_city, move_of.window_day, today=days.day_of(now))
     moved = move(
         session, found.id, to, by=Side(move_of.by), actor=f"peer:{peer_city}", now=now,
         note=move_of.note[:NOTE_LEN_MAX], evidence=move_of.evidence, days=days, add_working_days=add_working_days,
         window_day=move_of.window_day, made_on=made_on,
     )  # fmt: skip
     return {"item_id": move_of.item_id, "state": moved.to_state.value}
+
+
+def _check_ours_rejected(session: Session, peer_city: str, move_of: messages.DisputeContent) -> None:
+    """The issuer's word about a tap on our terminal is taken only for a tap we sent it and it rejected.
+
+    Our dispute as acquirer is of one of our outbox items, sent to this peer and rejected, for its
+    amount: a peer cannot open (or accept) one for a tap never forwarded, nor for another amount.
+    """
+    item = session.execute(
+        select(OutboxItem).where(OutboxItem.peer_city == peer_city, OutboxItem.item_id == move_of.item_id)
+    ).scalar_one_or_none()
+    if item is None or item.state != "rejected":
+        raise InteropError(
+            InteropCode.E_BAD_DISPUTE, f"item {move_of.item_id} is not one of ours that {peer_city} rejected"
+        )
+    if move_of.action == "open" and move_of.amount_fen != item.amount_fen:
+        raise InteropError(
+            InteropCode.E_BAD_DISPUTE,
+            f"item {move_of.item_id} is a record of {item.amount_fen} fen, not {move_of.amount_fen}",
+        )
+
+
+def _check_named_window(session: Session, peer_city: str, named: dt.date | None, *, today: dt.date) -> None:
+    """An acceptance's window must be one still open here, and not beyond tomorrow (the peer's clock may run ahead)."""
+    final = netting.latest_final(session, peer_city)
+    if named is None or (final is not None and named <= final) or named > today + dt.timedelta(days=1):
+        raise InteropError(
+            InteropCode.E_BAD_DISPUTE,
+            f"an acceptance names window {named}; open windows here are after {final} and not beyond {today}",
+        )
 
 
 def events(session: Session, dispute_id: int) -> list[DisputeEvent]:

@@ -114,7 +114,7 @@ class InteropNode:
         content = messages.decode_window(message.content)
         acquirer.apply_verdicts(self.sessions, peer, now=now, days=self.days, on_rejected=self.on_rejected)
         return window_exchange.answer_proposal(session, own_city=self.config.city, peer_city=peer, content=content,
-                                               now=now)  # fmt: skip
+                                               now=now, days=self.days)  # fmt: skip
 
     def _on_dispute(self, session: Session, peer: str, message: Message, now: dt.datetime) -> dict[str, Any]:
         from interop_xian import disputes

@@ -45,6 +45,8 @@ from interop_xian.outbox import channel
 
 log = logging.getLogger("interop_xian.inbox")
 REPLAY_HEADER: Final = "X-Yikatong-Replay"
+EARLIEST_MESSAGE: Final = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+MESSAGE_CLOCK_SKEW: Final = dt.timedelta(days=1)  # a peer's clock ahead of ours by more is refused
 STORED_KINDS: Final = frozenset({"dispute"})  # acted on once; a window message is handled afresh
 
 # A message's handler, in the transaction that stores its answer: the reply's content, or InteropError.
@@ -199,20 +201,34 @@ class Receiver:
                     f"a message from {message.from_city} to {message.to_city} signed by {peer}'s key; "
                     f"this is {self.config.city}",
                 )
+            if not EARLIEST_MESSAGE <= message.created_at <= now + MESSAGE_CLOCK_SKEW:
+                raise InteropError(
+                    InteropCode.E_INTEROP_MALFORMED,
+                    f"created_at {message.created_at:%Y-%m-%dT%H:%M:%SZ} is not a time this message can have been made",
+                )
             handler = self.handlers.get(message.kind)
             if handler is None:
                 raise InteropError(InteropCode.E_INTEROP_NOT_CONFIGURED, f"{message.kind} messages are not taken here")
             body_digest = wire.digest(body)
-            with self.sessions() as session, session.begin():
-                stored = self._stored_reply(session, peer, message, body_digest)
-                if stored is not None:
-                    return self._signed(stored, kind="reply", replay=True)
-                content = handler(session, peer, message, now)
-                reply = encode_reply(from_city=self.config.city, to_city=peer, message_digest=body_digest,
-                                     answered_at=now, kind=message.kind, content=content)  # fmt: skip
-                if message.kind in STORED_KINDS:
-                    session.add(InMessage(peer_city=peer, message_id=message.message_id, kind=message.kind,
-                                          digest=body_digest, reply_body=reply, received_at=now))  # fmt: skip
+            try:
+                with self.sessions() as session, session.begin():
+                    stored = self._stored_reply(session, peer, message, body_digest)
+                    if stored is not None:
+                        return self._signed(stored, kind="reply", replay=True)
+                    content = handler(session, peer, message, now)
+                    reply = encode_reply(from_city=self.config.city, to_city=peer, message_digest=body_digest,
+                                         answered_at=now, kind=message.kind, content=content)  # fmt: skip
+                    if message.kind in STORED_KINDS:
+                        session.add(InMessage(peer_city=peer, message_id=message.message_id, kind=message.kind,
+                                              digest=body_digest, reply_body=reply, received_at=now))  # fmt: skip
+            except InteropError:
+                # Refused by the rules, or the same message acted meanwhile (two deliveries at once):
+                # then its stored answer is the answer.
+                with self.sessions() as fresh:
+                    again = self._stored_reply(fresh, peer, message, body_digest)
+                if again is not None:
+                    return self._signed(again, kind="reply", replay=True)
+                raise
             return self._signed(reply, kind="reply")
         except InteropError as exc:
             self._refused(exc, body, now, claimed)

@@ -213,6 +213,12 @@ def decode_dispute(content: Mapping[str, Any]) -> DisputeContent:
         raise _malformed(f"note must be a string of at most {TEXT_LEN_MAX}")
     if evidence is not None and (not isinstance(evidence, str) or len(evidence) > TEXT_LEN_MAX):
         raise _malformed(f"evidence must be null or a string of at most {TEXT_LEN_MAX}")
+    for name in ("item_id", "reason_code"):
+        value = content[name]
+        if isinstance(value, str) and not value.isprintable():
+            raise _malformed(f"{name} must be printable text")
+    if "\x00" in note or (evidence is not None and "\x00" in evidence):
+        raise _malformed("note and evidence are text without NUL")
     return DisputeContent(
         item_id=wire._str(content["item_id"], "item_id", ITEM_ID_LEN_MAX),
         action=str(content["action"]),

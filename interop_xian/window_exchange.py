@@ -44,13 +44,19 @@ log = logging.getLogger("interop_xian.window_exchange")
 
 
 def answer_proposal(
-    session: Session, *, own_city: str, peer_city: str, content: messages.WindowContent, now: dt.datetime
-) -> dict[str, Any]:
+    session: Session, *, own_city: str, peer_city: str, content: messages.WindowContent, now: dt.datetime,
+    days: BusinessDayClock,
+) -> dict[str, Any]:  # fmt: skip
     """The peer proposed ``content``: conclude with it and answer our instruction and its state.
 
-    Raises ``E_WINDOW_FINAL`` (final here with another digest) or ``E_WINDOW_NOT_PROPOSED`` (an
-    earlier window of ours is not final yet), which the endpoint answers as a 409.
+    Raises ``E_WINDOW_NOT_DUE`` (its business day has not ended here: a window is never closed
+    ahead of its day), ``E_WINDOW_FINAL`` (final here with another digest) or
+    ``E_WINDOW_NOT_PROPOSED`` (an earlier window of ours is not final yet), all 409s.
     """
+    if content.window_day >= days.day_of(now):
+        raise InteropError(
+            InteropCode.E_WINDOW_NOT_DUE, f"window {content.window_day} has not ended here yet: it cannot close"
+        )
     theirs = window_close.from_document(content.instruction)
     conclusion = window_close.conclude(
         session, own_city=own_city, peer_city=peer_city, window_day=content.window_day, peer_digest=content.digest,
