@@ -11,6 +11,7 @@ could not run. Failures of the route itself get the same ``{code, message}`` sha
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -20,7 +21,7 @@ from clearing.api import AnsweringRoute
 from interop_xian import batch as wire
 from interop_xian.errors import InteropCode, InteropError
 from interop_xian.exchange import InteropNode
-from interop_xian.inbox import error_body
+from interop_xian.inbox import Answer, error_body
 
 log = logging.getLogger("interop_xian.api")
 MEDIA_TYPE = "application/json"
@@ -79,6 +80,19 @@ async def _read_bounded(request: Request, limit: int) -> tuple[bytes, Response |
     return b"", Response(error_body(exc.code, exc.message), status_code=exc.status, media_type=MEDIA_TYPE)
 
 
+async def _answer(
+    request: Request, node: InteropNode, receive: Callable[[bytes, str | None, str | None], Answer]
+) -> Response:
+    """Read the bounded body and hand it with the signature headers to ``receive`` (in a worker thread)."""
+    body, refused = await _read_bounded(request, node.config.body_bytes_max)
+    if refused is not None:
+        return refused
+    answer = await run_in_threadpool(
+        receive, body, request.headers.get(wire.KEY_ID_HEADER), request.headers.get(wire.SIGNATURE_HEADER)
+    )
+    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers), media_type=MEDIA_TYPE)
+
+
 @router.post(
     "/batches",
     openapi_extra=_BATCH_DOC,
@@ -95,16 +109,7 @@ async def _read_bounded(request: Request, limit: int) -> tuple[bytes, Response |
 async def post_batch(request: Request) -> Response:
     """Receive one of the peer's batches (``interop_xian.inbox``)."""
     node = _node(request)
-    body, refused = await _read_bounded(request, node.config.body_bytes_max)
-    if refused is not None:
-        return refused
-    answer = await run_in_threadpool(
-        node.receiver.receive,
-        body,
-        request.headers.get(wire.KEY_ID_HEADER),
-        request.headers.get(wire.SIGNATURE_HEADER),
-    )
-    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers), media_type=MEDIA_TYPE)
+    return await _answer(request, node, node.receiver.receive)
 
 
 _MESSAGE_DOC: dict[str, Any] = {
@@ -134,16 +139,7 @@ _MESSAGE_DOC: dict[str, Any] = {
 async def post_message(request: Request) -> Response:
     """Receive one of the peer's messages: a window digest or a dispute move (``interop_xian.messages``)."""
     node = _node(request)
-    body, refused = await _read_bounded(request, node.config.body_bytes_max)
-    if refused is not None:
-        return refused
-    answer = await run_in_threadpool(
-        node.receiver.receive_message,
-        body,
-        request.headers.get(wire.KEY_ID_HEADER),
-        request.headers.get(wire.SIGNATURE_HEADER),
-    )
-    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers), media_type=MEDIA_TYPE)
+    return await _answer(request, node, node.receiver.receive_message)
 
 
 def mount(app: FastAPI, node: InteropNode) -> None:

@@ -69,8 +69,8 @@ def canonical(document: Any) -> bytes:
 def _no_floats(value: Any, depth: int = 0) -> None:
     """Refuse floats, non-string keys and nesting past 32 levels, depth first in document order.
 
-    A call per container only: a member's checks (depth, then float) are made in the loop, in
-    the order one call per value made them, so the same document fails with the same message.
+    A call per container only: a member's checks (depth, then float) are made in the loop; an
+    object's keys are checked before its members.
     """
     if depth > 32:
         raise _too_deep()
@@ -78,23 +78,20 @@ def _no_floats(value: Any, depth: int = 0) -> None:
         raise _a_float()
     inner = depth + 1
     if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InteropError(InteropCode.E_INTEROP_MALFORMED, "an object key that is not a string")
-            if inner > 32:
-                raise _too_deep()
-            if isinstance(v, dict | list):
-                _no_floats(v, inner)
-            elif isinstance(v, float):
-                raise _a_float()
+        if not all(isinstance(k, str) for k in value):
+            raise InteropError(InteropCode.E_INTEROP_MALFORMED, "an object key that is not a string")
+        members: Any = value.values()
     elif isinstance(value, list):
-        for v in value:
-            if inner > 32:
-                raise _too_deep()
-            if isinstance(v, dict | list):
-                _no_floats(v, inner)
-            elif isinstance(v, float):
-                raise _a_float()
+        members = value
+    else:
+        return
+    for v in members:
+        if inner > 32:
+            raise _too_deep()
+        if isinstance(v, dict | list):
+            _no_floats(v, inner)
+        elif isinstance(v, float):
+            raise _a_float()
 
 
 def _too_deep() -> InteropError:

@@ -93,7 +93,9 @@ CODES: Final[dict[InteropCode, CodeInfo]] = {
     C.E_BAD_CAP: CodeInfo(422, "a net debit cap below 0 fen or an alarm percentage outside 1..100"),
     C.E_WINDOW_FINAL: CodeInfo(409, "the window's net settlement instruction is already final"),
     C.E_WINDOW_NOT_PROPOSED: CodeInfo(409, "an earlier window with items is not final yet: windows close in day order"),
-    C.E_WINDOW_NOT_DUE: CodeInfo(409, "the window's business day has not ended here: it cannot close yet"),
+    C.E_WINDOW_NOT_DUE: CodeInfo(
+        409, "the window cannot close here yet: its day has not ended, or our taps of it are still on their way"
+    ),
     C.E_DIGEST_MISMATCH: CodeInfo(409, "the peer's instruction digest is not ours: an alarm lists both sides' items"),
     C.E_UNKNOWN_DISPUTE: CodeInfo(404, "no such dispute"),
     C.E_DISPUTE_TRANSITION: CodeInfo(409, "the dispute cannot move from its state to that one, or not by this side"),

@@ -364,6 +364,29 @@ def sync_acquired(session: Session, peer_city: str, *, now: dt.datetime | None =
     return len(rows)
 
 
+IN_FLIGHT_EXEMPT: Final = ("E_KEY_UNAVAILABLE",)  # the issuer kept no verdict: it books nothing until it judges
+
+
+def taps_in_flight(session: Session, peer_city: str, through: dt.date) -> int:
+    """How many of our taps of a day up to ``through`` are on their way to the peer and not settled here.
+
+    Sent and not acknowledged, or acknowledged and not applied: the issuer may have booked them
+    in a window we do not show yet, so comparing that window now would only be a false mismatch.
+    """
+    return int(
+        session.execute(
+            select(func.count(OutboxItem.id))
+            .join(InteropForward, InteropForward.id == OutboxItem.forward_id)
+            .where(
+                OutboxItem.peer_city == peer_city,
+                InteropForward.business_day <= through,
+                (OutboxItem.state == "sent")
+                | ((OutboxItem.state == "acknowledged") & OutboxItem.code.not_in(IN_FLIGHT_EXEMPT)),
+            )
+        ).scalar_one()
+    )
+
+
 def moved_alarm(
     session: Session, peer_city: str, item_id: str, named: dt.date, window: dt.date, *, now: dt.datetime | None
 ) -> None:
@@ -430,5 +453,6 @@ __all__ = [
     "read_cap",
     "set_cap",
     "sync_acquired",
+    "taps_in_flight",
     "window_for",
 ]

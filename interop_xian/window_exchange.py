@@ -16,9 +16,13 @@ when both hold the same items, and whichever side asks first, the other's answer
 everything needed: a lost reply is a failed attempt, the next round asks again and gets the
 same answer (a final window answers its stored instruction).
 
-A mismatch is usually a verdict one side has not applied yet (an acknowledgement lost on the
-way): the next round's exchange applies it and the same window agrees. One that stays is for a
-person (the alarm lists both sides' items and where they differ).
+Neither side compares a window while its own taps of that day are on their way (sent and not
+acknowledged, or acknowledged and not applied: ``netting.taps_in_flight``): the issuer may have
+booked them already, and the comparison would only be a false mismatch. The asker stops its
+walk there; the answerer says ``E_WINDOW_NOT_DUE`` and is asked again next round. A mismatch
+that remains (an acknowledgement lost on the way, applied by the next round) agrees once the
+journals do; one that stays is for a person (the alarm lists both sides' items and where they
+differ).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from clearing.business_day import BusinessDayClock
-from interop_xian import messages, window_close
+from interop_xian import messages, netting, window_close
 from interop_xian.config import InteropConfig
 from interop_xian.errors import InteropCode, InteropError
 from interop_xian.keys import SigningKeys
@@ -56,6 +60,12 @@ def answer_proposal(
     if content.window_day >= days.day_of(now):
         raise InteropError(
             InteropCode.E_WINDOW_NOT_DUE, f"window {content.window_day} has not ended here yet: it cannot close"
+        )
+    waiting = netting.taps_in_flight(session, peer_city, content.window_day)
+    if waiting:
+        raise InteropError(
+            InteropCode.E_WINDOW_NOT_DUE,
+            f"window {content.window_day}: {waiting} of our taps of that day or before are on their way; ask again",
         )
     theirs = window_close.from_document(content.instruction)
     conclusion = window_close.conclude(
@@ -111,6 +121,11 @@ def close_due(
         due = due_days(session, config.peer_city, before=cutoff)
         ring = peer_ring(session, config)
     for day in due:
+        with sessions() as session:
+            waiting = netting.taps_in_flight(session, config.peer_city, day)
+        if waiting:  # their verdicts first: the window would only differ now
+            report.stopped = f"{day}: {waiting} of our taps of that day or before are still on their way"
+            break
         try:
             with sessions() as session, session.begin():
                 proposal = window_close.propose(

@@ -23,14 +23,12 @@ from wire_instances import (
     XIANYANG_ISSUER,
     Cities,
     Instance,
-    pg_url_with_schema,
-    start_cities,
+    cities_on,
     tap,
     upload,
     wait_for,
 )
 
-from clearing import db
 from interop_xian import batch as wire
 from interop_xian.inbox import REPLAY_HEADER
 
@@ -40,27 +38,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
 @pytest.fixture(scope="module", params=["postgres+postgres", "postgres+sqlite"])
 def cities(request: pytest.FixtureRequest, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cities]:
     home = tmp_path_factory.mktemp(f"two-{request.param.replace('+', '-')}")
-    schemas = []
-    databases = {}
-    for city in ("xianyang", "xian"):
-        if city == "xian" and request.param.endswith("sqlite"):
-            url = f"sqlite:///{home / 'xian.db'}"
-            engine = db.ensure_migrated(url)
-        else:
-            schema = db.random_schema_name(f"t_two_{city[:4]}_")
-            db.create_schema(pg_url, schema)
-            db.upgrade(pg_url, schema=schema)
-            schemas.append(schema)
-            url = pg_url_with_schema(pg_url, schema)
-            engine = db.make_engine(pg_url, schema=schema)
-        databases[city] = (url, engine)
-    try:
-        yield from start_cities(home, databases)
-    finally:
-        for _, engine in databases.values():
-            engine.dispose()
-        for schema in schemas:
-            db.drop_schema(pg_url, schema)
+    yield from cities_on(request.param, pg_url, home, prefix="t_two_")
 
 
 def _now() -> dt.datetime:

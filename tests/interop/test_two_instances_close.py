@@ -16,9 +16,16 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.orm import Session
-from wire_instances import XIAN_ISSUER, XIANYANG_ISSUER, Cities, pg_url_with_schema, start_cities, tap, upload, wait_for
+from wire_instances import (
+    XIAN_ISSUER,
+    XIANYANG_ISSUER,
+    Cities,
+    cities_on,
+    tap,
+    upload,
+    wait_for,
+)
 
-from clearing import db
 from interop_xian import disputes, netting
 from interop_xian.disputes import Side, State
 
@@ -29,27 +36,9 @@ CAP_FEN = 1000
 @pytest.fixture(scope="module", params=["postgres+postgres", "postgres+sqlite"])
 def cities(request: pytest.FixtureRequest, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cities]:
     home = tmp_path_factory.mktemp(f"close-{request.param.replace('+', '-')}")
-    schemas = []
-    databases = {}
-    for city in ("xianyang", "xian"):
-        if city == "xian" and request.param.endswith("sqlite"):
-            url = f"sqlite:///{home / 'xian.db'}"
-            engine = db.ensure_migrated(url)
-        else:
-            schema = db.random_schema_name(f"t_cls_{city[:4]}_")
-            db.create_schema(pg_url, schema)
-            db.upgrade(pg_url, schema=schema)
-            schemas.append(schema)
-            url = pg_url_with_schema(pg_url, schema)
-            engine = db.make_engine(pg_url, schema=schema)
-        databases[city] = (url, engine)
-    try:
-        yield from start_cities(home, databases, both_ways=True, env={"YIKATONG_INTEROP_WINDOW_CLOSE_DELAY_S": "0"})
-    finally:
-        for _, engine in databases.values():
-            engine.dispose()
-        for schema in schemas:
-            db.drop_schema(pg_url, schema)
+    yield from cities_on(
+        request.param, pg_url, home, prefix="t_cls_", both_ways=True, env={"YIKATONG_INTEROP_WINDOW_CLOSE_DELAY_S": "0"}
+    )
 
 
 def _yesterday_noon() -> dt.datetime:

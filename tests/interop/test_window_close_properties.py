@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
-from wire_support import PEER_ISSUER, Pair, PeerTransport, make_pair, wire_sqlite_template_fixture  # noqa: F401
+from wire_support import PEER_ISSUER, Pair, PeerTransport, make_pair, sqlite_engines, wire_sqlite_template_fixture  # noqa: F401
 
-from clearing import accounts, db, registry
+from clearing import accounts, registry
 from clearing.business_day import DEFAULT_CLOCK
 from clearing.ledger import account_balance, trial_balance
 from clearing.models import Transfer
@@ -113,10 +112,7 @@ def test_both_sides_close_every_window_with_one_instruction_whatever_the_faults(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        engines = []
-        for city in ("xianyang", "xian"):
-            shutil.copyfile(wire_sqlite_template, home / f"{city}.db")
-            engines.append(db.make_engine(f"sqlite:///{home / f'{city}.db'}"))
+        engines = list(sqlite_engines(wire_sqlite_template, home))
         try:
             p = make_pair(engines[0], engines[1], home / "keys", batch_items_max=3)
             back = _both_ways(p)

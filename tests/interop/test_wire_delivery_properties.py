@@ -12,9 +12,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
-from wire_support import PEER_ISSUER, make_pair, wire_sqlite_template_fixture  # noqa: F401 - the fixture
+from wire_support import PEER_ISSUER, make_pair, sqlite_engines, wire_sqlite_template_fixture  # noqa: F401 - the fixture
 
-from clearing import accounts, db
+from clearing import accounts
 from clearing.ledger import account_balance, trial_balance
 from interop_xian.models import OutboxItem
 from interop_xian.sender import Sender
@@ -31,10 +31,7 @@ def test_positions_stay_equal_and_opposite_whatever_the_faults(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        engines = []
-        for city in ("xianyang", "xian"):
-            shutil.copyfile(wire_sqlite_template, home / f"{city}.db")
-            engines.append(db.make_engine(f"sqlite:///{home / f'{city}.db'}"))
+        engines = list(sqlite_engines(wire_sqlite_template, home))
         backup = home / "xian-backup.db"
         try:
             p = make_pair(engines[0], engines[1], home / "keys", batch_items_max=3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from wire_support import (  # noqa: F401 - the fixtures
@@ -20,9 +21,11 @@ from wire_support import (  # noqa: F401 - the fixtures
 )
 
 from clearing import registry
+from clearing.business_day import DEFAULT_CLOCK
 from clearing.models import Transfer
 from interop_xian import batch as wire
-from interop_xian import message_sender, messages, netting
+from interop_xian import message_sender, messages, netting, window_exchange
+from interop_xian.errors import InteropError
 from interop_xian.inbox import REPLAY_HEADER
 from interop_xian.models import Alarm, Booking, InteropWindow, OutMessage, Refusal
 
@@ -273,3 +276,39 @@ def test_dispute_messages_wait_for_a_peer_that_is_down_and_a_refused_one_raises_
         assert [m.state for m in s.scalars(select(OutMessage).order_by(OutMessage.id))] == ["refused", "delivered"]
     (alarm,) = _alarms(pair.xianyang.engine, "message_refused")
     assert alarm.details["code"] == "E_UNKNOWN_DISPUTE"
+
+
+def test_a_window_is_not_compared_while_our_taps_of_it_are_on_their_way(pair: Pair) -> None:
+    from clearing.models import InteropForward
+    from interop_xian.models import OutboxItem
+
+    _ready(pair)
+    pair.tap([200])
+    pair.later(2 * 86400)
+    pair.transport.lose_acks = 1  # Xi'an judges the batch; its acknowledgement is lost on the way back
+    report = pair.exchange()
+    assert report.failed and report.windows == {}
+    with Session(pair.xianyang.engine) as s:  # Xi'an's judge booked the item (as its real judge would)
+        rows = s.execute(
+            select(OutboxItem.item_id, OutboxItem.amount_fen, InteropForward.business_day).join(
+                InteropForward, InteropForward.id == OutboxItem.forward_id
+            )
+        ).all()
+    with Session(pair.xian.engine) as s, s.begin():
+        netting.lock_peer(s, "xianyang")
+        netting.book_many(s, peer_city="xianyang", direction=netting.DUE_TO, now=NOW,
+                          rows=[(i, int(f), d, f"iss:t:{i}") for i, f, d in rows])  # fmt: skip
+        day = rows[0][2]
+    # Xi'an asks to close the window: Xianyang's tap of that day is on its way, so not now (no alarm).
+    content = messages.window_content(window_day=day, digest="0" * 64, state="proposed", instruction={})
+    with Session(pair.xianyang.engine) as s, s.begin(), pytest.raises(InteropError) as refused:
+        window_exchange.answer_proposal(
+            s, own_city="xianyang", peer_city="xian", now=pair.now, days=DEFAULT_CLOCK,
+            content=messages.WindowContent(day, "0" * 64, "proposed", content["instruction"]),
+        )  # fmt: skip
+    assert refused.value.code.value == "E_WINDOW_NOT_DUE"
+    pair.later(60)
+    report = pair.exchange()  # the resend gets the stored acknowledgement, applies it, then closes the window
+    assert report.windows == {day.isoformat(): "final"}
+    for city in (pair.xianyang, pair.xian):
+        assert _alarms(city.engine, "digest_mismatch") == []

@@ -427,6 +427,33 @@ def start_cities(
         relay.close()
 
 
+def cities_on(
+    param: str, pg_url: str, home: Path, *, prefix: str, both_ways: bool = False, env: dict[str, str] | None = None
+) -> Iterator[Cities]:
+    """Both cities on two PostgreSQL schemas (``postgres+postgres``) or Xi'an on SQLite (``postgres+sqlite``)."""
+    schemas = []
+    databases = {}
+    for city in ("xianyang", "xian"):
+        if city == "xian" and param.endswith("sqlite"):
+            url = f"sqlite:///{home / 'xian.db'}"
+            engine = db.ensure_migrated(url)
+        else:
+            schema = db.random_schema_name(f"{prefix}{city[:4]}_")
+            db.create_schema(pg_url, schema)
+            db.upgrade(pg_url, schema=schema)
+            schemas.append(schema)
+            url = pg_url_with_schema(pg_url, schema)
+            engine = db.make_engine(pg_url, schema=schema)
+        databases[city] = (url, engine)
+    try:
+        yield from start_cities(home, databases, both_ways=both_ways, env=env)
+    finally:
+        for _, engine in databases.values():
+            engine.dispose()
+        for schema in schemas:
+            db.drop_schema(pg_url, schema)
+
+
 def reset_schema(url: str, schema: str) -> None:
     db.create_schema(url, schema)
     db.upgrade(url, schema=schema)
@@ -439,6 +466,7 @@ __all__ = [
     "Cities",
     "Instance",
     "Relay",
+    "cities_on",
     "pg_url_with_schema",
     "reset_schema",
     "start_cities",

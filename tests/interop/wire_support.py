@@ -222,7 +222,8 @@ def wire_pg_schemas_fixture(pg_url: str) -> Iterator[tuple[str, tuple[str, str]]
             db.drop_schema(pg_url, schema)
 
 
-def _sqlite_engines(template: Path, tmp_path: Path) -> tuple[Engine, Engine]:
+def sqlite_engines(template: Path, tmp_path: Path) -> tuple[Engine, Engine]:
+    """Xianyang's and Xi'an's SQLite databases in ``tmp_path``, copies of the migrated template."""
     import shutil
 
     out = []
@@ -246,7 +247,7 @@ def _pg_engines(url: str, schemas: tuple[str, str]) -> tuple[Engine, Engine]:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], name="pair")
 def pair_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
     if request.param == "sqlite":
-        engines = _sqlite_engines(request.getfixturevalue("wire_sqlite_template"), tmp_path)
+        engines = sqlite_engines(request.getfixturevalue("wire_sqlite_template"), tmp_path)
     else:
         url, schemas = request.getfixturevalue("wire_pg_schemas")
         engines = _pg_engines(url, schemas)
