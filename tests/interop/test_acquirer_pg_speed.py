@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from pg_rows import table_rows
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from wire_support import (  # noqa: F401 - the fixtures
     KEYLESS_TAC,
@@ -39,23 +40,11 @@ _TABLES = (
 
 
 def _rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    with engine.connect() as conn:
-        for table in _TABLES:
-            columns = [
-                c
-                for (c,) in conn.execute(
-                    text(
-                        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                        "AND table_name = :t ORDER BY ordinal_position"
-                    ),
-                    {"t": table},
-                )
-                if c not in _CLOCK_COLUMNS and not (table == "interop_batches_out" and c.startswith("ack"))
-            ]
-            cast = ", ".join(f"{c}::text" for c in columns)
-            out[table] = [tuple(r) for r in conn.execute(text(f"SELECT {cast} FROM {table} ORDER BY 1"))]
-    return out
+    return table_rows(
+        engine,
+        _TABLES,
+        skip=lambda table, c: c in _CLOCK_COLUMNS or (table == "interop_batches_out" and c.startswith("ack")),
+    )
 
 
 def _run(pair: Pair) -> dict[str, list[tuple[Any, ...]]]:

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from issuerworld import *  # noqa: F403 - the fixtures
 from issuerworld import RECEIVED, IssuerWorld, item_of, make_world
+from pg_rows import table_rows
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -37,23 +38,7 @@ _TABLES = ("accounts", "transfers", "cards", "interop_issuer_items", "interop_bo
 
 
 def _rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    with engine.connect() as conn:
-        for table in _TABLES:
-            columns = [
-                c
-                for (c,) in conn.execute(
-                    text(
-                        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                        "AND table_name = :t ORDER BY ordinal_position"
-                    ),
-                    {"t": table},
-                )
-                if c not in _CLOCK_COLUMNS
-            ]
-            cast = ", ".join(f"{c}::text" for c in columns)  # JSON as its stored text
-            out[table] = [tuple(r) for r in conn.execute(text(f"SELECT {cast} FROM {table} ORDER BY 1"))]
-    return out
+    return table_rows(engine, _TABLES, skip=lambda _table, c: c in _CLOCK_COLUMNS)
 
 
 def _scenario(world: IssuerWorld) -> list[Any]:
