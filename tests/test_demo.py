@@ -42,3 +42,17 @@ def test_demo_runs_again_in_the_same_place(settings: Settings, tmp_path: Path) -
     again = run_demo(settings, seed=2, workdir=tmp_path / "demo", use_pcsc=False)
     assert again.trial_balance_ok
     assert all(purse == shadow for _l, _a, purse, shadow in again.balances if shadow is not None)
+
+
+def test_todays_demo_rides_stay_in_today_even_just_after_midnight() -> None:
+    import datetime as dt
+
+    from yikatong.demo import RIDE_SPAN, ride_start
+
+    tz = dt.timezone(dt.timedelta(hours=8))
+    midnight = dt.datetime(2026, 12, 4, tzinfo=tz)
+    assert ride_start(midnight + dt.timedelta(hours=9), midnight) == (midnight + dt.timedelta(hours=8), 1.0)
+    start, squeeze = ride_start(midnight + dt.timedelta(minutes=21), midnight)
+    assert start == midnight + dt.timedelta(minutes=1) and 0 < squeeze < 1
+    assert start + RIDE_SPAN * squeeze == midnight + dt.timedelta(minutes=21)  # the last tap is not in the future
+    assert ride_start(midnight + dt.timedelta(minutes=2), midnight)[1] == 1.0  # too early: yesterday it is

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -330,10 +331,33 @@ def _at_stop(bus: Bus, tariff: Tariff, stop: str) -> None:
     bus.terminal.config = dataclasses.replace(bus.terminal.config, stop_id=stop, station_code=tariff.stop_codes[stop])
 
 
+RIDE_SPAN: Final = dt.timedelta(hours=1)  # a morning's rides take at most about 50 minutes
+
+
+def ride_start(now: dt.datetime, day_start: dt.datetime) -> tuple[dt.datetime, float]:
+    """When today's rides start, and how much their gaps are squeezed, so they are all today and past.
+
+    An hour ago, unless today began less than an hour ago (a demo started just after midnight):
+    then from a minute after the day began, the gaps between taps shortened to fit (pure).
+    """
+    start = now - RIDE_SPAN
+    if start >= day_start:
+        return start, 1.0
+    room = now - day_start - dt.timedelta(minutes=1)
+    if room <= dt.timedelta(minutes=2):  # the first minutes of the day: the rides stay in yesterday
+        return start, 1.0
+    return day_start + dt.timedelta(minutes=1), room / RIDE_SPAN
+
+
 def ride(
-    buses: dict[str, Bus], cards: list[DemoCard], tariff: Tariff, rng: random.Random, start: dt.datetime
-) -> list[TapLine]:
-    """A morning: riders board bus 1 along its stops; some transfer to bus 6; incidents on the way."""
+    buses: dict[str, Bus], cards: list[DemoCard], tariff: Tariff, rng: random.Random, start: dt.datetime,
+    squeeze: float = 1.0,
+) -> list[TapLine]:  # fmt: skip
+    """A morning: riders board bus 1 along its stops; some transfer to bus 6; incidents on the way.
+
+    ``squeeze`` (0..1] shortens the minutes between riders (``ride_start``); the seconds of a
+    repeated tap are the fare rules' and stay as they are.
+    """
     lines: list[TapLine] = []
     bus1, bus6 = buses["1"], buses["6"]
     riders = list(cards)
@@ -349,7 +373,7 @@ def ride(
     for index, who in enumerate(riders):
         stop = bus1.stops[index % len(bus1.stops)]
         _at_stop(bus1, tariff, stop)
-        clock += dt.timedelta(minutes=rng.randint(2, 4))
+        clock += dt.timedelta(minutes=rng.randint(2, 4)) * squeeze
         if index == 1:
             tap(bus1, who, pulled_after_debit=True)  # pulled away mid-tap: the validator says tap again
             clock += dt.timedelta(seconds=5)
@@ -362,7 +386,7 @@ def ride(
     # two riders change to bus 6 within the transfer window
     for who in riders[:2]:
         _at_stop(bus6, tariff, bus6.stops[0])
-        clock += dt.timedelta(minutes=rng.randint(5, 12))
+        clock += dt.timedelta(minutes=rng.randint(5, 12)) * squeeze
         tap(bus6, who)
     return lines
 
@@ -416,7 +440,9 @@ def run_demo(settings: Settings, *, seed: int, workdir: Path, use_pcsc: bool | N
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     now = dt.datetime.now(SHANGHAI_TZ).replace(microsecond=0)
-    start = now - dt.timedelta(hours=1)
+    days = clock_from_settings(settings)
+    day_start = dt.datetime.combine(days.day_of(now), days.cutoff, SHANGHAI_TZ)
+    start, squeeze = ride_start(now, day_start)
     engine = ensure_migrated(settings.database_url)
     factory = session_factory(engine)
     keystore = open_keystore(settings)
@@ -438,7 +464,7 @@ def run_demo(settings: Settings, *, seed: int, workdir: Path, use_pcsc: bool | N
             # yesterday's morning too, uploaded at the depot overnight, so the city has a day that has
             # ended: the close settles it below
             for morning, today in ((start - dt.timedelta(days=1), False), (start, True)):
-                report.taps += ride(buses, cards, tariff, rng, morning)
+                report.taps += ride(buses, cards, tariff, rng, morning, squeeze)
                 for bus in buses.values():
                     _upload(bus, url, report, lost_card=_lost_card(cards) if today and bus.name == "bus 6" else None,
                             factory=factory, now=now)  # fmt: skip

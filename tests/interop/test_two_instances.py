@@ -118,7 +118,8 @@ def test_a_day_of_taps_is_accepted_at_the_issuer_with_equal_and_opposite_positio
     # The forged tap's dispute is opened at Xi'an too (a message of its own, before the next test's faults).
     wait_for("the dispute to reach Xi'an", lambda: c.xian.scalar("SELECT count(*) FROM interop_disputes") == 1,
              logs=_logs(c))  # fmt: skip
-    assert c.xianyang.scalar("SELECT state FROM interop_messages_out") == "delivered"
+    wait_for("its reply to be kept", lambda: c.xianyang.scalar("SELECT state FROM interop_messages_out") == "delivered",
+             logs=_logs(c))  # fmt: skip
 
 
 def test_a_lost_acknowledgement_is_answered_by_the_original_and_judged_once(cities: Cities) -> None:
