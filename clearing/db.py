@@ -326,6 +326,11 @@ def bump_counter(session: Session, name: str, by: int = 1) -> int:
     return int(session.execute(stmt.returning(Counter.value)).scalar_one())
 
 
+def on_postgres(session: Session) -> bool:
+    """Whether the session's database is PostgreSQL, where the set-based paths (arrays, COPY) run."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def lock_for_update(session: Session) -> None:
     """Make the ``SELECT … FOR UPDATE`` reads that follow serialise on SQLite too.
 

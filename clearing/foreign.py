@@ -38,6 +38,7 @@ from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from clearing.contract import TapRecord
+from clearing.db import on_postgres
 from clearing.ingest import CardRow, TacKeys
 from clearing.ingest_pg import _PLANNER, PgReads, _update_cards
 from clearing.ingest_reads import BatchReads, read_cards
@@ -121,7 +122,7 @@ def foreign_context(
     added to those of ``taps``.
     """
     reads: BatchReads
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgres(session):
         driver = session.connection().connection.driver_connection
         assert driver is not None
         cur = driver.cursor()
@@ -194,7 +195,7 @@ def write_card_updates(session: Session, ctx: Context, judgement: Judgement) -> 
     updates = judgement.card_updates  # a property: computed per access
     if not updates:
         return
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgres(session):
         _write_card_updates_pg(session, ctx, updates)
     else:
         _write_card_updates_orm(session, ctx, updates)

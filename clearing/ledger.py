@@ -18,7 +18,7 @@ See ``docs/ledger.md`` for the accounting of each flow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar, cast
 
@@ -323,11 +323,25 @@ def post_transfers(session: Session, transfers: Sequence[TransferSpec], *, stric
     existing = _load_transfers(session, [t.id for t in transfers] + [t.pending_id for t in transfers if t.pending_id])
     resolutions = _load_resolutions(session, [t.pending_id for t in transfers if t.pending_id])
     accounts = _lock_accounts(session, _account_ids(transfers, existing))
+    return _decide_and_write(session, transfers, existing, resolutions, accounts, strict=strict, write=_write)
+
+
+def _decide_and_write(
+    session: Session,
+    transfers: Sequence[TransferSpec],
+    existing: Mapping[str, _Row],
+    resolutions: dict[str, str],
+    accounts: Mapping[int, _Acc],
+    *,
+    strict: bool,
+    write: Callable[[Session, list[_Row], Mapping[int, _Acc]], None],
+) -> list[PostResult]:
+    """Decide the batch against the loaded, locked state; refuse it whole when ``strict``; write what is new."""
     results, new_rows = _decide(transfers, existing, resolutions, accounts)
     if strict and any(r.status == "failed" for r in results):
         raise LedgerBatchError(results)
     if new_rows:
-        _write(session, new_rows, accounts)
+        write(session, new_rows, accounts)
     return results
 
 
@@ -531,12 +545,7 @@ def post_transfers_bulk(
         r[0]: _Acc(*r)
         for r in session.execute(_LOCK_ACCOUNTS_PG, {"ids": pg_int_array(sorted(_account_ids(transfers, existing)))})
     }
-    results, new_rows = _decide(transfers, existing, resolutions, accounts)
-    if strict and any(r.status == "failed" for r in results):
-        raise LedgerBatchError(results)
-    if new_rows:
-        _write_pg(session, new_rows, accounts)
-    return results
+    return _decide_and_write(session, transfers, existing, resolutions, accounts, strict=strict, write=_write_pg)
 
 
 _TRANSFER_COLUMNS: Final = (

@@ -38,8 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clearing import accounts
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
-from clearing.contract.codes import Code
-from clearing.db import lock_for_update
+from clearing.db import lock_for_update, on_postgres
 from clearing.ingest_totals import SALE, Posting, payee_of_tap, sealed_through, window_of, write_postings
 from clearing.ledger import TransferSpec, pg_int_array, pg_text_array, post_transfers_bulk
 from clearing.models import ForwardState, InteropForward, Terminal, TransferCode
@@ -49,7 +48,7 @@ from interop_xian.models import OutboxItem
 
 log = logging.getLogger("interop_xian.acquirer")
 APPLY_CHUNK: Final = 500
-RESEND_CODES: Final = frozenset({Code.E_KEY_UNAVAILABLE.value})  # the issuer decides when the item comes back
+RESEND_CODES: Final = netting.UNJUDGED_CODES  # the issuer decides when the item comes back
 RESEND_AFTER_S_DEFAULT: Final = 3600.0
 
 # Called for every item that ends rejected, in the transaction that marks it (disputes opens one).
@@ -97,7 +96,7 @@ def apply_verdicts(
     accepted = rejected = accepted_fen = 0
     waiting = _ready(peer_city)
     with sessions() as session:
-        by_id = _set_based(session)
+        by_id = on_postgres(session)
     while True:
         chunks: list[list[int] | None] = [None]  # None: the first APPLY_CHUNK waiting, by id
         if by_id:
@@ -180,7 +179,7 @@ def _apply_chunk(
     # PostgreSQL: the accepted items and their forwards are marked with one statement each, not
     # through the ORM's flush of every object (``_mark_accepted``), and the forwards are read as
     # rows (``_forward_rows``); rejected ones keep the ORM path.
-    set_based = _set_based(session)
+    set_based = on_postgres(session)
     forwards: dict[int, InteropForward | _ForwardRow]
     if set_based:
         forwards = _forward_rows(session, [i.forward_id for i in items])
@@ -255,16 +254,11 @@ def _apply_chunk(
         return accepted, rejected, accepted_fen
     created = {r.id for r in post_transfers_bulk(session, specs) if r.status == "created"}
     # The bilateral position: DUE_FROM in the issuer's window (the tap day's when it named none).
-    netting.lock_peer(session, peer_city)
-    final = netting.latest_final(session, peer_city)
-    rows = []
-    for item, forward, _, transfer_id in paid:
-        window, honoured = netting.acquired_window(item.window_day, forward.business_day, final)
-        if not honoured:
-            netting.moved_alarm(session, peer_city, item.item_id, item.window_day or forward.business_day, window,
-                                now=now)  # fmt: skip
-        rows.append((item.item_id, item.amount_fen, window, transfer_id))
-    netting.book_many(session, peer_city=peer_city, direction=netting.DUE_FROM, now=now, rows=rows)
+    netting.book_acquired(
+        session, peer_city=peer_city, now=now,
+        rows=[(item.item_id, item.amount_fen, item.window_day or forward.business_day, transfer_id)
+              for item, forward, _, transfer_id in paid],
+    )  # fmt: skip
     # Our operator's sales, in the open window of the day the verdicts are applied.
     sales: dict[int, list[int]] = {}
     for item, _, payee, transfer_id in paid:
@@ -282,10 +276,6 @@ def _apply_chunk(
             now,
         )
     return accepted, rejected, accepted_fen
-
-
-def _set_based(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,12 +362,12 @@ def _post_outcome(
         return None, None
     netting.lock_peer(session, peer)
     issuer = peer_issuer_id(session, peer)
-    if dispute.role == Side.ISSUER.value or named is None:
-        window = netting.window_for(days.day_of(now), netting.latest_closed(session, peer))
+    # ``netting.book`` places it: the issuer in the first window its judge still books into, the
+    # acquirer in the one the issuer named (without one, the first open one here).
+    if dispute.role == Side.ACQUIRER.value and named is not None:
+        window = named
     else:
-        window, honoured = netting.acquired_window(named, named, netting.latest_final(session, peer))
-        if not honoured:
-            netting.moved_alarm(session, peer, dispute.item_id, named, window, now=now)
+        window = netting.window_for(days.day_of(now), netting.latest_closed(session, peer))
     transfer_id = netting.dispute_transfer_id(peer, dispute.role, dispute.item_id)
     code = int(TransferCode.INTEROP)
     source = f"dispute:{dispute.id}"

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from clearing.db import on_postgres
 from interop_xian import batch as wire
 from interop_xian.config import InteropConfig
 from interop_xian.errors import InteropCode, InteropError
@@ -116,7 +117,7 @@ class Receiver:
             )
         body_digest = wire.digest(body)
         with self._lock, self.sessions() as session:
-            postgres = session.get_bind().dialect.name == "postgresql"
+            postgres = on_postgres(session)
             row = channel(session, peer, "in", lock=postgres)
             if not postgres:
                 session.commit()  # SQLite: hold no write lock while the judge writes

@@ -47,6 +47,7 @@ from clearing import accounts, foreign
 from clearing.business_day import DEFAULT_CLOCK, BusinessDayClock
 from clearing.contract import TapRecord
 from clearing.contract.codes import Code
+from clearing.db import on_postgres
 from clearing.ingest import TacKeys
 from clearing.ingest_pg import copy_text
 from clearing.ledger import TransferSpec, pg_int_array, pg_text_array, post_transfers, post_transfers_bulk
@@ -272,7 +273,7 @@ class IssuerJudgeDb:
                     "transfer_id": transfer_id, "record": dict(f.item.record), "received_at": received_at,
                 }
             )  # fmt: skip
-        write = _write_verdicts_pg if session.get_bind().dialect.name == "postgresql" else _write_verdicts
+        write = _write_verdicts_pg if on_postgres(session) else _write_verdicts
         write(session, peer_city, transfers, bookings, rows, received_at)
         foreign.write_card_updates(session, ctx, judgement)
         _alarms(session, peer_city, cap, net_before, accepted_fen, len(capped), received_at)
@@ -400,7 +401,7 @@ FROM unnest(CAST(:ids AS text[])) AS k(id) JOIN interop_issuer_items i ON i.peer
 def _stored_verdicts(session: Session, peer_city: str, item_ids: Sequence[str]) -> dict[str, ItemVerdict]:
     wanted = sorted(set(item_ids))
     rows: list[Any] = []
-    if session.get_bind().dialect.name == "postgresql":  # one array, not chunked IN lists
+    if on_postgres(session):  # one array, not chunked IN lists
         rows.extend(session.execute(_STORED_PG, {"peer": peer_city, "ids": pg_text_array(wanted)}))
     else:
         for start in range(0, len(wanted), _CHUNK):
@@ -439,7 +440,7 @@ def _claimed_keys(
     counters = sorted({(r.issuer_id, r.card_asn, r.offline_counter, r.tx_type) for r in records})
     seen_seqs: set[TerminalSeqKey] = set()
     seen_counters: set[CardCounterKey] = set()
-    if session.get_bind().dialect.name == "postgresql":  # two statements over arrays, not chunked IN lists
+    if on_postgres(session):  # two statements over arrays, not chunked IN lists
         rows_pg = session.execute(
             text(_CLAIMED_SEQS_PG),
             {"peer": peer_city, "t": pg_text_array(t for t, _ in seqs), "s": pg_int_array(s for _, s in seqs)},

@@ -51,9 +51,10 @@ class Answered:
 
 
 def post_message(
-    client: httpx.Client, config: InteropConfig, signing: SigningKeys, ring: PeerKeyRing, body: bytes, now: dt.datetime
-) -> Answered:
-    """Post one message and check the reply: signed by the peer, for this digest, of the same kind."""
+    client: httpx.Client, config: InteropConfig, signing: SigningKeys, ring: PeerKeyRing, body: bytes, kind: str,
+    now: dt.datetime,
+) -> Answered:  # fmt: skip
+    """Post one message of ``kind`` (as built) and check the reply: signed by the peer, for this digest, that kind."""
     key_id, private = signing.current()
     headers = {"Content-Type": "application/json", wire.KEY_ID_HEADER: key_id,
                wire.SIGNATURE_HEADER: wire.sign("message", body, private)}  # fmt: skip
@@ -72,8 +73,7 @@ def post_message(
         _, public = ring.key(reply_key, now=now, city=config.peer_city)
         wire.verify("reply", response.content, signature, public)
         reply = messages.decode_reply(response.content)
-        sent = messages.decode_message(body)
-        if (reply.from_city, reply.to_city, reply.kind) != (config.peer_city, config.city, sent.kind):
+        if (reply.from_city, reply.to_city, reply.kind) != (config.peer_city, config.city, kind):
             raise InteropError(InteropCode.E_INTEROP_BAD_ACK, "the reply is not the peer's to this message")
         if reply.message_digest != wire.digest(body):
             raise InteropError(InteropCode.E_INTEROP_BAD_ACK, "the reply is for other content (digest differs)")
@@ -123,16 +123,16 @@ def deliver_pending(
     with sessions() as session:
         ring = peer_ring(session, config)
         pending = session.execute(
-            select(OutMessage.id, OutMessage.message_id, OutMessage.body, OutMessage.attempts,
+            select(OutMessage.id, OutMessage.message_id, OutMessage.kind, OutMessage.body, OutMessage.attempts,
                    OutMessage.next_attempt_at)
             .where(OutMessage.peer_city == config.peer_city, OutMessage.state == "pending")
             .order_by(OutMessage.id)
             .limit(limit)
         ).all()  # fmt: skip
-    for row_id, message_id, body, attempts, next_at in pending:
+    for row_id, message_id, kind, body, attempts, next_at in pending:
         if next_at > now:
             break
-        answer = post_message(client, config, signing, ring, bytes(body), now)
+        answer = post_message(client, config, signing, ring, bytes(body), kind, now)
         with sessions() as session, session.begin():
             if answer.reply is not None:
                 done = {"state": "delivered", "reply_body": answer.body, "last_error": None}

@@ -43,8 +43,10 @@ from typing import Any, Final
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from clearing.db import conflict_insert
+from clearing.contract.codes import Code
+from clearing.db import conflict_insert, on_postgres
 from clearing.ingest_totals import window_of
+from clearing.ledger import pg_int_array, pg_text_array
 from clearing.models import InteropForward
 from clearing.transfer_ids import TRANSFER_ID_LEN_MAX
 from interop_xian.errors import InteropCode, InteropError
@@ -65,7 +67,7 @@ def lock_peer(session: Session, peer_city: str) -> None:
     PostgreSQL: a transaction advisory lock per peer. SQLite: a write as the transaction's first
     statement takes the one write lock before anything is read.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgres(session):
         session.execute(
             text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": _LOCK_KEY, "b": zlib.crc32(peer_city.encode()) - 2**31}
         )
@@ -272,8 +274,10 @@ def book(
     """
     assert direction in (DUE_TO, DUE_FROM) and amount_fen > 0
     lock_peer(session, peer_city)
-    window_day = window_for(window_day, latest_closed(session, peer_city) if direction == DUE_TO else
-                            latest_final(session, peer_city))  # fmt: skip
+    if direction == DUE_TO:
+        window_day = window_for(window_day, latest_closed(session, peer_city))
+    else:
+        window_day = _acquired(session, peer_city, item_id, window_day, latest_final(session, peer_city), now)
     insert = conflict_insert(session.get_bind().dialect.name)
     result = session.execute(
         insert(Booking)
@@ -308,9 +312,7 @@ def book_many(
     assert direction in (DUE_TO, DUE_FROM)
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":  # one statement over arrays, not an executemany
-        from clearing.ledger import pg_int_array, pg_text_array
-
+    if on_postgres(session):  # one statement over arrays, not an executemany
         session.execute(
             _BOOK_MANY_PG,
             {"peer": peer_city, "direction": direction, "source": source, "now": now,
@@ -351,20 +353,38 @@ def sync_acquired(session: Session, peer_city: str, *, now: dt.datetime | None =
         )
         .order_by(OutboxItem.id)
     ).all()  # fmt: skip
-    if not rows:
-        return 0
-    lock_peer(session, peer_city)
-    final = latest_final(session, peer_city)
-    for item_id, amount, transfer_id, named, day in rows:
-        window, honoured = acquired_window(named, day, final)
-        if not honoured:
-            moved_alarm(session, peer_city, item_id, named or day, window, now=now)
-        book_many(session, peer_city=peer_city, direction=DUE_FROM, now=now or dt.datetime.now(dt.UTC),
-                  rows=[(item_id, int(amount), window, transfer_id or "")])  # fmt: skip
+    book_acquired(session, peer_city=peer_city, now=now or dt.datetime.now(dt.UTC),
+                  rows=[(item_id, int(amount), named or day, transfer_id or "") for item_id, amount, transfer_id,
+                        named, day in rows])  # fmt: skip
     return len(rows)
 
 
-IN_FLIGHT_EXEMPT: Final = ("E_KEY_UNAVAILABLE",)  # the issuer kept no verdict: it books nothing until it judges
+def book_acquired(
+    session: Session, *, peer_city: str, rows: Sequence[tuple[str, int, dt.date, str]], now: dt.datetime
+) -> None:
+    """Book ``due_from`` our accepted items, (item id, amount, the window the issuer named, transfer id),
+    each in that window unless it is final here (``acquired_window``, with its alarm)."""
+    if not rows:
+        return
+    lock_peer(session, peer_city)
+    final = latest_final(session, peer_city)
+    placed = [(i, fen, _acquired(session, peer_city, i, named, final, now), t) for i, fen, named, t in rows]
+    book_many(session, peer_city=peer_city, direction=DUE_FROM, rows=placed, now=now)
+
+
+def _acquired(
+    session: Session, peer_city: str, item_id: str, named: dt.date, final: dt.date | None, now: dt.datetime | None
+) -> dt.date:
+    """The window an accepted item of ours is booked in (``acquired_window``); an alarm when it had to move."""
+    window, honoured = acquired_window(named, named, final)
+    if not honoured:
+        moved_alarm(session, peer_city, item_id, named, window, now=now)
+    return window
+
+
+# The issuer lacks the card's key now and kept no verdict: the item is sent again later
+# (``interop_xian.acquirer``), and nothing of it is booked anywhere until the issuer judges it.
+UNJUDGED_CODES: Final = frozenset({Code.E_KEY_UNAVAILABLE.value})
 
 
 def taps_in_flight(session: Session, peer_city: str, through: dt.date) -> int:
@@ -381,7 +401,7 @@ def taps_in_flight(session: Session, peer_city: str, through: dt.date) -> int:
                 OutboxItem.peer_city == peer_city,
                 InteropForward.business_day <= through,
                 (OutboxItem.state == "sent")
-                | ((OutboxItem.state == "acknowledged") & OutboxItem.code.not_in(IN_FLIGHT_EXEMPT)),
+                | ((OutboxItem.state == "acknowledged") & OutboxItem.code.not_in(UNJUDGED_CODES)),
             )
         ).scalar_one()
     )
@@ -431,11 +451,13 @@ __all__ = [
     "CLOSED_STATES",
     "DUE_FROM",
     "DUE_TO",
+    "UNJUDGED_CODES",
     "Cap",
     "Position",
     "acquired_window",
     "alarms",
     "book",
+    "book_acquired",
     "book_many",
     "crossed_alarm",
     "dispute_transfer_id",

@@ -20,7 +20,7 @@ from typing import Final, cast
 from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from clearing.db import conflict_insert, lock_for_update
+from clearing.db import conflict_insert, lock_for_update, on_postgres
 from clearing.ledger import pg_int_array, pg_text_array
 from clearing.models import ForwardState, InteropForward, Issuer
 from interop_xian.batch import digest, encode_batch
@@ -53,7 +53,7 @@ def collect(sessions: sessionmaker[Session], config: InteropConfig, *, now: dt.d
             issuers = peer_issuer_ids(session, config.peer_city)
             if not issuers:
                 return added
-            if _set_based(session):
+            if on_postgres(session):
                 picked = int(
                     session.execute(
                         _COLLECT_PG,
@@ -95,10 +95,6 @@ def collect(sessions: sessionmaker[Session], config: InteropConfig, *, now: dt.d
             added += len(rows)
         if len(rows) < COLLECT_CHUNK:
             return added
-
-
-def _set_based(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 # ``collect``'s read and insert as one statement on PostgreSQL (no rows through Python): the same
@@ -184,7 +180,7 @@ def build_batches(
                 break
             sequence = row.last_sequence + 1
             ids = [p.id for p in pending]
-            if _set_based(session):  # one array, not an IN list of a batch's ids
+            if on_postgres(session):  # one array, not an IN list of a batch's ids
                 session.execute(_SEND_PG, {"sequence": sequence, "now": now, "ids": pg_int_array(ids)})
             else:
                 session.execute(

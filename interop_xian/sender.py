@@ -36,6 +36,8 @@ import httpx
 from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from clearing.db import on_postgres
+from clearing.ledger import pg_int_array, pg_text_array
 from interop_xian import batch as wire
 from interop_xian.config import InteropConfig
 from interop_xian.errors import InteropCode, InteropError
@@ -227,22 +229,10 @@ class Sender:
             ).rowcount  # type: ignore[attr-defined]  # fmt: skip
             if not done:
                 return  # another sender stored it first
-            if session.get_bind().dialect.name == "postgresql":
+            if on_postgres(session):
                 _store_verdicts_pg(session, ack.verdicts, now)
-                log.info("interop: batch %s acknowledged by %s", out.sequence, self.config.peer_city)
-                return
-            items = cast(Table, OutboxItem.__table__)
-            session.execute(
-                update(items)
-                .where(items.c.item_id == bindparam("b_item_id"), items.c.state == "sent")
-                .values(state="acknowledged", code=bindparam("b_code"), verdict_amount_fen=bindparam("b_amount"),
-                        window_day=bindparam("b_window"), message=bindparam("b_message"), updated_at=now),
-                [
-                    {"b_item_id": v.item_id, "b_code": v.code, "b_amount": v.amount_fen, "b_window": v.window_day,
-                     "b_message": v.message or None}
-                    for v in ack.verdicts
-                ],
-            )  # fmt: skip
+            else:
+                _store_verdicts(session, ack.verdicts, now)
         log.info("interop: batch %s acknowledged by %s", out.sequence, self.config.peer_city)
 
     def _failed(self, out: OutBatch, exc: InteropError, now: dt.datetime) -> None:
@@ -266,10 +256,24 @@ WHERE o.item_id = v.i AND o.state = 'sent'
 """)
 
 
+def _store_verdicts(session: Session, verdicts: Sequence[ItemVerdict], now: dt.datetime) -> None:
+    """The acknowledgement's verdicts on their items, one ``UPDATE`` each (executemany)."""
+    items = cast(Table, OutboxItem.__table__)
+    session.execute(
+        update(items)
+        .where(items.c.item_id == bindparam("b_item_id"), items.c.state == "sent")
+        .values(state="acknowledged", code=bindparam("b_code"), verdict_amount_fen=bindparam("b_amount"),
+                window_day=bindparam("b_window"), message=bindparam("b_message"), updated_at=now),
+        [
+            {"b_item_id": v.item_id, "b_code": v.code, "b_amount": v.amount_fen, "b_window": v.window_day,
+             "b_message": v.message or None}
+            for v in verdicts
+        ],
+    )  # fmt: skip
+
+
 def _store_verdicts_pg(session: Session, verdicts: Sequence[ItemVerdict], now: dt.datetime) -> None:
     """The acknowledgement's verdicts on their items in one statement over arrays (PostgreSQL)."""
-    from clearing.ledger import pg_int_array, pg_text_array
-
     session.execute(
         _STORE_VERDICTS_PG,
         {"now": now, "i": pg_text_array(v.item_id for v in verdicts), "c": pg_text_array(v.code for v in verdicts),

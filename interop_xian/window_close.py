@@ -275,15 +275,13 @@ def conclude(
         return Conclusion(True, proposal.instruction, proposal.digest, peer_digest)
     found = differences(proposal.instruction.lines, peer_lines) if peer_lines is not None else None
     row.state, row.updated_at = "mismatch", now
-    if known_mismatch:  # the same two digests again: one alarm is enough
-        session.flush()
-        return Conclusion(False, proposal.instruction, proposal.digest, peer_digest, found)
-    netting.raise_alarm(
-        session, peer_city=peer_city, kind="digest_mismatch", window_day=window_day, now=now,
-        message=f"window {window_day}: our instruction {proposal.digest[:16]}… and {peer_city}'s "
-        f"{peer_digest[:16]}… differ; nothing is settled until they agree",
-        details=_mismatch_details(proposal, peer_digest, peer_lines, found),
-    )  # fmt: skip
+    if not known_mismatch:  # the same two digests again: one alarm is enough
+        netting.raise_alarm(
+            session, peer_city=peer_city, kind="digest_mismatch", window_day=window_day, now=now,
+            message=f"window {window_day}: our instruction {proposal.digest[:16]}… and {peer_city}'s "
+            f"{peer_digest[:16]}… differ; nothing is settled until they agree",
+            details=_mismatch_details(proposal, peer_digest, peer_lines, found),
+        )  # fmt: skip
     session.flush()
     return Conclusion(False, proposal.instruction, proposal.digest, peer_digest, found)
 

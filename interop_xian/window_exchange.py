@@ -143,7 +143,7 @@ def close_due(
             content=messages.window_content(window_day=day, digest=proposal.digest, state=proposal.state,
                                             instruction=window_close.document_of(proposal.instruction)),
         )  # fmt: skip
-        answer = post_message(client, config, signing, ring, body, now)
+        answer = post_message(client, config, signing, ring, body, "window", now)
         if answer.reply is None:
             report.windows[day.isoformat()] = proposal.state
             report.stopped = f"{day}: {answer.status} {answer.code}: {answer.message}"[:500]

@@ -76,8 +76,8 @@ def test_the_acquirer_fast_paths_leave_exactly_the_rows_of_the_generic_ones(
     for n, fast in enumerate((True, False)):
         with monkeypatch.context() as m:
             if not fast:
-                m.setattr(acquirer, "_set_based", lambda _s: False)
-                m.setattr(outbox, "_set_based", lambda _s: False)
+                m.setattr(acquirer, "on_postgres", lambda _s: False)
+                m.setattr(outbox, "on_postgres", lambda _s: False)
                 m.setattr(acquirer, "post_transfers_bulk", post_transfers)
             engines = _pg_engines(url, schemas)
             try:

@@ -25,11 +25,11 @@ from wire_support import (  # noqa: F401 - the fixtures
     NOW,
     Pair,
     pair_fixture,
+    windows_close_at_once,
     wire_pg_schemas_fixture,
     wire_sqlite_template_fixture,
 )
 
-from clearing import registry
 from clearing.business_day import DEFAULT_CLOCK
 from interop_xian import batch as wire
 from interop_xian import disputes, messages, netting, window_close
@@ -154,8 +154,7 @@ def test_an_acceptance_of_ours_must_name_an_open_window_not_far_ahead(pair: Pair
 
 
 def test_a_proposal_for_a_day_that_has_not_ended_is_refused(pair: Pair) -> None:
-    with Session(pair.xian.engine) as s, s.begin():
-        registry.register_issuer(s, "01007120ffffffff", city="xianyang", name="Xianyang", own=False)
+    windows_close_at_once(pair)
     far = dt.date(2099, 1, 1)
     empty = window_close.instruction_of("xianyang", "xian", far, [])
     body = messages.encode_message(

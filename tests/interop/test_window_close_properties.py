@@ -21,9 +21,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
-from wire_support import PEER_ISSUER, Pair, PeerTransport, make_pair, sqlite_engines, wire_sqlite_template_fixture  # noqa: F401
+from wire_support import (  # noqa: F401 - the fixture
+    PEER_ISSUER,
+    Pair,
+    PeerTransport,
+    make_pair,
+    sqlite_engines,
+    windows_close_at_once,
+    wire_sqlite_template_fixture,
+)
 
-from clearing import accounts, registry
+from clearing import accounts
 from clearing.business_day import DEFAULT_CLOCK
 from clearing.ledger import account_balance, trial_balance
 from clearing.models import Transfer
@@ -31,7 +39,6 @@ from interop_xian import api, netting
 from interop_xian.items import InteropItem, ItemOutcome, ItemVerdict
 from interop_xian.models import Booking, InteropWindow
 
-XIANYANG_ISSUER = "01007120ffffffff"
 OPS = st.sampled_from(
     ["tap", "tap", "round_xianyang", "round_xian", "lose_answer", "down", "up", "hours", "next_day", "next_day"]
 )
@@ -72,15 +79,12 @@ class BookingTestJudge:
 
 def _both_ways(p: Pair) -> PeerTransport:
     """Xi'an's node reaches Xianyang's ``/interop/v1`` in process; windows close as soon as their day ends."""
-    with Session(p.xian.engine) as s, s.begin():
-        registry.register_issuer(s, XIANYANG_ISSUER, city="xianyang", name="Xianyang", own=False)
+    windows_close_at_once(p)
     xianyang_app = FastAPI()
     api.mount(xianyang_app, p.xianyang.node)
     back = PeerTransport(xianyang_app)
     p.xian.node._client = httpx.Client(base_url="https://xianyang.test", transport=back)
     p.xian.node.judge = BookingTestJudge(p.judge, p.xian.engine)
-    for city in (p.xianyang, p.xian):
-        object.__setattr__(city.node.config, "window_close_delay_s", 0.0)
     return back
 
 

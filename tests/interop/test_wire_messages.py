@@ -16,11 +16,11 @@ from wire_support import (  # noqa: F401 - the fixtures
     NOW,
     Pair,
     pair_fixture,
+    windows_close_at_once,
     wire_pg_schemas_fixture,
     wire_sqlite_template_fixture,
 )
 
-from clearing import registry
 from clearing.business_day import DEFAULT_CLOCK
 from clearing.models import Transfer
 from interop_xian import batch as wire
@@ -28,16 +28,6 @@ from interop_xian import message_sender, messages, netting, window_exchange
 from interop_xian.errors import InteropError
 from interop_xian.inbox import REPLAY_HEADER
 from interop_xian.models import Alarm, Booking, InteropWindow, OutMessage, Refusal
-
-XIANYANG_ISSUER = "01007120ffffffff"
-
-
-def _ready(pair: Pair) -> None:
-    """Xi'an knows Xianyang's issuer (as ``yikatong init`` registers it), and closes windows at once."""
-    with Session(pair.xian.engine) as s, s.begin():
-        registry.register_issuer(s, XIANYANG_ISSUER, city="xianyang", name="Xianyang", own=False)
-    for city in (pair.xianyang, pair.xian):
-        object.__setattr__(city.node.config, "window_close_delay_s", 0.0)
 
 
 def _xian_books(pair: Pair, *, skip: int = 0) -> None:
@@ -77,7 +67,7 @@ def _day(pair: Pair) -> dt.date:
 
 
 def test_a_window_is_final_on_both_sides_only_when_both_hold_the_same_items(pair: Pair) -> None:
-    _ready(pair)
+    windows_close_at_once(pair)
     pair.tap([200, 300])
     pair.exchange()
     day = _day(pair)
@@ -107,7 +97,7 @@ def test_a_window_is_final_on_both_sides_only_when_both_hold_the_same_items(pair
 
 
 def test_a_lost_window_reply_is_asked_again_and_answered_with_the_final_instruction(pair: Pair) -> None:
-    _ready(pair)
+    windows_close_at_once(pair)
     pair.tap([450])
     pair.exchange()
     day = _day(pair)
@@ -125,7 +115,7 @@ def test_a_lost_window_reply_is_asked_again_and_answered_with_the_final_instruct
 
 
 def test_an_item_judged_after_the_peer_proposed_goes_to_the_next_window(pair: Pair) -> None:
-    _ready(pair)
+    windows_close_at_once(pair)
     pair.tap([100])
     pair.exchange()
     day = _day(pair)
@@ -139,7 +129,7 @@ def test_an_item_judged_after_the_peer_proposed_goes_to_the_next_window(pair: Pa
 
 
 def test_windows_close_in_day_order_on_the_answering_side_too(pair: Pair) -> None:
-    _ready(pair)
+    windows_close_at_once(pair)
     pair.tap([100])
     pair.exchange()
     day = _day(pair)
@@ -282,7 +272,7 @@ def test_a_window_is_not_compared_while_our_taps_of_it_are_on_their_way(pair: Pa
     from clearing.models import InteropForward
     from interop_xian.models import OutboxItem
 
-    _ready(pair)
+    windows_close_at_once(pair)
     pair.tap([200])
     pair.later(2 * 86400)
     pair.transport.lose_acks = 1  # Xi'an judges the batch; its acknowledgement is lost on the way back

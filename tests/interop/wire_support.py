@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clearing"))  # 
 
 from tapfactory import OWN_ISSUER, PEER_ISSUER, T0, Card, Terminal, dtk_lookup, register_world, truncate
 
-from clearing import db
+from clearing import db, registry
 from clearing.db import session_factory
 from clearing.ingest import TacKeys, make_ingestor, prepare
 from clearing.models import Base
@@ -153,6 +153,15 @@ class Pair:
 
     def later(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
+
+
+def windows_close_at_once(pair: Pair) -> None:
+    """Ready the pair to close windows: Xi'an knows Xianyang's issuer (as ``yikatong init`` registers
+    it, for the final instruction's accounts), and both close a window as soon as its day ends."""
+    with Session(pair.xian.engine) as session, session.begin():
+        registry.register_issuer(session, OWN_ISSUER, city="xianyang", name="Xianyang", own=False)
+    for city in (pair.xianyang, pair.xian):
+        object.__setattr__(city.node.config, "window_close_delay_s", 0.0)  # the config is frozen: a test's knob
 
 
 def city_config(city: str, **kw: Any) -> InteropConfig:
